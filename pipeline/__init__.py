@@ -1,0 +1,1 @@
+"""The distillation pipeline's library: config, data, shards, teacher cache, students, training."""

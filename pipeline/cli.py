@@ -1,0 +1,30 @@
+"""The command line every stage shares: `--config FILE`, task placement, and dotted overrides."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .config import Config, ConfigError, load
+from .progress import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def parse(description: str, argv: list[str] | None = None, tasks: bool = False) -> tuple[Config, argparse.Namespace]:
+    """Parse a stage's command line; exits with a one-line message on a bad config."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default="pipeline.yaml", help="the pipeline config (default: pipeline.yaml)")
+    if tasks:
+        parser.add_argument("--task-id", type=int, default=0, help="this task's index in the array")
+        parser.add_argument("--num-tasks", type=int, default=1, help="how many tasks share the work")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. shards.videos_per_shard=64")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = load(args.config, args.overrides)
+    except (ConfigError, OSError) as e:
+        sys.exit(f"config error: {e}")
+    if tasks and not 0 <= args.task_id < args.num_tasks:
+        sys.exit(f"--task-id must be in [0, {args.num_tasks}), got {args.task_id}")
+    return cfg, args

@@ -1,0 +1,174 @@
+"""The one typed config tree: `pipeline.yaml` sections mirror the dataclasses below.
+
+Precedence: dotted CLI overrides > the YAML file > the defaults here. Unknown keys and wrong
+types are errors that name the key. Runtime facts (rank, task id, job id) never live here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the config tree."""
+
+
+@dataclass
+class PathsConfig:
+    """Where the inputs are and where every stage writes."""
+
+    ssv2_root: str = "data/ssv2"  # the SSv2 download: labels/ and 20bn-something-something-v2/
+    run_dir: str = "runs/default"  # every stage writes below this folder
+
+    @property
+    def shards_dir(self) -> Path:
+        """Stage 1 output, stage 2 and 3 input."""
+        return Path(self.run_dir) / "shards"
+
+    @property
+    def teacher_cache(self) -> Path:
+        """Stage 2 output (a Zarr store), stage 3 input."""
+        return Path(self.run_dir) / "teacher_cache.zarr"
+
+    @property
+    def student_dir(self) -> Path:
+        """Stage 3 output: checkpoints, metrics, evaluation tables."""
+        return Path(self.run_dir) / "student"
+
+
+@dataclass
+class DataConfig:
+    """Layout of the SSv2 download."""
+
+    splits: list[str] = field(default_factory=lambda: ["train", "validation"])
+    labels_subdir: str = "labels"  # labels.json, train.json, validation.json, test.json
+    videos_subdir: str = "20bn-something-something-v2"  # <id>.webm
+
+
+@dataclass
+class ShardsConfig:
+    """Stage 1: decode videos once into WebDataset tar shards."""
+
+    videos_per_shard: int = 64  # ~40 MB shards for SSv2: big enough to stream, small enough to redo
+    short_side: int = 256  # frames are scaled down so the short side is at most this, never up
+    jpeg_qscale: int = 3  # ffmpeg MJPEG qscale, 2 (best) .. 31; 3 is visually lossless at 240p
+    min_frames: int = 8  # shorter videos are rejected: they cannot fill 8 temporal segments
+    cpus_per_task: int = 4  # videos decoded in parallel within one task (one ffmpeg each)
+    seed: int = 0  # fixes the assignment of videos to shards
+    decode_timeout_s: float = 120.0  # a decode that hangs longer is rejected, not waited on
+    progress_every_s: float = 10.0
+
+
+@dataclass
+class SyntheticConfig:
+    """The tiny SSv2-format data set used by the smoke run and the tests."""
+
+    num_videos: int = 48
+    seed: int = 0
+    class_pairs: int = 2  # time-reversed class pairs: 1..3 (left/right, up/down, towards/away)
+    min_frames: int = 24
+    max_frames: int = 40
+
+
+@dataclass
+class Config:
+    """The whole pipeline's configuration."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load `path` (YAML) onto the defaults, then apply `key.sub=value` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        raw = yaml.safe_load(text) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        _set_dotted(raw, key, value)
+    return _build(Config, raw, prefix="")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain data (what gets written next to every output)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form section.key=value")
+    key, text = item.split("=", 1)
+    # YAML gives '3' -> int, '0.1' -> float, '[a, b]' -> list, 'true' -> bool, like the file would.
+    return key.strip(), yaml.safe_load(text) if text.strip() else ""
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key {prefix.rstrip('.') or '<top>'}: expected a section, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = prefix.rstrip(".") or "the top level"
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]} (in {where}; known: {', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for name in names & set(raw):
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, raw[name], prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check(hint, raw[name], f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _check(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _check(option, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key}: expected {hint}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_check(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"config key {key}: expected int, got {value!r}")
+    if isinstance(value, hint):
+        return value
+    raise ConfigError(f"config key {key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")

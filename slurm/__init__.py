@@ -1,0 +1,1 @@
+"""Submission of the stages as SLURM jobs through submitit."""

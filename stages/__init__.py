@@ -1,0 +1,1 @@
+"""One entry point per stage; each reads the config and calls the library."""
