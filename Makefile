@@ -1,0 +1,43 @@
+# Every target sets up .venv itself. Pass overrides as ARGS="section.key=value ...".
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONFIG ?= pipeline.yaml
+ARGS ?=
+SMOKE_DIR ?= runs/smoke
+# The smoke run: the tiny synthetic set and small settings, so it runs on a laptop CPU in minutes.
+SMOKE_ARGS := paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR) shards.videos_per_shard=8 shards.cpus_per_task=2
+
+.PHONY: help venv smoke test shards synthetic bench-shards clean-smoke
+
+help: ## List every target with one line each
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## Create .venv with the pinned requirements (done by every target when missing)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+smoke: $(STAMP) ## Run every stage on the embedded tiny synthetic data set (CPU, a few minutes)
+	$(PY) -m stages.synthetic --config $(CONFIG) $(SMOKE_ARGS)
+	$(PY) -m stages.shards --config $(CONFIG) $(SMOKE_ARGS) $(ARGS)
+
+test: $(STAMP) ## Run the test suite
+	$(PY) -m pytest -q tests
+
+synthetic: $(STAMP) ## Write the synthetic SSv2-format set to paths.ssv2_root
+	$(PY) -m stages.synthetic --config $(CONFIG) $(ARGS)
+
+shards: $(STAMP) ## Stage 1: decode the SSv2 videos into WebDataset tar shards
+	$(PY) -m stages.shards --config $(CONFIG) $(ARGS)
+
+bench-shards: $(STAMP) ## Benchmark the shards stage against a bare ffmpeg decode (CPU)
+	$(PY) -m bench.shards_bench $(BENCH_ARGS)
+
+clean-smoke: ## Delete the smoke run's outputs
+	rm -rf $(SMOKE_DIR)

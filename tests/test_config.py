@@ -1,0 +1,51 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline import config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_pipeline_yaml_loads_and_matches_defaults():
+    cfg = config.load(REPO / "pipeline.yaml")
+    assert cfg.shards.videos_per_shard == config.ShardsConfig().videos_per_shard
+    assert cfg.data.splits == ["train", "validation"]
+
+
+def test_overrides_are_typed_and_take_precedence():
+    cfg = config.load(REPO / "pipeline.yaml", ["shards.videos_per_shard=16", "shards.decode_timeout_s=5", "data.splits=[train]"])
+    assert cfg.shards.videos_per_shard == 16
+    assert cfg.shards.decode_timeout_s == 5.0 and isinstance(cfg.shards.decode_timeout_s, float)
+    assert cfg.data.splits == ["train"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("shards.bogus=1", "unknown config key shards.bogus"),
+        ("nosuch.key=1", "unknown config key nosuch"),
+        ("shards.videos_per_shard=many", "config key shards.videos_per_shard: expected int"),
+        ("shards.videos_per_shard=true", "config key shards.videos_per_shard: expected int"),
+        ("data.splits=train", "config key data.splits: expected a list"),
+        ("shards=3", "config key shards: expected a section"),
+        ("shards.videos_per_shard", "not of the form"),
+    ],
+)
+def test_bad_keys_and_types_name_the_key(override, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(REPO / "pipeline.yaml", [override])
+
+
+def test_unknown_key_in_file_is_rejected(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("shards:\n  videos_per_shrad: 3\n")
+    with pytest.raises(config.ConfigError, match="shards.videos_per_shrad"):
+        config.load(path)
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = config.load(REPO / "pipeline.yaml", ["shards.short_side=128"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(config.dump(cfg))
+    assert config.load(path) == cfg
