@@ -8,9 +8,10 @@ CONFIG ?= pipeline.yaml
 ARGS ?=
 SMOKE_DIR ?= runs/smoke
 # The smoke run: the tiny synthetic set and small settings, so it runs on a laptop CPU in minutes.
-SMOKE_ARGS := paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR) shards.videos_per_shard=8 shards.cpus_per_task=2
+SMOKE_ARGS := paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR) shards.videos_per_shard=8 shards.cpus_per_task=2 \
+	teacher.model=clip-tiny teacher.pretrained=random teacher.num_workers=2
 
-.PHONY: help venv smoke test shards synthetic bench-shards clean-smoke
+.PHONY: help venv smoke test shards teacher-cache synthetic bench-shards bench-teacher clean-smoke
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -26,6 +27,7 @@ $(STAMP): requirements.txt
 smoke: $(STAMP) ## Run every stage on the embedded tiny synthetic data set (CPU, a few minutes)
 	$(PY) -m stages.synthetic --config $(CONFIG) $(SMOKE_ARGS)
 	$(PY) -m stages.shards --config $(CONFIG) $(SMOKE_ARGS) $(ARGS)
+	$(PY) -m stages.teacher_cache --config $(CONFIG) $(SMOKE_ARGS) $(ARGS)
 
 test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q tests
@@ -35,6 +37,9 @@ synthetic: $(STAMP) ## Write the synthetic SSv2-format set to paths.ssv2_root
 
 shards: $(STAMP) ## Stage 1: decode the SSv2 videos into WebDataset tar shards
 	$(PY) -m stages.shards --config $(CONFIG) $(ARGS)
+
+teacher-cache: $(STAMP) ## Stage 2: run the frozen CLIP teacher over the shards into the Zarr cache
+	$(PY) -m stages.teacher_cache --config $(CONFIG) $(ARGS)
 
 bench-shards: $(STAMP) ## Benchmark the shards stage against a bare ffmpeg decode (CPU)
 	$(PY) -m bench.shards_bench $(BENCH_ARGS)

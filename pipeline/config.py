@@ -66,6 +66,24 @@ class ShardsConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """Stage 2: the frozen CLIP teacher run once over the shards into a Zarr store."""
+
+    model: str = "ViT-B-32"  # an open_clip model name; "clip-tiny" is a small config for tests
+    pretrained: str = "openai"  # an open_clip tag (needs internet), a local checkpoint file, or "random"
+    num_frames: int = 8  # frames per video, at the centres of equal segments
+    prompts: list[str] = field(
+        default_factory=lambda: ["a video of {}.", "a photo of a person {}.", "a video of a person {}."]
+    )
+    batch_videos: int = 64  # videos per forward (x num_frames frames); a shard is never split across two
+    num_workers: int = 4  # data-loading processes (read, JPEG decode on CPU, resize)
+    device: str = "auto"  # auto: cuda, else mps, else cpu
+    precision: str = "bf16"  # autocast on CUDA: bf16, fp16 or fp32
+    decode: str = "auto"  # where JPEGs are decoded: auto (gpu on CUDA), gpu, cpu
+    progress_every_s: float = 10.0
+
+
+@dataclass
 class SyntheticConfig:
     """The tiny SSv2-format data set used by the smoke run and the tests."""
 
@@ -83,6 +101,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

@@ -72,9 +72,17 @@ def decode_settings(cfg: Config) -> dict[str, Any]:
     return {"short_side": s.short_side, "jpeg_qscale": s.jpeg_qscale, "min_frames": s.min_frames}
 
 
-def manifest_path(out_dir: Path, spec: ShardSpec) -> Path:
-    """Where a shard's done marker lives."""
-    return Path(out_dir) / f"{spec.name[:-4]}.manifest.json"
+def manifest_path(out_dir: Path, shard: str) -> Path:
+    """Where the done marker of the shard named `shard` (e.g. train-000001.tar) lives."""
+    return Path(out_dir) / f"{shard.removesuffix('.tar')}.manifest.json"
+
+
+def read_index(out_dir: Path, split: str) -> dict[str, Any]:
+    """A split's index; a clear error when the shards stage has not completed the split."""
+    path = index_path(out_dir, split)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the shards of split {split!r} are not complete (run `make shards`)")
+    return json.loads(path.read_text())
 
 
 def index_path(out_dir: Path, split: str) -> Path:
@@ -92,7 +100,7 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
 
 def why_not_done(out_dir: Path, spec: ShardSpec, cfg: Config, check_hash: bool = True) -> str | None:
     """None when the shard's manifest verifies against the plan and its tar; else the reason."""
-    manifest = read_manifest(manifest_path(out_dir, spec))
+    manifest = read_manifest(manifest_path(out_dir, spec.name))
     if manifest is None:
         return "no manifest"
     if manifest.get("version") != MANIFEST_VERSION or manifest.get("settings") != decode_settings(cfg):
@@ -115,7 +123,7 @@ def write_index_if_complete(out_dir: Path, cfg: Config, split: str, specs: list[
     for spec in specs:
         if why_not_done(out_dir, spec, cfg, check_hash=False) is not None:
             return False
-        manifests.append(read_manifest(manifest_path(out_dir, spec)))
+        manifests.append(read_manifest(manifest_path(out_dir, spec.name)))
     shards = [
         {k: m[k] for k in ("name", "sha256", "bytes", "num_videos", "num_frames", "num_rejected", "first_row")}
         for m in manifests

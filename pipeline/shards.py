@@ -6,7 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import atomic
 from .config import Config, dump
@@ -41,8 +41,16 @@ class ShardsSummary:
     indexes_written: list[str] = field(default_factory=list)
 
 
-def run(cfg: Config, task_id: int = 0, num_tasks: int = 1) -> ShardsSummary:
-    """Build shards task_id, task_id + num_tasks, ... of the plan, skipping those already done."""
+Decoder = Callable[[VideoEntry], "DecodedVideo | str"]
+
+
+def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, decoder: Decoder | None = None) -> ShardsSummary:
+    """Build shards task_id, task_id + num_tasks, ... of the plan, skipping those already done.
+
+    `decoder` turns an annotation entry into frames or a reject reason; the default runs ffmpeg on
+    the entry's .webm (benchmarks on machines without ffmpeg pass one that renders frames).
+    """
+    decoder = decoder or ffmpeg_decoder(cfg)
     start = time.monotonic()
     out_dir = cfg.paths.shards_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -63,7 +71,7 @@ def run(cfg: Config, task_id: int = 0, num_tasks: int = 1) -> ShardsSummary:
     progress = Progress("videos", sum(len(s.videos) for s in todo), cfg.shards.progress_every_s, log)
     with ThreadPoolExecutor(max(1, cfg.shards.cpus_per_task)) as pool:
         for spec in todo:
-            _build_shard(cfg, spec, pool, progress, summary)
+            _build_shard(cfg, spec, pool, decoder, progress, summary)
     for split in cfg.data.splits:
         if write_index_if_complete(out_dir, cfg, split, [s for s in specs if s.split == split]):
             summary.indexes_written.append(split)
@@ -78,29 +86,40 @@ def _remove_stale_tmp(out_dir: Path, spec: ShardSpec) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _decode(cfg: Config, entry: VideoEntry) -> DecodedVideo | str:
+def ffmpeg_decoder(cfg: Config) -> Decoder:
+    """The stage's decoder: ffmpeg on `<ssv2_root>/<videos_subdir>/<id>.webm`."""
+    video_dir = Path(cfg.paths.ssv2_root) / cfg.data.videos_subdir
+    s = cfg.shards
+
+    def decode(entry: VideoEntry) -> DecodedVideo | str:
+        try:
+            return decode_video(video_dir / f"{entry.id}.webm", s.short_side, s.jpeg_qscale, s.decode_timeout_s)
+        except VideoError as e:
+            return str(e)
+
+    return decode
+
+
+def _checked(cfg: Config, decoder: Decoder, entry: VideoEntry) -> DecodedVideo | str:
     """The decoded video, or the reason it is rejected."""
     if entry.problem:
         return entry.problem
-    path = Path(cfg.paths.ssv2_root) / cfg.data.videos_subdir / f"{entry.id}.webm"
-    s = cfg.shards
-    try:
-        video = decode_video(path, s.short_side, s.jpeg_qscale, s.decode_timeout_s)
-    except VideoError as e:
-        return str(e)
-    if len(video.jpegs) < s.min_frames:
-        return f"too short: {len(video.jpegs)} frames < shards.min_frames={s.min_frames}"
+    video = decoder(entry)
+    if isinstance(video, str):
+        return video
+    if len(video.jpegs) < cfg.shards.min_frames:
+        return f"too short: {len(video.jpegs)} frames < shards.min_frames={cfg.shards.min_frames}"
     return video
 
 
-def _build_shard(cfg: Config, spec: ShardSpec, pool: ThreadPoolExecutor, progress: Progress, summary: ShardsSummary) -> None:
+def _build_shard(cfg: Config, spec: ShardSpec, pool: ThreadPoolExecutor, decoder: Decoder, progress: Progress, summary: ShardsSummary) -> None:
     out_dir = cfg.paths.shards_dir
     tar_path = out_dir / spec.name
     tmp = atomic.tmp_name(tar_path)
     videos, rejected, frames = [], [], 0
     with open(tmp, "wb") as f:
         writer = ShardWriter(f)
-        results = pool.map(lambda e: _decode(cfg, e), spec.videos)
+        results = pool.map(lambda e: _checked(cfg, decoder, e), spec.videos)
         for pos, (entry, result) in enumerate(zip(spec.videos, results)):
             row = spec.first_row + pos
             if isinstance(result, str):
@@ -114,7 +133,7 @@ def _build_shard(cfg: Config, spec: ShardSpec, pool: ThreadPoolExecutor, progres
         writer.close()
     atomic.publish(tmp, tar_path)
     manifest = _manifest(cfg, spec, tar_path, videos, rejected, frames)
-    atomic.write_json(manifest_path(out_dir, spec), manifest)  # written last: the done marker
+    atomic.write_json(manifest_path(out_dir, spec.name), manifest)  # written last: the done marker
     summary.shards_built += 1
     summary.videos += len(videos)
     summary.frames += frames

@@ -36,4 +36,4 @@ def synth_copy(synth_root, tmp_path) -> Path:
 
 def read_annotations(root: Path, split: str) -> list[dict]:
     """A split's annotation list as written."""
-    return json.loads((root / "labels" / f"{split}.json").read_text())
+    return json.loads((Path(root) / "labels" / f"{split}.json").read_text())

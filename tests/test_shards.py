@@ -77,7 +77,7 @@ def test_sampled_frames_decode_to_the_recorded_size(built):
 def test_rows_are_unique_and_match_the_plan(built):
     cfg, _ = built
     for spec in plan_all(cfg):
-        manifest = json.loads(manifest_path(cfg.paths.shards_dir, spec).read_text())
+        manifest = json.loads(manifest_path(cfg.paths.shards_dir, spec.name).read_text())
         assert [v["row"] for v in manifest["videos"]] == list(range(spec.first_row, spec.first_row + len(spec.videos)))
     records = _all_samples(cfg, "train")
     for record, _ in records.values():
@@ -134,7 +134,7 @@ def test_bad_inputs_are_rejected_with_reasons_and_the_rest_is_kept(synth_copy, t
     assert reasons["900006"].startswith("label not in labels.json")
     assert set(reasons) == {"900001", "900002", "900003", "900004", "900005", "900006"}
     (spec,) = plan_all(cfg)
-    manifest = json.loads(manifest_path(cfg.paths.shards_dir, spec).read_text())
+    manifest = json.loads(manifest_path(cfg.paths.shards_dir, spec.name).read_text())
     assert {r["id"]: r["reason"] for r in manifest["rejected"]} == reasons
     samples = _all_samples(cfg, "train")
     assert set(samples) == {a["id"] for a in read_annotations(root, "train")} - set(reasons)
@@ -157,7 +157,7 @@ def test_resume_redoes_only_missing_or_corrupt_shards(synth_root, tmp_path):
     for t in tars:
         os.utime(t, (old, old))
     # Shard 0: a crash mid-write (temporary file, tar and manifest gone). Shard 1: a flipped byte.
-    manifest_path(out, specs[0]).unlink()
+    manifest_path(out, specs[0].name).unlink()
     tars[0].rename(out / f".{specs[0].name}.tmp-12345")
     data = bytearray(tars[1].read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -1,0 +1,170 @@
+"""The teacher cache: a Zarr store with one group per split, laid out shard by shard.
+
+Row r of a split belongs to shard r // videos_per_shard, and every array is chunked so that one
+shard's rows are exactly one chunk: array tasks working on different shards never share a chunk.
+`done[s]` (its own chunk per shard) is set only after shard s's rows are written.
+
+    <split>/features        [N, D]     float32  mean over frames of the per-frame embeddings
+    <split>/logits          [N, C]     float32  zero-shot logits (scale * cosine to class prompts)
+    <split>/frame_features  [N, F, D]  float16  per-frame embeddings
+    <split>/ids             [N]        str      planned video id of every row ("" past the end)
+    <split>/valid           [N]        bool     the row holds a video's outputs
+    <split>/done            [S]        bool     shard s is complete
+"""
+from __future__ import annotations
+
+import json
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .config import Config, TeacherConfig
+from .shard_plan import read_index
+
+FORMAT_VERSION = 1
+
+
+class CacheMismatchError(RuntimeError):
+    """The cache was built from other shards or another teacher; the message says what differs."""
+
+
+def teacher_fingerprint(cfg: TeacherConfig) -> dict[str, Any]:
+    """The teacher settings a consumer can check without loading the teacher."""
+    return {
+        "model": cfg.model,
+        "pretrained": cfg.pretrained,
+        "num_frames": cfg.num_frames,
+        "prompts": list(cfg.prompts),
+        "preprocess": "frames at segment centres; bicubic antialiased resize of the short side, centre crop, CLIP mean/std",
+    }
+
+
+def shards_fingerprint(cfg: Config, split: str) -> dict[str, Any]:
+    """What a split's cache rows were computed from: the shard index (names, sha256, rows)."""
+    index = read_index(cfg.paths.shards_dir, split)
+    return {
+        "videos_per_shard": index["videos_per_shard"],
+        "num_rows": index["num_rows"],
+        "settings": index["settings"],
+        "shards": [[s["name"], s["sha256"]] for s in index["shards"]],
+    }
+
+
+def expected_attrs(cfg: Config) -> dict[str, Any]:
+    """The store attributes that must match for the cache to be trusted."""
+    splits = {split: shards_fingerprint(cfg, split) for split in cfg.data.splits}
+    return {"format_version": FORMAT_VERSION, "teacher": teacher_fingerprint(cfg.teacher), "splits": splits}
+
+
+def digest(obj: Any) -> str:
+    """sha256 of canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def create_store(path: Path, attrs: dict[str, Any], dim: int, num_classes: int, num_frames: int) -> None:
+    """Create the empty store atomically: built under a temporary name, renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    root = zarr.open_group(tmp, mode="w")
+    for split, fp in attrs["splits"].items():
+        n, per = fp["num_rows"], fp["videos_per_shard"]
+        g = root.create_group(split)
+        g.create_array("features", shape=(n, dim), chunks=(per, dim), dtype="float32", fill_value=0.0)
+        g.create_array("logits", shape=(n, num_classes), chunks=(per, num_classes), dtype="float32", fill_value=0.0)
+        g.create_array("frame_features", shape=(n, num_frames, dim), chunks=(per, num_frames, dim), dtype="float16", fill_value=0.0)
+        g.create_array("ids", shape=(n,), chunks=(per,), dtype=str, fill_value="")
+        g.create_array("valid", shape=(n,), chunks=(per,), dtype=bool, fill_value=False)
+        g.create_array("done", shape=(len(fp["shards"]),), chunks=(1,), dtype=bool, fill_value=False)
+    root.attrs.update({**attrs, "fingerprint": digest(attrs)})
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another task created it first: theirs is the same
+        if not path.exists():
+            raise
+
+
+def differences(found: dict[str, Any], expected: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two attribute trees."""
+    out = []
+    for key in sorted(set(found) | set(expected)):
+        a, b = found.get(key, "<absent>"), expected.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            if key == "shards":
+                changed = [x[0] for x, y in zip(a, b) if x != y] + ([f"{abs(len(a) - len(b))} more/fewer"] if len(a) != len(b) else [])
+                out.append(f"{prefix}shards differ ({', '.join(changed[:5])}{'...' if len(changed) > 5 else ''})")
+            else:
+                out.append(f"{prefix}{key}: cache has {a!r}, config/shards give {b!r}")
+    return out
+
+
+def open_checked(cfg: Config, mode: str = "r") -> zarr.Group:
+    """Open the cache, refusing it when it was built from other shards or another teacher."""
+    path = cfg.paths.teacher_cache
+    if not path.exists():
+        raise CacheMismatchError(f"no teacher cache at {path}: run `make teacher-cache` first")
+    root = zarr.open_group(path, mode=mode)
+    found = dict(root.attrs)
+    expected = expected_attrs(cfg)
+    found_core = {k: found.get(k) for k in expected}
+    # A split the consumer does not ask for may differ; only the configured ones are checked.
+    found_core["splits"] = {s: (found.get("splits") or {}).get(s, "<absent>") for s in expected["splits"]}
+    diffs = differences(found_core, expected)
+    if diffs:
+        raise CacheMismatchError(
+            f"teacher cache {path} does not match the current shards/config:\n  - " + "\n  - ".join(diffs)
+            + f"\nRebuild it: delete {path} and run `make teacher-cache` (or point paths.run_dir elsewhere)."
+        )
+    return root
+
+
+@dataclass
+class ShardRows:
+    """The cached teacher outputs of one shard's rows (one chunk of each array)."""
+
+    first_row: int
+    features: np.ndarray
+    logits: np.ndarray
+    valid: np.ndarray
+    ids: np.ndarray
+
+    def get(self, row: int, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(feature, logits) of `row`; refuses invalid rows and rows of another video."""
+        i = row - self.first_row
+        if not self.valid[i]:
+            raise KeyError(f"teacher cache row {row} (video {video_id}) is not valid: the video was rejected or never cached")
+        if self.ids[i] != video_id:
+            raise CacheMismatchError(f"teacher cache row {row} holds video {self.ids[i]}, not {video_id}")
+        return self.features[i], self.logits[i]
+
+
+class CacheReader:
+    """O(1) lookup of a video's teacher outputs from its shard record's `row`, one chunk per shard."""
+
+    def __init__(self, root: zarr.Group, split: str):
+        self.group = root[split]
+        self.per = self.group["features"].chunks[0]
+        self._shard: int | None = None
+        self._rows: ShardRows | None = None
+
+    def shard_rows(self, shard: int) -> ShardRows:
+        """Read shard `shard`'s chunk of every array (kept until another shard is asked for)."""
+        if self._shard != shard:
+            sl = slice(shard * self.per, (shard + 1) * self.per)
+            g = self.group
+            self._rows = ShardRows(shard * self.per, g["features"][sl], g["logits"][sl], g["valid"][sl], g["ids"][sl])
+            self._shard = shard
+        return self._rows
+
+    def get(self, row: int, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(feature [D], logits [C]) of the video at `row`."""
+        return self.shard_rows(row // self.per).get(row, video_id)

@@ -1,0 +1,161 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from pipeline import shards, teacher_run
+from pipeline.clip_teacher import TeacherWeightsError, load_teacher
+from pipeline.frames import decode, normalize, resize_crop
+from pipeline.sampling import segment_centres
+from pipeline.shard_format import read_shard, select_frames
+from pipeline.ssv2 import LABELS_FILE, class_names, load_labels
+from pipeline.teacher_cache import CacheMismatchError, CacheReader, open_checked
+
+from conftest import make_config, read_annotations
+
+TINY = ("teacher.model=clip-tiny", "teacher.pretrained=random", "teacher.num_workers=2", "teacher.batch_videos=3")
+
+
+def _cfg(root, run_dir, *extra):
+    return make_config(root, run_dir, *TINY, *extra)
+
+
+@pytest.fixture(scope="module")
+def cached(synth_root, tmp_path_factory):
+    """Shards plus a complete teacher cache, built once for the module."""
+    cfg = _cfg(synth_root, tmp_path_factory.mktemp("run"))
+    shards.run(cfg)
+    summary = teacher_run.run(cfg)
+    return cfg, summary
+
+
+def _arrays(path):
+    root = zarr.open_group(path, mode="r")
+    return {f"{s}/{name}": root[s][name][:] for s in ("train", "validation") for name in root[s].array_keys()}
+
+
+def test_cached_outputs_equal_a_fresh_teacher_forward(cached):
+    cfg, _ = cached
+    teacher = load_teacher(cfg.teacher, class_names(load_labels(LABELS_FILE)), torch.device("cpu"))
+    reader = CacheReader(open_checked(cfg), "validation")
+    tar = sorted(cfg.paths.shards_dir.glob("validation-*.tar"))[-1]
+    checked = 0
+    for record, blob in read_shard(str(tar)):
+        jpegs = select_frames(record, blob, segment_centres(record["num_frames"], cfg.teacher.num_frames))
+        x = normalize(resize_crop(torch.stack(decode(jpegs)), teacher.image_size), teacher.mean, teacher.std)
+        with torch.no_grad():
+            frame_emb = teacher.encode_frames(x)
+            feature = frame_emb.mean(0, keepdim=True)
+            logits = teacher.logits(feature)
+        cached_feature, cached_logits = reader.get(record["row"], record["id"])
+        np.testing.assert_allclose(cached_feature, feature[0].numpy(), rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(cached_logits, logits[0].numpy(), rtol=1e-3, atol=1e-3)
+        checked += 1
+    assert checked > 0
+
+
+def test_store_opens_with_plain_zarr_with_documented_shapes(cached):
+    cfg, _ = cached
+    root = zarr.open_group(cfg.paths.teacher_cache, mode="r")
+    index = json.loads((cfg.paths.shards_dir / "train.index.json").read_text())
+    g = root["train"]
+    n, per, frames = index["num_rows"], cfg.shards.videos_per_shard, cfg.teacher.num_frames
+    assert (g["features"].shape, g["features"].dtype) == ((n, 512), np.float32)
+    assert (g["logits"].shape, g["logits"].dtype) == ((n, 174), np.float32)
+    assert (g["frame_features"].shape, g["frame_features"].dtype) == ((n, frames, 512), np.float16)
+    assert g["ids"].shape == (n,) and g["valid"].dtype == bool
+    assert g["features"].chunks == (per, 512) and g["done"].chunks == (1,)
+    assert g["done"][:].all() and g["valid"][:].sum() == index["num_videos"]
+    train_ids = {a["id"] for a in read_annotations(cfg.paths.ssv2_root, "train")}
+    assert set(g["ids"][:][g["valid"][:]]) == train_ids
+    assert len(root.attrs["prompt_texts"]) == 174 * len(cfg.teacher.prompts)
+    assert root.attrs["teacher"]["model"] == "clip-tiny" and len(root.attrs["weights_sha256"]) == 64
+
+
+def test_killed_task_then_rerun_equals_uninterrupted_run(cached, synth_root, tmp_path):
+    cfg_full, full_summary = cached
+    cfg = _cfg(synth_root, tmp_path)
+    shards.run(cfg)
+    first = teacher_run.run(cfg, stop_after_shards=2)  # the task dies after two shards
+    assert len(first.shards_computed) == 2
+    second = teacher_run.run(cfg)
+    assert not set(first.shards_computed) & set(second.shards_computed), "no shard computed twice"
+    assert sorted(first.shards_computed + second.shards_computed) == sorted(full_summary.shards_computed)
+    a, b = _arrays(cfg.paths.teacher_cache), _arrays(cfg_full.paths.teacher_cache)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_two_tasks_fill_the_same_store_as_one(cached, synth_root, tmp_path):
+    cfg_full, _ = cached
+    cfg = _cfg(synth_root, tmp_path)
+    shards.run(cfg)
+    done = [teacher_run.run(cfg, task_id=t, num_tasks=2).shards_computed for t in range(2)]
+    assert done[0] and done[1] and not set(done[0]) & set(done[1])
+    a, b = _arrays(cfg.paths.teacher_cache), _arrays(cfg_full.paths.teacher_cache)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_changed_teacher_setting_is_refused(cached):
+    cfg, _ = cached
+    changed = _cfg(cfg.paths.ssv2_root, cfg.paths.run_dir, "teacher.num_frames=4")
+    with pytest.raises(CacheMismatchError, match=r"teacher.num_frames: cache has 8, config/shards give 4") as e:
+        open_checked(changed)
+    assert "make teacher-cache" in str(e.value)
+    other_model = _cfg(cfg.paths.ssv2_root, cfg.paths.run_dir, "teacher.model=ViT-B-32")
+    with pytest.raises(CacheMismatchError, match="teacher.model"):
+        open_checked(other_model)
+
+
+def test_changed_shards_are_refused(synth_root, tmp_path):
+    cfg = _cfg(synth_root, tmp_path, "data.splits=[validation]")
+    shards.run(cfg)
+    teacher_run.run(cfg)
+    open_checked(cfg)
+    rebuilt = _cfg(synth_root, tmp_path, "data.splits=[validation]", "shards.jpeg_qscale=9")
+    shards.run(rebuilt)
+    with pytest.raises(CacheMismatchError, match="shards differ|settings"):
+        open_checked(rebuilt)
+    with pytest.raises(CacheMismatchError):
+        teacher_run.run(rebuilt)
+
+
+def test_rejected_rows_stay_invalid_and_are_never_served(synth_copy, tmp_path):
+    items = read_annotations(synth_copy, "validation")
+    items.append({"id": "990001", "label": "x", "template": items[0]["template"], "placeholders": []})  # no file
+    (synth_copy / "labels" / "validation.json").write_text(json.dumps(items))
+    cfg = _cfg(synth_copy, tmp_path, "data.splits=[validation]")
+    assert "990001" in shards.run(cfg).rejected
+    teacher_run.run(cfg)
+    g = zarr.open_group(cfg.paths.teacher_cache, mode="r")["validation"]
+    ids, valid = g["ids"][:], g["valid"][:]
+    (row,) = np.nonzero(ids == "990001")[0]
+    assert not valid[row] and not g["features"][row].any()
+    assert valid.sum() == len(items) - 1
+    with pytest.raises(KeyError, match="not valid"):
+        CacheReader(open_checked(cfg), "validation").get(int(row), "990001")
+
+
+def test_missing_weights_give_a_clear_error(monkeypatch):
+    import huggingface_hub.constants
+
+    names = class_names(load_labels(LABELS_FILE))
+    from pipeline.config import TeacherConfig
+
+    with pytest.raises(TeacherWeightsError, match="no such checkpoint file"):
+        load_teacher(TeacherConfig(model="clip-tiny", pretrained="/nonexistent/clip.pt"), names, torch.device("cpu"))
+    with pytest.raises(TeacherWeightsError, match="not a known tag"):
+        load_teacher(TeacherConfig(model="ViT-B-32", pretrained="no-such-tag"), names, torch.device("cpu"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(TeacherWeightsError, match="set teacher.pretrained to the local file"):
+        load_teacher(TeacherConfig(model="ViT-B-32", pretrained="openai"), names, torch.device("cpu"))
+
+
+def test_missing_shards_give_a_clear_error(synth_root, tmp_path):
+    cfg = _cfg(synth_root, tmp_path)
+    with pytest.raises(FileNotFoundError, match="run `make shards`"):
+        teacher_run.run(cfg)
