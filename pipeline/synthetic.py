@@ -125,10 +125,8 @@ def bracketed(template: str) -> str:
 def generate(root: Path, cfg: SyntheticConfig, workers: int | None = None) -> list[SyntheticVideo]:
     """Write the data set under `root` in the real download's layout; returns what was written."""
     root = Path(root)
-    labels_dir, video_dir = root / "labels", root / "20bn-something-something-v2"
-    labels_dir.mkdir(parents=True, exist_ok=True)
+    video_dir = root / "20bn-something-something-v2"
     video_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(LABELS_FILE, labels_dir / "labels.json")
     labels = load_labels(LABELS_FILE)
     videos = plan(cfg)
     for v in videos:
@@ -139,6 +137,16 @@ def generate(root: Path, cfg: SyntheticConfig, workers: int | None = None) -> li
 
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         list(pool.map(write, videos))
+    write_annotations(root, videos)
+    log.info("synthetic SSv2: %d videos (%d classes) under %s", len(videos), 2 * cfg.class_pairs, root)
+    return videos
+
+
+def write_annotations(root: Path, videos: list[SyntheticVideo]) -> None:
+    """labels/labels.json and one annotation list per split, as in the real download."""
+    labels_dir = Path(root) / "labels"
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(LABELS_FILE, labels_dir / "labels.json")
     for split in SPLIT_FRACTIONS:
         items = [v for v in videos if v.split == split]
         if split == "test":
@@ -146,8 +154,6 @@ def generate(root: Path, cfg: SyntheticConfig, workers: int | None = None) -> li
         else:
             records = [_record(v) for v in items]
         (labels_dir / f"{split}.json").write_text(json.dumps(records, indent=1))
-    log.info("synthetic SSv2: %d videos (%d classes) under %s", len(videos), 2 * cfg.class_pairs, root)
-    return videos
 
 
 def _record(v: SyntheticVideo) -> dict:

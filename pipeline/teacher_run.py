@@ -76,7 +76,8 @@ class TeacherSummary:
     shards_skipped: int = 0
     videos: int = 0
     frames: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole task, teacher loading included
+    compute_seconds: float = 0.0  # the loop over shards: read, decode, forward, write
 
 
 def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: int | None = None) -> TeacherSummary:
@@ -95,6 +96,7 @@ def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: in
     gpu_decode = device.type == "cuda" and cfg.teacher.decode in ("auto", "gpu")
     loader = _loader(cfg, jobs, None if gpu_decode else teacher.image_size)
     progress = Progress("teacher shards", len(jobs), cfg.teacher.progress_every_s, log)
+    loop_start = time.monotonic()
     for item in loader:
         frames = _to_device(item, teacher.image_size, device)
         features, frame_features = _encode(teacher, frames, cfg.teacher.batch_videos, device, cfg.teacher.precision)
@@ -103,6 +105,9 @@ def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: in
         summary.videos += len(item.rows)
         summary.frames += len(item.rows) * cfg.teacher.num_frames
         progress.update()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    summary.compute_seconds = time.monotonic() - loop_start
     summary.seconds = time.monotonic() - start
     log.info(_summary_paragraph(summary, task_id, num_tasks, cfg))
     return summary
@@ -209,10 +214,10 @@ def _write_shard(group: zarr.Group, item: ShardItem, features, logits, frame_fea
 
 
 def _summary_paragraph(s: TeacherSummary, task_id: int, num_tasks: int, cfg: Config) -> str:
-    rate = s.frames / s.seconds if s.seconds else 0.0
+    rate = s.frames / s.compute_seconds if s.compute_seconds else 0.0
     return (
         f"Teacher cache task {task_id}/{num_tasks} finished in {format_duration(s.seconds)}: computed "
         f"{len(s.shards_computed)} shards and skipped {s.shards_skipped} already done; {s.videos} videos, "
-        f"{s.frames} frames ({rate:.0f} frames/s end to end, model load included) with {cfg.teacher.model} "
+        f"{s.frames} frames ({rate:.0f} frames/s over the shards) with {cfg.teacher.model} "
         f"({cfg.teacher.pretrained}) into {cfg.paths.teacher_cache}."
     )

@@ -1,0 +1,42 @@
+"""Shards of synthetic videos written without ffmpeg (for machines that have none, like the GPU box).
+
+The frames are rendered by `pipeline.synthetic` and JPEG-encoded with Pillow; everything else (plan,
+tar layout, manifests, index) is the real shards stage, through its pluggable decoder.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image
+
+from pipeline import config, shards, synthetic
+from pipeline.ffmpeg_io import DecodedVideo
+from pipeline.ssv2 import VideoEntry
+
+
+def rendering_decoder(videos: list[synthetic.SyntheticVideo], cfg: config.SyntheticConfig, quality: int = 90):
+    """A shards-stage decoder that renders each video's frames and encodes them as JPEG."""
+    by_id = {v.id: v for v in videos}
+
+    def decode(entry: VideoEntry) -> DecodedVideo:
+        frames = synthetic.render(by_id[entry.id], cfg.min_frames, cfg.max_frames)
+        jpegs = []
+        for frame in frames:
+            buf = io.BytesIO()
+            Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+            jpegs.append(buf.getvalue())
+        return DecodedVideo(jpegs, frames.shape[2], frames.shape[1], float(synthetic.FPS), len(frames) / synthetic.FPS)
+
+    return decode
+
+
+def build(root: Path, run_dir: Path, num_videos: int, min_frames: int, max_frames: int, overrides: list[str]) -> config.Config:
+    """Write annotations under `root` and shards under `run_dir`; returns the config used."""
+    syn = config.SyntheticConfig(num_videos=num_videos, min_frames=min_frames, max_frames=max_frames)
+    videos = synthetic.plan(syn)
+    synthetic.write_annotations(root, videos)
+    repo = Path(__file__).resolve().parents[1]
+    cfg = config.load(repo / "pipeline.yaml", [f"paths.ssv2_root={root}", f"paths.run_dir={run_dir}", *overrides])
+    shards.run(cfg, decoder=rendering_decoder(videos, syn))
+    return cfg
