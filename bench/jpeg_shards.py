@@ -6,6 +6,8 @@ tar layout, manifests, index) is the real shards stage, through its pluggable de
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
 from pathlib import Path
 
 from PIL import Image
@@ -38,5 +40,17 @@ def build(root: Path, run_dir: Path, num_videos: int, min_frames: int, max_frame
     synthetic.write_annotations(root, videos)
     repo = Path(__file__).resolve().parents[1]
     cfg = config.load(repo / "pipeline.yaml", [f"paths.ssv2_root={root}", f"paths.run_dir={run_dir}", *overrides])
-    shards.run(cfg, decoder=rendering_decoder(videos, syn))
+    # One process per core, each an array task of the real stage (Pillow's encoder holds the GIL).
+    tasks = os.cpu_count() or 1
+    _STATE.update(cfg=cfg, decoder=rendering_decoder(videos, syn), tasks=tasks)
+    with multiprocessing.get_context("fork").Pool(tasks) as pool:
+        pool.map(_task, range(tasks))
+    shards.run(cfg, decoder=_STATE["decoder"])  # writes the split indexes once all shards are there
     return cfg
+
+
+_STATE: dict = {}
+
+
+def _task(task_id: int) -> None:
+    shards.run(_STATE["cfg"], task_id, _STATE["tasks"], decoder=_STATE["decoder"])

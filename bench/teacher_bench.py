@@ -4,7 +4,8 @@
 
 End to end: the real stage (reading shards, JPEG decode, resize/crop, forward, Zarr writes) over
 JPEG shards built without ffmpeg; model loading is excluded (it happens once per task). Forward
-only: the same teacher on random normalised frames at the same batch size and precision.
+only: the stage's own encoder (normalise + image tower, eager and as a CUDA graph) on random
+frames at the same batch size and precision; the ratio is against the one the stage runs.
 """
 from __future__ import annotations
 
@@ -25,26 +26,26 @@ from pipeline.device import autocast_dtype, pick_device
 from pipeline.ssv2 import LABELS_FILE, class_names, load_labels
 
 
-def forward_only(cfg, iters: int) -> float:
-    """Frames/s of the image tower alone on random input at the stage's batch size."""
+def forward_only(cfg, iters: int) -> dict[str, float]:
+    """Frames/s of the stage's own encoder alone (eager and CUDA graph) on random frames at its batch size."""
     device = pick_device(cfg.teacher.device)
     teacher = load_teacher(cfg.teacher, class_names(load_labels(LABELS_FILE)), device)
-    n = cfg.teacher.batch_videos * cfg.teacher.num_frames
-    x = torch.randn(n, 3, teacher.image_size, teacher.image_size, device=device)
-    dtype = autocast_dtype(device, cfg.teacher.precision)
-
-    def step():
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            teacher.encode_frames(x)
-
-    for _ in range(3):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    _sync(device)
-    return n * iters / (time.perf_counter() - start)
+    size = teacher.image_size
+    x = torch.randint(0, 256, (cfg.teacher.batch_videos, cfg.teacher.num_frames, 3, size, size), dtype=torch.uint8, device=device)
+    rates = {}
+    for graphs in ([False, True] if device.type == "cuda" else [False]):
+        cfg.teacher.cuda_graphs = graphs
+        encode = teacher_run.make_encoder(teacher, cfg.teacher, device)
+        for _ in range(3):
+            encode(x)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(iters):
+            encode(x)
+        _sync(device)
+        rates["graph" if graphs else "eager"] = x.shape[0] * x.shape[1] * iters / (time.perf_counter() - start)
+    cfg.teacher.cuda_graphs = device.type == "cuda"
+    return rates
 
 
 def _sync(device: torch.device) -> None:
@@ -52,13 +53,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def end_to_end(cfg) -> tuple[float, int]:
-    """Frames/s of the stage's compute loop on a fresh store (after a short warm-up run)."""
+def end_to_end(cfg) -> teacher_run.TeacherSummary:
+    """The stage over every shard on a fresh store (after a short warm-up run)."""
     shutil.rmtree(cfg.paths.teacher_cache, ignore_errors=True)
     teacher_run.run(cfg, stop_after_shards=2)  # warm-up: CUDA context, kernels, page cache
     shutil.rmtree(cfg.paths.teacher_cache)
-    summary = teacher_run.run(cfg)
-    return summary.frames / summary.compute_seconds, summary.frames
+    return teacher_run.run(cfg)
 
 
 def compare_stores(a: Path, b: Path) -> float:
@@ -81,10 +81,12 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-32" if cuda else "clip-tiny")
-    parser.add_argument("--videos", type=int, default=4096 if cuda else 256)
+    parser.add_argument("--videos", type=int, default=20000 if cuda else 256)
     parser.add_argument("--batch-videos", type=int, default=64)
     parser.add_argument("--num-frames", type=int, default=8)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--writers", type=int, default=2)
+    parser.add_argument("--pin-memory", type=int, nargs="+", default=[0], help="0 and/or 1: loader pins host memory")
     parser.add_argument("--decode", nargs="+", default=["gpu", "cpu"] if cuda else ["cpu"])
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--work", type=Path, default=None, help="where to build the shards (default: a temp dir)")
@@ -92,28 +94,34 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     work = args.work or Path(tempfile.mkdtemp(prefix="teacher_bench_"))
     overrides = [f"teacher.model={args.model}", "teacher.pretrained=random", f"teacher.batch_videos={args.batch_videos}",
-                 f"teacher.num_frames={args.num_frames}", f"teacher.num_workers={args.workers}",
+                 f"teacher.num_frames={args.num_frames}", f"teacher.num_workers={args.workers}", f"teacher.writers={args.writers}",
                  f"teacher.precision={args.precision}", f"shards.videos_per_shard={args.batch_videos}",
                  f"shards.cpus_per_task={os.cpu_count()}", "data.splits=[train, validation]", "teacher.progress_every_s=1000"]
     start = time.perf_counter()
-    cfg = build(work / "ssv2", work / "run", args.videos, 16, 16, overrides)
+    cfg = build(work / "ssv2", work / "run", args.videos, args.num_frames, args.num_frames, overrides)
     print(f"built {args.videos} videos of JPEG shards in {time.perf_counter() - start:.1f} s")
     device = pick_device(cfg.teacher.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     rows, stores = [], {}
-    for mode in args.decode:
-        cfg.teacher.decode = mode
-        e2e, frames = end_to_end(cfg)
-        stores[mode] = cfg.paths.teacher_cache.with_name(f"cache_{mode}.zarr")
+    for mode, pin in [(m, p) for m in args.decode for p in args.pin_memory]:
+        cfg.teacher.decode, cfg.teacher.pin_memory = mode, bool(pin)
+        summary = end_to_end(cfg)
+        e2e, steady, frames = summary.frames / summary.compute_seconds, summary.steady_frames_per_s, summary.frames
+        print(f"| {mode} decode, pin {pin}: loop {summary.compute_seconds:.1f} s, waited {summary.wait_input_s:.1f} s for input, "
+              f"{summary.wait_write_s:.1f} s for writes")
+        stores[mode] = cfg.paths.teacher_cache.with_name(f"cache_{mode}_{pin}.zarr")
         shutil.rmtree(stores[mode], ignore_errors=True)
         cfg.paths.teacher_cache.rename(stores[mode])
-        fwd = forward_only(cfg, iters=max(3, min(50, frames // (args.batch_videos * args.num_frames))))
-        rows.append(f"| {args.model} | {name} | {args.batch_videos * args.num_frames} | {mode} | {e2e:.0f} | {fwd:.0f} | {e2e / fwd:.0%} |")
+        rates = forward_only(cfg, iters=max(3, min(50, frames // (args.batch_videos * args.num_frames))))
+        fwd = rates.get("graph", rates["eager"])  # the forward the stage itself runs
+        rows.append(f"| {args.model} | {name} | {args.batch_videos * args.num_frames} | {mode}{', pinned' if pin else ''} | {e2e:.0f} | {steady:.0f} "
+                    f"| {rates['eager']:.0f} | {rates.get('graph', float('nan')):.0f} | {e2e / fwd:.0%} | {steady / fwd:.0%} |")
     precision = args.precision if device.type == "cuda" else "fp32"
     print(f"\n{args.model}, {name}, batch {args.batch_videos * args.num_frames} frames ({args.batch_videos} videos x "
           f"{args.num_frames}), {precision}, {args.workers} loader workers, {frames} frames per pass\n")
-    print("| model | device | batch (frames) | JPEG decode | end to end frames/s | forward only frames/s | end to end / forward |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | device | batch (frames) | JPEG decode | end to end frames/s | steady frames/s | forward only, eager "
+          "| forward only, CUDA graph | end to end / forward | steady / forward |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
     if len(stores) == 2:
         a, b = stores.values()

@@ -76,10 +76,13 @@ class TeacherConfig:
         default_factory=lambda: ["a video of {}.", "a photo of a person {}.", "a video of a person {}."]
     )
     batch_videos: int = 64  # videos per forward (x num_frames frames); a shard is never split across two
-    num_workers: int = 4  # data-loading processes (read, JPEG decode on CPU, resize)
+    num_workers: int = 4  # data-loading processes (read, JPEG decode on CPU, centre crop)
+    writers: int = 2  # processes writing finished shards to Zarr
+    pin_memory: bool = False  # pin decoded frames for asynchronous copies (costs a host copy per shard)
     device: str = "auto"  # auto: cuda, else mps, else cpu
     precision: str = "bf16"  # autocast on CUDA: bf16, fp16 or fp32
     decode: str = "auto"  # where JPEGs are decoded: auto (gpu on CUDA), gpu, cpu
+    cuda_graphs: bool = True  # replay the image tower as one CUDA graph per batch (CUDA only)
     progress_every_s: float = 10.0
 
 

@@ -28,19 +28,47 @@ def decode(jpegs: Sequence[bytes], device: str | torch.device = "cpu") -> list[t
     return [decode_jpeg(d) for d in data]
 
 
-def resize_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """CLIP preprocessing geometry: bicubic resize of the short side to `size`, centre crop."""
-    if frames.device.type == "cuda" and frames.dtype == torch.uint8:
+def square_crop(frames: torch.Tensor) -> torch.Tensor:
+    """The centred square of side min(H, W) of frames [..., 3, H, W] (a view, no copy)."""
+    h, w = frames.shape[-2:]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return frames[..., top : top + s, left : left + s]
+
+
+def resize(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """Bicubic antialiased resize of square frames [N, 3, s, s] to [N, 3, size, size], uint8 in and out."""
+    if frames.shape[-1] == size:
+        return frames
+    if frames.device.type == "cuda":
         # antialiased bicubic has no uint8 CUDA kernel; float keeps the same maths
-        out = TF.resize(frames.float(), size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-        frames = out.round_().clamp_(0, 255).to(torch.uint8)
-    else:
-        frames = TF.resize(frames, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-    return TF.center_crop(frames, [size, size])
+        out = TF.resize(frames.float(), [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+    return TF.resize(frames, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
-def normalize(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype=torch.float32) -> torch.Tensor:
-    """uint8 [..., 3, H, W] -> float, scaled to [0, 1] and normalised per channel."""
-    m = torch.tensor(mean, device=frames.device, dtype=dtype).view(3, 1, 1) * 255
-    s = torch.tensor(std, device=frames.device, dtype=dtype).view(3, 1, 1) * 255
-    return (frames.to(dtype) - m) / s
+def resize_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """CLIP's geometry: centre square crop, then bicubic resize to `size` x `size`.
+
+    Cropping first makes every 240p frame the same 240x240 whatever its width, so a whole batch of
+    videos resizes in one call; it equals CLIP's resize-then-crop except within the two pixels at the
+    crop's left and right edges, where the bicubic kernel no longer sees the pixels cropped away.
+    """
+    return resize(square_crop(frames), size)
+
+
+def normalizer(mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu"):
+    """A function uint8 [..., 3, H, W] -> float32 normalised per channel, its constants made once on
+    `device` (so it can run inside CUDA graph capture, where host-to-device copies are not allowed)."""
+    m = torch.tensor(mean, device=device).view(3, 1, 1) * 255
+    s = torch.tensor(std, device=device).view(3, 1, 1) * 255
+
+    def apply(frames: torch.Tensor) -> torch.Tensor:
+        return (frames.float() - m) / s
+
+    return apply
+
+
+def normalize(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 [..., 3, H, W] -> float32, scaled to [0, 1] and normalised per channel."""
+    return normalizer(mean, std, frames.device)(frames)

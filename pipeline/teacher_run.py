@@ -1,71 +1,35 @@
-"""Stage 2 work: run the frozen teacher once over the shards and fill the Zarr cache."""
+"""Stage 2 work: run the frozen teacher once over the shards and fill the Zarr cache.
+
+The loop keeps the GPU busy: the next shard is decoded and resized on a side stream in a prep
+thread while this one is encoded (one CUDA graph replay), and finished shards are written to Zarr
+by a separate process, so none of that Python work competes with the launching thread for the GIL.
+"""
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import zarr
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import atomic
 from .clip_teacher import Teacher, load_teacher
-from .config import Config, dump
+from .config import Config, TeacherConfig, dump
+from .cuda_graph import GraphedForward
 from .device import autocast_dtype, pick_device
-from .frames import decode, normalize, resize_crop
+from .frames import normalizer
+from .overlap import ProcessWriter, map_ahead
 from .progress import Progress, format_duration
-from .sampling import segment_centres
-from .shard_format import read_shard, select_frames
 from .shard_plan import manifest_path, read_index, read_manifest
 from .ssv2 import class_names, load_labels
 from .teacher_cache import CacheMismatchError, create_store, expected_attrs, open_checked
+from .teacher_data import ShardItem, make_loader, prepare, wait_ready
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ShardItem:
-    """One shard's sampled frames, as a loader worker hands them over."""
-
-    split: str
-    shard: int
-    rows: list[int]
-    tar: Path
-    frames: torch.Tensor | list[list[bytes]]  # uint8 [V, F, 3, S, S] when decoded on the CPU, else JPEGs
-
-
-class ShardFrames(IterableDataset):
-    """Reads whole shards and samples `num_frames` centre frames per video; workers split the shards."""
-
-    def __init__(self, jobs: list[tuple[str, int, Path]], num_frames: int, image_size: int | None):
-        self.jobs, self.num_frames, self.image_size = jobs, num_frames, image_size
-
-    def __iter__(self):
-        info = get_worker_info()
-        jobs = self.jobs if info is None else self.jobs[info.id :: info.num_workers]
-        for split, shard, path in jobs:
-            yield self._load(split, shard, path)
-
-    def _load(self, split: str, shard: int, path: Path) -> ShardItem:
-        rows, frames = [], []
-        for record, blob in read_shard(str(path)):
-            jpegs = select_frames(record, blob, segment_centres(record["num_frames"], self.num_frames))
-            rows.append(record["row"])
-            frames.append(jpegs if self.image_size is None else resize_crop(torch.stack(decode(jpegs)), self.image_size))
-        if self.image_size is not None:
-            frames = torch.stack(frames) if frames else torch.empty(0, self.num_frames, 3, self.image_size, self.image_size, dtype=torch.uint8)
-        return ShardItem(split, shard, rows, path, frames)
-
-
-def _identity(x):
-    return x
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # each worker decodes one shard; threads would only fight each other
 
 
 @dataclass
@@ -78,39 +42,116 @@ class TeacherSummary:
     frames: int = 0
     seconds: float = 0.0  # the whole task, teacher loading included
     compute_seconds: float = 0.0  # the loop over shards: read, decode, forward, write
+    first_shard_s: float = 0.0  # until the first shard was through: worker start-up and pipeline fill
+    wait_input_s: float = 0.0  # the GPU loop waiting for decoded frames (loader-bound when large)
+    wait_write_s: float = 0.0  # the GPU loop waiting for Zarr writes (storage-bound when large)
+
+    @property
+    def steady_frames_per_s(self) -> float:
+        """Frames/s once the pipeline is full (what a task with thousands of shards sees)."""
+        first = self.frames / max(1, len(self.shards_computed))
+        span = self.compute_seconds - self.first_shard_s
+        return (self.frames - first) / span if span > 0 else 0.0
 
 
 def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: int | None = None) -> TeacherSummary:
     """Compute the teacher outputs of shards task_id, task_id + num_tasks, ... not yet done."""
     start = time.monotonic()
     device = pick_device(cfg.teacher.device)
-    names = class_names(load_labels(Path(cfg.paths.ssv2_root) / cfg.data.labels_subdir / "labels.json"))
-    teacher = load_teacher(cfg.teacher, names, device)
-    root = _open_store(cfg, teacher, names)
-    atomic.write_text(cfg.paths.teacher_cache.with_suffix(".config.yaml"), dump(cfg))
-    jobs, skipped = _todo(cfg, root, task_id, num_tasks)
-    if stop_after_shards is not None:
-        jobs = jobs[:stop_after_shards]
-    summary = TeacherSummary(shards_skipped=skipped)
-    log.info("task %d/%d: %d shards to compute, %d already done (teacher %s on %s)", task_id, num_tasks, len(jobs), skipped, cfg.teacher.model, device)
-    gpu_decode = device.type == "cuda" and cfg.teacher.decode in ("auto", "gpu")
-    loader = _loader(cfg, jobs, None if gpu_decode else teacher.image_size)
-    progress = Progress("teacher shards", len(jobs), cfg.teacher.progress_every_s, log)
-    loop_start = time.monotonic()
-    for item in loader:
-        frames = _to_device(item, teacher.image_size, device)
-        features, frame_features = _encode(teacher, frames, cfg.teacher.batch_videos, device, cfg.teacher.precision)
-        _write_shard(root[item.split], item, features, teacher.logits(features), frame_features)
-        summary.shards_computed.append((item.split, item.shard))
-        summary.videos += len(item.rows)
-        summary.frames += len(item.rows) * cfg.teacher.num_frames
-        progress.update()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    summary.compute_seconds = time.monotonic() - loop_start
+    # The writer process starts before CUDA is touched, so forking it is safe and fast on the CPU.
+    writer = ProcessWriter(write_shard, cfg.teacher.writers, start_method="fork" if device.type == "cpu" else "spawn")
+    try:
+        names = class_names(load_labels(Path(cfg.paths.ssv2_root) / cfg.data.labels_subdir / "labels.json"))
+        teacher = load_teacher(cfg.teacher, names, device)
+        root = _open_store(cfg, teacher, names)
+        atomic.write_text(cfg.paths.teacher_cache.with_suffix(".config.yaml"), dump(cfg))
+        jobs, skipped = _todo(cfg, root, task_id, num_tasks)
+        jobs = jobs[:stop_after_shards] if stop_after_shards is not None else jobs
+        summary = TeacherSummary(shards_skipped=skipped)
+        log.info("task %d/%d: %d shards to compute, %d already done (teacher %s on %s)",
+                 task_id, num_tasks, len(jobs), skipped, cfg.teacher.model, device)
+        _loop(cfg, teacher, device, jobs, writer, summary)
+    finally:
+        writer.close()
     summary.seconds = time.monotonic() - start
     log.info(_summary_paragraph(summary, task_id, num_tasks, cfg))
     return summary
+
+
+def _loop(cfg: Config, teacher: Teacher, device: torch.device, jobs: list, writer: ProcessWriter, summary: TeacherSummary) -> None:
+    gpu_decode = device.type == "cuda" and cfg.teacher.decode in ("auto", "gpu")
+    loader = make_loader(jobs, cfg.teacher.num_frames, not gpu_decode, cfg.teacher.num_workers, cfg.teacher.pin_memory)
+    encode = make_encoder(teacher, cfg.teacher, device)
+    progress = Progress("teacher shards", len(jobs), cfg.teacher.progress_every_s, log)
+    store = str(cfg.paths.teacher_cache)
+    loop_start = time.monotonic()
+    prepared = map_ahead(lambda it: prepare(it, teacher.image_size, device), loader)
+    pending = None  # the previous shard's outputs, handed to the writer once this shard is launched
+    while True:
+        t0 = time.monotonic()
+        got = next(prepared, None)
+        summary.wait_input_s += time.monotonic() - t0
+        if got is None:
+            break
+        item, frames, ready = got
+        wait_ready(ready, frames, device)
+        frame_features = encode(frames)
+        features = frame_features.mean(1)
+        outputs = [t.to("cpu", non_blocking=True) for t in (features, teacher.logits(features), frame_features.half())]
+        t0 = time.monotonic()
+        if pending is not None:
+            _hand_over(writer, store, *pending)
+        pending = (item, _event(device), outputs)
+        summary.wait_write_s += time.monotonic() - t0
+        summary.shards_computed.append((item.split, item.shard))
+        summary.videos += len(item.rows)
+        summary.frames += len(item.rows) * cfg.teacher.num_frames
+        summary.first_shard_s = summary.first_shard_s or time.monotonic() - loop_start
+        progress.update()
+    if pending is not None:
+        _hand_over(writer, store, *pending)
+    summary.compute_seconds = time.monotonic() - loop_start
+
+
+def _event(device: torch.device):
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event
+
+
+def _hand_over(writer: ProcessWriter, store: str, item: ShardItem, copied, outputs: list[torch.Tensor]) -> None:
+    if copied is not None:
+        copied.synchronize()  # the next shard is already queued on the GPU, so this costs it nothing
+    arrays = [t.numpy() for t in outputs]
+    writer.submit(store, item.split, item.shard, item.rows, str(item.tar), *arrays)
+
+
+def make_encoder(teacher: Teacher, cfg: TeacherConfig, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 frames [V, F, 3, S, S] -> per-frame embeddings [V, F, D] float32, `batch_videos` at a time."""
+    dtype = autocast_dtype(device, cfg.precision)
+    norm = normalizer(teacher.mean, teacher.std, device)
+
+    def forward(flat: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=False):
+            return teacher.encode_frames(norm(flat))
+
+    batch = cfg.batch_videos * cfg.num_frames
+    step = forward
+    if device.type == "cuda" and cfg.cuda_graphs:
+        size = teacher.image_size
+        step = GraphedForward(forward, torch.zeros(batch, 3, size, size, dtype=torch.uint8, device=device))
+
+    def encode(frames: torch.Tensor) -> torch.Tensor:
+        v, f = frames.shape[:2]
+        if v == 0:
+            return torch.zeros(0, cfg.num_frames, teacher.classifier.shape[1], device=device)
+        flat = frames.flatten(0, 1)
+        out = torch.cat([step(flat[i : i + batch]) for i in range(0, flat.shape[0], batch)])
+        return out.view(v, f, -1)
+
+    return encode
 
 
 def _open_store(cfg: Config, teacher: Teacher, names: list[str]) -> zarr.Group:
@@ -148,76 +189,46 @@ def _todo(cfg: Config, root: zarr.Group, task_id: int, num_tasks: int) -> tuple[
     return jobs, len(mine) - len(jobs)
 
 
-def _loader(cfg: Config, jobs: list, image_size: int | None) -> DataLoader:
-    workers = min(cfg.teacher.num_workers, len(jobs))
-    dataset = ShardFrames(jobs, cfg.teacher.num_frames, image_size)
-    return DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
-                      worker_init_fn=_worker_init, pin_memory=torch.cuda.is_available(),
-                      prefetch_factor=4 if workers else None, persistent_workers=False)
+_arrays: dict = {}  # a writer process's open Zarr arrays: opening one reads its metadata from disk
 
 
-def _to_device(item: ShardItem, size: int, device: torch.device) -> torch.Tensor:
-    """uint8 [V, F, 3, S, S] on `device`; JPEGs are decoded there when the worker left them raw."""
-    if isinstance(item.frames, torch.Tensor):
-        return item.frames.to(device, non_blocking=True)
-    flat = [j for video in item.frames for j in video]
-    if not flat:
-        return torch.empty(0, 0, 3, size, size, dtype=torch.uint8, device=device)
-    images = decode(flat, device)
-    per = len(item.frames[0])
-    videos = [resize_crop(torch.stack(images[i : i + per]), size) for i in range(0, len(images), per)]
-    return torch.stack(videos)
+def _open_arrays(store: str, split: str) -> dict[str, zarr.Array]:
+    if (store, split) not in _arrays:
+        group = zarr.open_group(store, mode="r+")[split]
+        _arrays[(store, split)] = {name: group[name] for name in group.array_keys()}
+    return _arrays[(store, split)]
 
 
-@torch.no_grad()
-def _encode(teacher: Teacher, frames: torch.Tensor, batch_videos: int, device: torch.device, precision: str):
-    """(video features [V, D], frame features [V, F, D]) in float32."""
-    v = frames.shape[0]
-    if v == 0:
-        dim = teacher.classifier.shape[1]
-        return torch.empty(0, dim, device=device), torch.empty(0, 0, dim, device=device)
-    outs = []
-    dtype = autocast_dtype(device, precision)
-    for i in range(0, v, batch_videos):
-        chunk = frames[i : i + batch_videos]
-        x = normalize(chunk.flatten(0, 1), teacher.mean, teacher.std)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            outs.append(teacher.encode_frames(x).view(chunk.shape[0], chunk.shape[1], -1))
-    frame_features = torch.cat(outs)
-    return frame_features.mean(1), frame_features
-
-
-def _write_shard(group: zarr.Group, item: ShardItem, features, logits, frame_features) -> None:
-    """Write one shard's rows (one chunk per array), then its done flag."""
+def write_shard(store: str, split: str, shard: int, rows: list[int], tar: str, features, logits, frame_features) -> None:
+    """Write one shard's rows (one chunk per array), then its done flag; runs in a writer process."""
+    group = _open_arrays(store, split)
     per = group["features"].chunks[0]
-    first = item.shard * per
-    pos = np.asarray(item.rows, dtype=np.int64) - first
-    planned = read_manifest(manifest_path(item.tar.parent, item.tar.name))["planned_ids"]
+    first = shard * per
+    pos = np.asarray(rows, dtype=np.int64) - first
+    planned = read_manifest(manifest_path(Path(tar).parent, Path(tar).name))["planned_ids"]
     ids = np.full(per, "", dtype=object)
     ids[: len(planned)] = planned
-    chunk = {
-        "features": np.zeros(group["features"].shape[1:], np.float32),
-        "logits": np.zeros(group["logits"].shape[1:], np.float32),
-        "frame_features": np.zeros(group["frame_features"].shape[1:], np.float16),
-    }
-    values = {"features": features, "logits": logits, "frame_features": frame_features}
-    rows = slice(first, first + per)
-    for name, empty in chunk.items():
-        block = np.broadcast_to(empty, (per, *empty.shape)).copy()
-        block[pos] = values[name].float().cpu().numpy().astype(empty.dtype)
-        group[name][rows] = block
+    sl = slice(first, first + per)
+    for name, values in (("features", features), ("logits", logits), ("frame_features", frame_features)):
+        array = group[name]
+        block = np.zeros((per, *array.shape[1:]), dtype=array.dtype)
+        if len(pos):
+            block[pos] = values
+        array[sl] = block
     valid = np.zeros(per, dtype=bool)
     valid[pos] = True
-    group["ids"][rows] = ids.astype(str)
-    group["valid"][rows] = valid
-    group["done"][item.shard] = True  # last: the shard counts only once all its rows are in
+    group["ids"][sl] = ids.astype(str)
+    group["valid"][sl] = valid
+    group["done"][shard] = True  # last: the shard counts only once all its rows are in
 
 
 def _summary_paragraph(s: TeacherSummary, task_id: int, num_tasks: int, cfg: Config) -> str:
     rate = s.frames / s.compute_seconds if s.compute_seconds else 0.0
+    steady = f", {s.steady_frames_per_s:.0f} once the pipeline is full" if len(s.shards_computed) > 1 else ""
+    waits = f"; the loop waited {s.wait_input_s:.1f} s for input and {s.wait_write_s:.1f} s for writes"
     return (
         f"Teacher cache task {task_id}/{num_tasks} finished in {format_duration(s.seconds)}: computed "
         f"{len(s.shards_computed)} shards and skipped {s.shards_skipped} already done; {s.videos} videos, "
-        f"{s.frames} frames ({rate:.0f} frames/s over the shards) with {cfg.teacher.model} "
+        f"{s.frames} frames ({rate:.0f} frames/s over the shards{steady}{waits}) with {cfg.teacher.model} "
         f"({cfg.teacher.pretrained}) into {cfg.paths.teacher_cache}."
     )

@@ -1,0 +1,119 @@
+"""Where a teacher-cache shard's time goes, each phase timed alone (synchronised), per shard.
+
+    python -m bench.teacher_profile --work DIR   (DIR from `bench.teacher_bench --work DIR`)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline import config, teacher_data, teacher_run
+from pipeline.clip_teacher import load_teacher
+from pipeline.device import pick_device
+from pipeline.frames import decode
+from pipeline.ssv2 import LABELS_FILE, class_names, load_labels
+
+
+def timed(fn, device, reps: int = 5) -> float:
+    """Mean seconds of fn() over `reps` runs after one warm-up."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / reps
+
+
+def main() -> None:
+    """Print ms per shard for each phase of the stage's loop."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--workers", type=int, default=14)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    cfg = config.load(args.work / "run" / "shards" / "config.yaml", [f"teacher.model={args.model}", "teacher.pretrained=random"])
+    device = pick_device("auto")
+    teacher = load_teacher(cfg.teacher, class_names(load_labels(LABELS_FILE)), device)
+    split, shard, tar = teacher_run.all_shards(cfg)[0]
+    size, frames_n = teacher.image_size, cfg.teacher.num_frames
+    torch.set_num_threads(1)  # as in a loader worker
+    raw = teacher_data.ShardFrames([(split, shard, tar)], frames_n, False)._load(split, shard, tar)
+    cpu_item = teacher_data.ShardFrames([(split, shard, tar)], frames_n, True)._load(split, shard, tar)
+    flat = [j for v in raw.frames for j in v]
+    n = len(flat)
+    on_gpu = teacher_data.to_device(raw, size, device)
+    cfg.teacher.cuda_graphs = False
+    eager = teacher_run.make_encoder(teacher, cfg.teacher, device)
+    cfg.teacher.cuda_graphs = device.type == "cuda"
+    graphed = teacher_run.make_encoder(teacher, cfg.teacher, device)
+    phases = {
+        "read shard + pick frames (1 core)": lambda: teacher_data.ShardFrames([], frames_n, False)._load(split, shard, tar),
+        "read + CPU decode + square crop (1 core)": lambda: teacher_data.ShardFrames([], frames_n, True)._load(split, shard, tar),
+        "copy CPU crops to device + resize": lambda: teacher_data.to_device(cpu_item, size, device),
+        "GPU decode (nvjpeg, batched)": lambda: decode(flat, device),
+        "GPU decode + crop + resize": lambda: teacher_data.to_device(raw, size, device),
+        "forward (bf16 autocast, eager)": lambda: eager(on_gpu),
+        "forward (bf16 autocast, CUDA graph)": lambda: graphed(on_gpu),
+    }
+    import zarr
+    from pipeline.teacher_cache import create_store, expected_attrs
+
+    store = args.work / "profile_store.zarr"
+    import shutil
+    shutil.rmtree(store, ignore_errors=True)
+    create_store(store, expected_attrs(cfg), 512, 174, frames_n)
+    group = zarr.open_group(store, mode="r+")[split]
+    v = len(raw.rows)
+    outs = (torch.randn(v, 512).numpy(), torch.randn(v, 174).numpy(), torch.randn(v, frames_n, 512).numpy())
+    phases_cpu = {"Zarr write of one shard (all arrays, done flag)":
+                  lambda: teacher_run.write_shard(str(store), split, shard, raw.rows, str(tar), *outs)}
+    print(f"\n{n} frames per shard ({len(raw.rows)} videos x {frames_n}), {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}\n")
+    print("| phase | ms per shard | frames/s |")
+    print("| --- | --- | --- |")
+    for name, fn in {**phases_cpu, **phases}.items():
+        t = timed(fn, device)
+        print(f"| {name} | {t * 1e3:.1f} | {n / t:.0f} |")
+    # The loader alone: how many frames/s the workers can feed, with nothing else running.
+    jobs = teacher_run.all_shards(cfg)[:200]
+    for cpu_decode in (True, False):
+        loader = teacher_data.make_loader(jobs, frames_n, cpu_decode, args.workers)
+        start, count = time.perf_counter(), 0
+        for item in loader:
+            count += len(item.rows) * frames_n
+            if cpu_decode:
+                teacher_data.to_device(item, size, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        what = "CPU decode + crop, copy to GPU + resize" if cpu_decode else "read only (JPEG bytes)"
+        print(f"| loader alone, {args.workers} workers: {what} | | {count / (time.perf_counter() - start):.0f} |")
+    # Does GPU decode in a thread let the main thread keep the GPU busy? (the GIL question)
+    stop = threading.Event()
+
+    def decode_loop():
+        while not stop.is_set():
+            teacher_data.to_device(raw, size, device)
+            torch.cuda.synchronize()
+
+    torch.set_num_threads(torch.get_num_threads())
+    if device.type == "cuda":
+        fwd = lambda: eager(on_gpu)
+        alone = timed(fwd, device, 10)
+        thread = threading.Thread(target=decode_loop, daemon=True)
+        thread.start()
+        together = timed(fwd, device, 10)
+        stop.set()
+        thread.join()
+        print(f"| eager forward while another thread decodes | {together * 1e3:.1f} | {n / together:.0f} (alone {n / alone:.0f}) |")
+
+
+if __name__ == "__main__":
+    main()

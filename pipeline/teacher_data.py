@@ -1,0 +1,147 @@
+"""Teacher-cache input: whole shards read in loader workers, frames sampled, decoded and cropped.
+
+JPEGs are decoded either in the workers (CPU) or in one batched nvjpeg call on the GPU; frames are
+centre-cropped to squares so that one resize call per shard brings them to the model's size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .frames import decode, resize, square_crop
+from .sampling import segment_centres
+from .shard_format import read_shard, select_frames
+
+
+Groups = list[tuple[list[int], torch.Tensor]]  # (video positions, uint8 [n, F, 3, s, s]) per crop side s
+
+
+@dataclass
+class ShardItem:
+    """One shard's sampled frames, as a loader worker hands them over."""
+
+    split: str
+    shard: int
+    rows: list[int]
+    tar: Path
+    frames: Groups | list[list[bytes]]  # square crops when decoded on the CPU, else the JPEGs
+
+
+class ShardFrames(IterableDataset):
+    """Reads whole shards and samples `num_frames` centre frames per video; workers split the shards.
+
+    With `cpu_decode`, frames are decoded and centre-cropped to squares here, in the worker; the
+    resize to the model's size happens on the device, one call per crop size (one per shard for SSv2).
+    """
+
+    def __init__(self, jobs: list[tuple[str, int, Path]], num_frames: int, cpu_decode: bool):
+        self.jobs, self.num_frames, self.cpu_decode = jobs, num_frames, cpu_decode
+
+    def __iter__(self):
+        info = get_worker_info()
+        jobs = self.jobs if info is None else self.jobs[info.id :: info.num_workers]
+        for split, shard, path in jobs:
+            yield self._load(split, shard, path)
+
+    def _load(self, split: str, shard: int, path: Path) -> ShardItem:
+        rows, frames = [], []
+        for record, blob in read_shard(str(path)):
+            jpegs = select_frames(record, blob, segment_centres(record["num_frames"], self.num_frames))
+            rows.append(record["row"])
+            frames.append(jpegs)
+        if self.cpu_decode:
+            frames = group_squares([square_crop(torch.stack(decode(jpegs))) for jpegs in frames])
+        return ShardItem(split, shard, rows, path, frames)
+
+
+def group_squares(videos: list[torch.Tensor]) -> Groups:
+    """Stack square-cropped videos [F, 3, s, s] by crop side s."""
+    by_side: dict[int, list[int]] = {}
+    for i, v in enumerate(videos):
+        by_side.setdefault(v.shape[-1], []).append(i)
+    return [(idx, torch.stack([videos[i] for i in idx])) for idx in by_side.values()]
+
+
+def resize_groups(groups: Groups, num_videos: int, size: int) -> torch.Tensor:
+    """uint8 [V, F, 3, size, size] from crop groups: one resize call per group."""
+    out = None
+    for idx, crops in groups:
+        resized = resize(crops.flatten(0, 1), size).view(*crops.shape[:3], size, size)
+        if out is None:
+            out = resized.new_empty(num_videos, *resized.shape[1:])
+        out[torch.as_tensor(idx, device=resized.device)] = resized
+    return out
+
+
+def _identity(x):
+    return x
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # each worker decodes one shard; threads would only fight each other
+
+
+def make_loader(jobs: list, num_frames: int, cpu_decode: bool, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """Shards in, one ShardItem per shard out; workers take every n-th shard."""
+    workers = min(num_workers, len(jobs))
+    dataset = ShardFrames(jobs, num_frames, cpu_decode)
+    # Two shards in flight per worker keep the GPU fed; more only adds memory (~90 MB a shard).
+    return DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
+                      worker_init_fn=_worker_init, pin_memory=pin_memory and torch.cuda.is_available(),
+                      prefetch_factor=2 if workers else None, persistent_workers=False)
+
+
+def prepare(item: ShardItem, size: int, device: torch.device):
+    """(item, uint8 frames [V, F, 3, S, S] on device, event marking them ready): for the prep thread."""
+    if device.type != "cuda":
+        return item, to_device(item, size, device), None
+    stream = _side_stream(device)
+    with torch.cuda.stream(stream):
+        frames = to_device(item, size, device)
+        ready = torch.cuda.Event()
+        ready.record(stream)
+    return item, frames, ready
+
+
+_streams: dict = {}
+
+
+def _side_stream(device: torch.device):
+    if device not in _streams:
+        _streams[device] = torch.cuda.Stream(device)
+    return _streams[device]
+
+
+def wait_ready(ready, frames: torch.Tensor, device: torch.device) -> None:
+    """Make the current stream wait for frames prepared on the side stream."""
+    if ready is not None:
+        current = torch.cuda.current_stream(device)
+        current.wait_event(ready)
+        frames.record_stream(current)  # made on the side stream, used on this one
+
+
+def _event(device: torch.device):
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event
+
+
+def to_device(item: ShardItem, size: int, device: torch.device) -> torch.Tensor:
+    """uint8 [V, F, 3, size, size] on `device`; JPEGs are decoded there when the worker left them raw."""
+    if not item.rows:
+        return torch.empty(0, 0, 3, size, size, dtype=torch.uint8, device=device)
+    if isinstance(item.frames[0], tuple):  # crop groups from a CPU-decoding worker
+        groups = [(idx, crops.to(device, non_blocking=True)) for idx, crops in item.frames]
+    else:
+        flat = [j for video in item.frames for j in video]
+        images = decode(flat, device)
+        per = len(item.frames[0])
+        groups = group_squares([square_crop(torch.stack(images[i : i + per])) for i in range(0, len(images), per)])
+    return resize_groups(groups, len(item.rows), size)
+
+
