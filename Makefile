@@ -9,9 +9,11 @@ ARGS ?=
 SMOKE_DIR ?= runs/smoke
 # The smoke run: the tiny synthetic set and small settings, so it runs on a laptop CPU in minutes.
 SMOKE_ARGS := paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR) shards.videos_per_shard=8 shards.cpus_per_task=2 \
-	teacher.model=clip-tiny teacher.pretrained=random teacher.num_workers=2
+	teacher.model=clip-tiny teacher.pretrained=random teacher.num_workers=2 \
+	student.arch=tsm_tiny student.image_size=64 student.num_frames=8 train.epochs=2 train.batch_size=4 \
+	train.num_workers=2 train.log_every_steps=4 train.eval_frame_counts=[4,8]
 
-.PHONY: help venv smoke test shards teacher-cache synthetic bench-shards bench-teacher clean-smoke
+.PHONY: help venv smoke test shards teacher-cache train-student synthetic bench-shards bench-teacher clean-smoke
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -28,6 +30,7 @@ smoke: $(STAMP) ## Run every stage on the embedded tiny synthetic data set (CPU,
 	$(PY) -m stages.synthetic --config $(CONFIG) $(SMOKE_ARGS)
 	$(PY) -m stages.shards --config $(CONFIG) $(SMOKE_ARGS) $(ARGS)
 	$(PY) -m stages.teacher_cache --config $(CONFIG) $(SMOKE_ARGS) $(ARGS)
+	$(PY) -m stages.train_student --config $(CONFIG) $(SMOKE_ARGS) $(ARGS)
 
 test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q tests
@@ -40,6 +43,9 @@ shards: $(STAMP) ## Stage 1: decode the SSv2 videos into WebDataset tar shards
 
 teacher-cache: $(STAMP) ## Stage 2: run the frozen CLIP teacher over the shards into the Zarr cache
 	$(PY) -m stages.teacher_cache --config $(CONFIG) $(ARGS)
+
+train-student: $(STAMP) ## Stage 3: train the student (DDP under torchrun or SLURM) from shards + cache
+	$(PY) -m stages.train_student --config $(CONFIG) $(ARGS)
 
 bench-shards: $(STAMP) ## Benchmark the shards stage against a bare ffmpeg decode (CPU)
 	$(PY) -m bench.shards_bench $(BENCH_ARGS)

@@ -87,6 +87,53 @@ class TeacherConfig:
 
 
 @dataclass
+class StudentConfig:
+    """Stage 3's model."""
+
+    arch: str = "tsm_r50"  # tsm_r50, mobilevit_xxs; tsm_tiny for tests and smoke runs
+    pretrained: str = ""  # "" (random), a local checkpoint file, or "imagenet" (downloads: needs internet)
+    image_size: int = 224
+    num_frames: int = 16  # T segments per clip while training
+    feature_dim: int = 512  # the video feature distilled towards the teacher's
+    dropout: float = 0.5
+
+
+@dataclass
+class LossConfig:
+    """alpha * MSE(normalised features) + beta * KL(T) * T^2 + gamma * CE."""
+
+    mode: str = "distill"  # distill, or vanilla (CE only, no teacher cache needed)
+    alpha: float = 0.5
+    beta: float = 1.0
+    gamma: float = 0.1
+    temperature: float = 3.0
+
+
+@dataclass
+class TrainConfig:
+    """Stage 3's optimisation, data loading, checkpoints and evaluation."""
+
+    epochs: int = 50
+    batch_size: int = 8  # clips per GPU (per process)
+    optimizer: str = "sgd"  # sgd (momentum 0.9), adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    precision: str = "bf16"  # autocast on CUDA: bf16, fp16 (with a grad scaler) or fp32
+    device: str = "auto"
+    num_workers: int = 4  # loader processes per GPU
+    shuffle_buffer: int = 256  # samples mixed across shards within a worker
+    seed: int = 0
+    flip: bool = False  # horizontal flip, always with left/right label swaps
+    checkpoint_every_steps: int = 500  # latest.pt also at every epoch end
+    log_every_steps: int = 50
+    eval_frame_counts: list[int] = field(default_factory=lambda: [4, 8, 16])
+    max_steps: int = 0  # stop after this many steps in total (0: train all epochs)
+
+
+@dataclass
 class SyntheticConfig:
     """The tiny SSv2-format data set used by the smoke run and the tests."""
 
@@ -105,6 +152,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

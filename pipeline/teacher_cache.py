@@ -41,7 +41,7 @@ def teacher_fingerprint(cfg: TeacherConfig) -> dict[str, Any]:
         "pretrained": cfg.pretrained,
         "num_frames": cfg.num_frames,
         "prompts": list(cfg.prompts),
-        "preprocess": "frames at segment centres; bicubic antialiased resize of the short side, centre crop, CLIP mean/std",
+        "preprocess": "frames at segment centres; centred square crop, bicubic antialiased resize, CLIP mean/std",
     }
 
 

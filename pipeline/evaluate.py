@@ -1,0 +1,89 @@
+"""Validation of a student: loss and top-1/top-5 over a split, at any number of frames."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import dist
+from .config import Config
+from .device import autocast_dtype
+from .distill_loss import distill_loss
+from .dist import DistEnv
+from .atomic import write_json, write_text
+from .frames import IMAGENET_MEAN, IMAGENET_STD, normalizer
+from .shard_plan import read_index
+from .train_data import CacheSource, ClipBatch, ClipSpec, ShardClips, make_loader
+
+
+@dataclass
+class EvalResult:
+    """Means over every video of the split (summed over ranks)."""
+
+    loss: float
+    top1: float
+    top5: float
+    videos: int
+
+
+def split_shards(cfg: Config, split: str) -> tuple[list[str], int]:
+    """The split's shard paths and its number of videos, from the shards index."""
+    index = read_index(cfg.paths.shards_dir, split)
+    return [str(cfg.paths.shards_dir / s["name"]) for s in index["shards"]], index["num_videos"]
+
+
+def to_device(batch: ClipBatch, device: torch.device) -> ClipBatch:
+    """The batch on `device` (asynchronously where the host memory is pinned)."""
+    move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+    return ClipBatch(move(batch.clips), move(batch.labels), move(batch.teacher_feature), move(batch.teacher_logits), batch.ids)
+
+
+@torch.no_grad()
+def evaluate(cfg: Config, model: torch.nn.Module, env: DistEnv, device: torch.device, num_frames: int,
+             split: str = "validation") -> EvalResult:
+    """Loss (the training loss when the cache is there, else CE) and accuracy with centre clips."""
+    shards, _ = split_shards(cfg, split)
+    distill = cfg.loss.mode == "distill"
+    spec = ClipSpec(num_frames, cfg.student.image_size, cfg.train.batch_size, train=False, seed=cfg.train.seed)
+    cache = CacheSource(cfg.paths.teacher_cache, split) if distill else None
+    workers = min(cfg.train.num_workers, max(1, len(shards) // env.world_size))
+    loader = make_loader(ShardClips(shards, spec, env.rank, env.world_size, None, cache, {}), workers, device.type == "cuda")
+    norm = normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
+    dtype = autocast_dtype(device, cfg.train.precision)
+    was_training = model.training
+    model.eval()
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss * n, top-1 hits, top-5 hits, n
+    for batch in loader:
+        batch = to_device(batch, device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = model(norm(batch.clips))
+        loss = distill_loss(cfg.loss, out.logits, out.feature, batch.labels, batch.teacher_logits, batch.teacher_feature)
+        top = out.logits.float().topk(min(5, out.logits.shape[-1]), dim=-1).indices
+        hit = top == batch.labels[:, None]
+        n = len(batch.labels)
+        sums = [sums[0] + float(loss.total) * n, sums[1] + int(hit[:, :1].any(1).sum()),
+                sums[2] + int(hit.any(1).sum()), sums[3] + n]
+    model.train(was_training)
+    total = dist.all_reduce_sum(sums, device)
+    n = max(1.0, total[3])
+    return EvalResult(total[0] / n, total[1] / n, total[2] / n, int(total[3]))
+
+
+def frame_count_table(results: dict[int, EvalResult], trained_at: int) -> str:
+    """A Markdown table of accuracy at each evaluated frame count."""
+    lines = ["| frames | top-1 | top-5 | loss | videos |", "| --- | --- | --- | --- | --- |"]
+    for frames, r in sorted(results.items()):
+        mark = " (trained)" if frames == trained_at else ""
+        lines.append(f"| {frames}{mark} | {r.top1:.4f} | {r.top5:.4f} | {r.loss:.4f} | {r.videos} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_frame_count_eval(folder: Path, results: dict[int, EvalResult], trained_at: int) -> None:
+    """eval_frames.json and eval_frames.md next to the checkpoints."""
+
+    write_json(Path(folder) / "eval_frames.json", {
+        "trained_num_frames": trained_at,
+        "results": {str(k): vars(v) for k, v in sorted(results.items())},
+    })
+    write_text(Path(folder) / "eval_frames.md", frame_count_table(results, trained_at))

@@ -1,0 +1,67 @@
+"""Running means, top-k accuracy, and a metrics log (JSON lines plus TensorBoard scalars)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class AverageMeter:
+    """A running mean weighted by batch size."""
+
+    def __init__(self) -> None:
+        self.sum, self.count = 0.0, 0
+
+    def update(self, value: float, n: int = 1) -> None:
+        """Add `value` measured over `n` items."""
+        self.sum += float(value) * n
+        self.count += n
+
+    @property
+    def avg(self) -> float:
+        """The mean so far (0 before any update)."""
+        return self.sum / self.count if self.count else 0.0
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """How many of the batch have their label among the top k logits, for each k."""
+    top = logits.topk(max(ks), dim=-1).indices
+    hit = top == labels[:, None]
+    return [int(hit[:, :k].any(dim=1).sum()) for k in ks]
+
+
+class MetricsLog:
+    """Appends one JSON object per record to `metrics.jsonl` and mirrors numbers to TensorBoard."""
+
+    def __init__(self, folder: Path, enabled: bool = True):
+        self.enabled = enabled
+        self.path = Path(folder) / "metrics.jsonl"
+        self._tb = None
+        if enabled:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(folder) / "tensorboard"))
+            except ImportError:  # TensorBoard is pinned, but metrics.jsonl is the record of truth
+                self._tb = None
+
+    def write(self, kind: str, step: int, **values: Any) -> None:
+        """Record `values` of `kind` (train, val, eval) at `step`."""
+        if not self.enabled:
+            return
+        record = {"kind": kind, "step": step, "time": time.time(), **values}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"{kind}/{key}", value, step)
+
+    def close(self) -> None:
+        """Flush TensorBoard."""
+        if self._tb is not None:
+            self._tb.close()

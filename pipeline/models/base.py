@@ -1,0 +1,50 @@
+"""What every student returns, and loading pretrained weights from a local file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class StudentOutput(NamedTuple):
+    """Class logits [B, C] and the video feature [B, D] that is distilled towards the teacher's."""
+
+    logits: torch.Tensor
+    feature: torch.Tensor
+
+
+class VideoStudent(nn.Module):
+    """Clips [B, T, 3, H, W] (normalised float) -> StudentOutput."""
+
+    def forward(self, clips: torch.Tensor) -> StudentOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class WeightsError(RuntimeError):
+    """Pretrained student weights that cannot be had; the message says which setting to change."""
+
+
+def load_backbone_weights(module: nn.Module, source: str, download: callable) -> None:
+    """Load `source` (a local file, or a tag fetched by `download`) into `module`, ignoring heads."""
+    if not source:
+        return
+    if Path(source).is_file():
+        state = torch.load(source, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state.get("model", state))
+    elif "/" in source or source.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        raise WeightsError(f"student.pretrained={source!r}: no such file")
+    else:
+        try:
+            state = download(source)
+        except Exception as e:
+            raise WeightsError(
+                f"could not download student weights {source!r} ({type(e).__name__}: {str(e)[:160]}); without "
+                "internet, set student.pretrained to a local state-dict file"
+            ) from e
+    own = module.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise WeightsError(f"student.pretrained={source!r}: no tensor matches the backbone")
+    module.load_state_dict(usable, strict=False)

@@ -1,0 +1,213 @@
+"""Training and evaluation clips from the shards (and the teacher cache), as a WebDataset pipeline.
+
+shard list -> shuffle (seed, epoch) -> split by node -> split by worker -> samples -> buffer shuffle
+-> decode only the sampled frames -> segment sampling -> augmentation -> teacher row -> batch.
+Frames leave the workers as uint8; normalisation happens on the device.
+
+Training gives every rank exactly `batches_per_rank` batches: each worker cycles over its shards
+until it has produced its share, so DDP never waits on a rank that ran out of data. Everything
+random is drawn from generators keyed by (seed, epoch, rank, worker, sample), so a run resumed
+mid-epoch (skipping the batches it already trained on) sees exactly the batches it would have.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .frames import decode
+from .sampling import segment_centres, segment_random
+from .shard_format import select_frames
+
+SCALES = (1.0, 0.875, 0.75, 0.66)  # TSN multi-scale crop, as fractions of the short side
+
+
+@dataclass
+class ClipBatch:
+    """A batch of clips: uint8 frames [B, T, 3, S, S], labels, and the teacher's outputs if cached."""
+
+    clips: torch.Tensor
+    labels: torch.Tensor
+    teacher_feature: torch.Tensor | None
+    teacher_logits: torch.Tensor | None
+    ids: list[str]
+
+    def pin_memory(self) -> "ClipBatch":
+        """Pinned copies, for asynchronous host-to-device transfer."""
+        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+        return ClipBatch(pin(self.clips), pin(self.labels), pin(self.teacher_feature), pin(self.teacher_logits), self.ids)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How one stream of clips is made."""
+
+    num_frames: int
+    image_size: int
+    batch_size: int
+    train: bool
+    flip: bool = False
+    shuffle_buffer: int = 256
+    seed: int = 0
+    epoch: int = 0
+
+
+class ShardClips(IterableDataset):
+    """The clip stream of one rank; its loader workers split the rank's shards between them."""
+
+    def __init__(self, shards: list[str], spec: ClipSpec, rank: int, world: int, num_batches: int | None,
+                 cache: "CacheSource | None", flip_pairs: dict[int, int], skip_batches: int = 0):
+        self.shards, self.spec, self.rank, self.world = shards, spec, rank, world
+        self.num_batches, self.cache, self.flip_pairs, self.skip = num_batches, cache, flip_pairs, skip_batches
+
+    def _my_shards(self, worker: int, workers: int) -> list[str]:
+        order = list(self.shards)
+        if self.spec.train:
+            random.Random(f"{self.spec.seed}-{self.spec.epoch}").shuffle(order)  # shuffle (seed, epoch)
+        return order[self.rank :: self.world][worker::workers]  # split by node, then by worker
+
+    def __iter__(self) -> Iterator[ClipBatch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        shards = self._my_shards(worker, workers)
+        samples = self._samples(shards, worker)
+        if self.num_batches is None:  # evaluation: one pass, last batch may be short
+            yield from self._batches(enumerate(samples), worker)
+            return
+        # DataLoader takes batch i from worker i % workers: this worker's share and what to skip.
+        share = self.num_batches // workers + (worker < self.num_batches % workers)
+        skip = self.skip // workers + (worker < self.skip % workers)
+        sized = islice(enumerate(samples), skip * self.spec.batch_size, share * self.spec.batch_size)
+        yield from self._batches(sized, worker)
+
+    def _samples(self, shards: list[str], worker: int) -> Iterator[dict]:
+        spec = self.spec
+        if not shards:
+            return
+        passes = 0
+        while True:  # training cycles over the worker's shards until its share is produced
+            pipeline = wds.DataPipeline(wds.SimpleShardList(shards), wds.tarfile_to_samples())
+            stream = iter(pipeline)
+            if spec.train:
+                rng = random.Random(f"{spec.seed}-{spec.epoch}-{self.rank}-{worker}-{passes}")
+                stream = wds.shuffle(spec.shuffle_buffer, initial=spec.shuffle_buffer, rng=rng)(stream)
+            yield from stream
+            passes += 1
+            if not spec.train:
+                return
+
+    def _batches(self, indexed: Iterator[tuple[int, dict]], worker: int) -> Iterator[ClipBatch]:
+        items = []
+        for index, sample in indexed:
+            items.append(self._clip(sample, worker, index))
+            if len(items) == self.spec.batch_size:
+                yield collate(items)
+                items = []
+        if items:
+            yield collate(items)
+
+    def _clip(self, sample: dict, worker: int, index: int) -> tuple:
+        spec = self.spec
+        record = json.loads(sample["json"])
+        rng = np.random.default_rng([spec.seed, spec.epoch, self.rank, worker, index])
+        n = record["num_frames"]
+        picks = segment_random(n, spec.num_frames, rng) if spec.train else segment_centres(n, spec.num_frames)
+        frames = torch.stack(decode(select_frames(record, sample["jpgs"], picks)))
+        label = record["label"]
+        if spec.train:
+            frames = multiscale_crop(frames, spec.image_size, rng)
+            if spec.flip and rng.random() < 0.5:
+                frames, label = frames.flip(-1), self.flip_pairs.get(label, label)
+        else:
+            frames = centre_crop(frames, spec.image_size)
+        feature = logits = None
+        if self.cache is not None:
+            feature, logits = self.cache.get(record["row"], record["id"])
+        return frames, label, feature, logits, record["id"]
+
+
+def collate(items: list[tuple]) -> ClipBatch:
+    """Stack clips, labels and (when present) teacher outputs."""
+    frames, labels, features, logits, ids = zip(*items)
+    stack = (lambda xs: None if xs[0] is None else torch.as_tensor(np.stack(xs)))  # noqa: E731
+    return ClipBatch(torch.stack(frames), torch.tensor(labels), stack(features), stack(logits), list(ids))
+
+
+def multiscale_crop(frames: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """TSN multi-scale crop: a random scale pair (at most one step apart) at a random place, resized."""
+    h, w = frames.shape[-2:]
+    base = min(h, w)
+    i = int(rng.integers(len(SCALES)))
+    j = int(np.clip(i + rng.integers(-1, 2), 0, len(SCALES) - 1))
+    ch, cw = int(base * SCALES[i]), int(base * SCALES[j])
+    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    crop = frames[..., top : top + ch, left : left + cw]
+    return TF.resize(crop, [size, size], antialias=True)
+
+
+def centre_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """Evaluation view: short side to size * 256/224, then the centre size x size."""
+    scaled = TF.resize(frames, int(round(size * 256 / 224)), antialias=True)
+    return TF.center_crop(scaled, [size, size])
+
+
+class CacheSource:
+    """Opens the teacher cache lazily in each worker and serves (feature, logits) by row."""
+
+    def __init__(self, store: Path, split: str):
+        self.store, self.split = str(store), split
+        self._reader = None
+
+    def get(self, row: int, video_id: str):
+        """The cached teacher outputs of a video (refuses invalid rows)."""
+        if self._reader is None:
+            import zarr
+
+            from .teacher_cache import CacheReader
+
+            self._reader = CacheReader(zarr.open_group(self.store, mode="r"), self.split)
+        return self._reader.get(row, video_id)
+
+
+def flip_pairs(class_names: list[str]) -> dict[int, int]:
+    """Classes that a horizontal flip turns into each other (left <-> right), by index."""
+    index = {name: i for i, name in enumerate(class_names)}
+    pairs = {}
+    for name, i in index.items():
+        swapped = name.replace("left", "\0").replace("right", "left").replace("\0", "right")
+        if swapped != name and swapped in index:
+            pairs[i] = index[swapped]
+    return pairs
+
+
+def _identity(x):
+    return x
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: ShardClips, num_workers: int, pin_memory: bool) -> DataLoader:
+    """A loader that passes the workers' batches through in round-robin order."""
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity,
+                      worker_init_fn=_worker_init, pin_memory=pin_memory,
+                      prefetch_factor=4 if num_workers else None, persistent_workers=False)
+
+
+def check_shards_feed(num_shards: int, world: int, workers: int, split: str) -> None:
+    """Every training worker needs at least one shard of its own."""
+    if num_shards < world * workers:
+        raise ValueError(
+            f"{num_shards} {split} shards cannot feed {world} ranks x {workers} loader workers "
+            f"(each worker needs a shard): lower train.num_workers or rebuild with a smaller shards.videos_per_shard"
+        )

@@ -1,0 +1,25 @@
+"""Stage 3: train a student from the shards and the teacher cache (`python -m stages.train_student [key=value ...]`).
+
+One process per GPU: start it under torchrun or as SLURM tasks; a single process trains alone.
+"""
+from __future__ import annotations
+
+import sys
+
+from pipeline import cli, train
+from pipeline.models.base import WeightsError
+from pipeline.teacher_cache import CacheMismatchError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train, or resume from latest.pt, and evaluate at the configured frame counts."""
+    cfg, _ = cli.parse(__doc__, argv)
+    try:
+        train.run(cfg)
+    except (CacheMismatchError, WeightsError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"train-student: {e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
