@@ -52,6 +52,16 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP syncs gradients, so parameters agree; each rank's running statistics, though, come from its
+    own last batch. Before evaluating, every rank takes rank 0's: the model that rank 0 saves."""
+    if torch_dist.is_initialized():
+        for buffer in model.buffers():
+            torch_dist.broadcast(buffer.data, src=0)
+
+
 def barrier() -> None:
     """Wait for every process (no-op when not distributed)."""
     if torch_dist.is_initialized():

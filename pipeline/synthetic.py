@@ -103,12 +103,14 @@ def _path(rng: np.random.Generator, motion: str, t: int, w: int, size: int) -> n
     steps = np.linspace(0.0, 1.0, t)
     margin = size // 2 + 4
     if motion == "horizontal":
+        # Within the centred square, so the centre crop a model is evaluated on sees the whole path.
         cy = rng.uniform(margin, HEIGHT - margin)
-        length = 0.55 * w
-        x0 = rng.uniform(margin, w - margin - length)
+        length = 0.55 * HEIGHT
+        left = (w - HEIGHT) / 2
+        x0 = rng.uniform(left + margin, left + HEIGHT - margin - length)
         return np.stack([x0 + length * steps, np.full(t, cy), np.full(t, size)], axis=1)
     if motion == "vertical":
-        cx = rng.uniform(margin, w - margin)
+        cx = rng.uniform((w - HEIGHT) / 2 + margin, (w + HEIGHT) / 2 - margin)
         length = 0.55 * HEIGHT
         y_bottom = rng.uniform(margin + length, HEIGHT - margin)
         return np.stack([np.full(t, cx), y_bottom - length * steps, np.full(t, size)], axis=1)

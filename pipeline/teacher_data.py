@@ -91,7 +91,10 @@ def make_loader(jobs: list, num_frames: int, cpu_decode: bool, num_workers: int,
     # Two shards in flight per worker keep the GPU fed; more only adds memory (~90 MB a shard).
     return DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
                       worker_init_fn=_worker_init, pin_memory=pin_memory and torch.cuda.is_available(),
-                      prefetch_factor=2 if workers else None, persistent_workers=False)
+                      prefetch_factor=2 if workers else None, persistent_workers=False,
+                      # its own generator: creating a loader must not advance the global RNG that
+                      # dropout draws from, or a resumed run would drift from an uninterrupted one
+                      generator=torch.Generator().manual_seed(0))
 
 
 def prepare(item: ShardItem, size: int, device: torch.device):

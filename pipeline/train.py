@@ -56,6 +56,7 @@ class TrainSummary:
     frame_counts: dict[int, EvalResult]
     seconds: float
     clips_per_s: float
+    model: torch.nn.Module = field(repr=False, default=None)  # this rank's trained (unwrapped) model
 
 
 def run(cfg: Config, env: DistEnv | None = None, stop_after_steps: int | None = None,
@@ -81,25 +82,31 @@ def run(cfg: Config, env: DistEnv | None = None, stop_after_steps: int | None = 
         raise ValueError(f"{train_videos} training videos are fewer than one batch per rank")
     total_steps = cfg.train.epochs * per_rank
 
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank and in every rerun
     model = build_student(cfg.student, len(names)).to(device)
     optimizer = _optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.train.warmup_steps, total_steps))
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and cfg.train.precision == "fp16")
     state = _resume(out / "latest.pt", model, optimizer, scheduler, scaler, env)
     resumed_from = state.step
-    wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if env.world_size > 1 else model
+    wrapped = model
+    if env.world_size > 1:
+        # CE alone leaves the feature projection out of the loss; DDP must be told.
+        wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                      find_unused_parameters=cfg.loss.mode == "vanilla")
     metrics = MetricsLog(out, enabled=env.is_main)
     loop = _Loop(cfg, env, device, wrapped, model, optimizer, scheduler, scaler, metrics, names, per_rank, total_steps)
     stopped = loop.train(state, stop_after_steps, should_stop)
     val, counts = None, {}
     if not stopped:
         val = state.history[-1]["val"] if state.history else None
+        dist.broadcast_buffers(model)
         counts = _frame_counts(cfg, model, env, device)
         if env.is_main:
             write_frame_count_eval(out, counts, cfg.student.num_frames)
     metrics.close()
     seconds = time.monotonic() - start
-    summary = TrainSummary(state, resumed_from, stopped, val and EvalResult(**val), counts, seconds, loop.clips_per_s)
+    summary = TrainSummary(state, resumed_from, stopped, val and EvalResult(**val), counts, seconds, loop.clips_per_s, model)
     if env.is_main:
         log.info(_summary_paragraph(cfg, summary, env, total_steps))
     return summary
@@ -246,6 +253,7 @@ class _Loop:
 
     def _end_epoch(self, state: TrainState) -> None:
         cfg, env = self.cfg, self.env
+        dist.broadcast_buffers(self.model)
         val = evaluate(cfg, self.model, env, self.device, cfg.student.num_frames)
         self.metrics.write("val", state.step, epoch=state.epoch, loss=val.loss, top1=val.top1, top5=val.top5, videos=val.videos)
         if env.is_main:

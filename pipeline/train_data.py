@@ -77,13 +77,15 @@ class ShardClips(IterableDataset):
 
     def __iter__(self) -> Iterator[ClipBatch]:
         info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        loader_worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        # DataLoader takes batch i from its worker i % workers. Global batch b belongs to role
+        # b % workers, so after skipping `skip` batches loader worker w plays role (w + skip) % workers.
+        worker = (loader_worker + self.skip) % workers
         shards = self._my_shards(worker, workers)
         samples = self._samples(shards, worker)
         if self.num_batches is None:  # evaluation: one pass, last batch may be short
             yield from self._batches(enumerate(samples), worker)
             return
-        # DataLoader takes batch i from worker i % workers: this worker's share and what to skip.
         share = self.num_batches // workers + (worker < self.num_batches % workers)
         skip = self.skip // workers + (worker < self.skip % workers)
         sized = islice(enumerate(samples), skip * self.spec.batch_size, share * self.spec.batch_size)
@@ -201,7 +203,10 @@ def make_loader(dataset: ShardClips, num_workers: int, pin_memory: bool) -> Data
     """A loader that passes the workers' batches through in round-robin order."""
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity,
                       worker_init_fn=_worker_init, pin_memory=pin_memory,
-                      prefetch_factor=4 if num_workers else None, persistent_workers=False)
+                      prefetch_factor=4 if num_workers else None, persistent_workers=False,
+                      # its own generator: creating a loader must not advance the global RNG that
+                      # dropout draws from, or a resumed run would drift from an uninterrupted one
+                      generator=torch.Generator().manual_seed(0))
 
 
 def check_shards_feed(num_shards: int, world: int, workers: int, split: str) -> None:

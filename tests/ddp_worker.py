@@ -1,0 +1,17 @@
+"""Run by torchrun in test_train.py: train as one rank, then write this rank's weights digest."""
+import hashlib
+import json
+import sys
+
+from pipeline import config, train
+from pipeline.dist import from_environment
+
+if __name__ == "__main__":
+    out, overrides = sys.argv[1], sys.argv[2:]
+    env = from_environment()
+    summary = train.run(config.load(None, overrides), env)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(summary.model.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    with open(f"{out}/rank{env.rank}.json", "w") as f:
+        json.dump({"digest": digest.hexdigest(), "steps": summary.state.step, "epoch": summary.state.epoch}, f)

@@ -1,0 +1,200 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline import checkpoint, shards, teacher_run, train
+from pipeline.config import LossConfig
+from pipeline.distill_loss import distill_loss
+from pipeline.models.tsm import temporal_shift
+from pipeline.ssv2 import LABELS_FILE, class_names, load_labels
+from pipeline.teacher_cache import CacheMismatchError
+from pipeline.train_data import check_shards_feed, flip_pairs
+
+from conftest import REPO, make_config
+
+SMALL = ("teacher.model=clip-tiny", "teacher.pretrained=random", "teacher.num_workers=0",
+         "student.arch=tsm_tiny", "student.image_size=48", "student.num_frames=4",
+         "train.epochs=2", "train.batch_size=4", "train.num_workers=2", "train.log_every_steps=2",
+         "train.eval_frame_counts=[2,4]", "train.checkpoint_every_steps=1000")
+
+
+@pytest.fixture(scope="module")
+def prepared(synth_root, tmp_path_factory):
+    """Shards and a teacher cache of the synthetic set, shared by the training tests."""
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = make_config(synth_root, run_dir, *SMALL)
+    shards.run(cfg)
+    teacher_run.run(cfg)
+    return run_dir
+
+
+def _cfg(synth_root, prepared, tmp_path, *extra):
+    """A run folder of its own that links to the prepared shards and cache."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(parents=True)
+    for name in ("shards", "teacher_cache.zarr"):
+        (run_dir / name).symlink_to(prepared / name)
+    return make_config(synth_root, run_dir, *SMALL, *extra)
+
+
+def test_temporal_shift_matches_a_plain_loop():
+    n, t, c = 2, 5, 16
+    x = torch.randn(n * t, c, 3, 3)
+    out = temporal_shift(x, t).view(n, t, c, 3, 3)
+    frames = x.view(n, t, c, 3, 3)
+    fold = c // 8
+    for b in range(n):
+        for i in range(t):
+            for ch in range(c):
+                if ch < fold:
+                    expected = frames[b, i + 1, ch] if i + 1 < t else torch.zeros(3, 3)
+                elif ch < 2 * fold:
+                    expected = frames[b, i - 1, ch] if i > 0 else torch.zeros(3, 3)
+                else:
+                    expected = frames[b, i, ch]
+                assert torch.equal(out[b, i, ch], expected), (b, i, ch)
+    assert x.data_ptr() != temporal_shift(x, t).data_ptr()
+
+
+def test_loss_equals_the_formula_and_feature_term_vanishes_for_equal_features():
+    torch.manual_seed(0)
+    cfg = LossConfig()
+    logits, t_logits = torch.randn(6, 10), torch.randn(6, 10)
+    feat, t_feat = torch.randn(6, 512), torch.randn(6, 512)
+    labels = torch.randint(0, 10, (6,))
+    parts = distill_loss(cfg, logits, feat, labels, t_logits, t_feat)
+    s, t = feat / feat.norm(dim=1, keepdim=True), t_feat / t_feat.norm(dim=1, keepdim=True)
+    mse = ((s - t) ** 2).mean()
+    p_t = torch.softmax(t_logits / 3, dim=1)
+    p_s = torch.softmax(logits / 3, dim=1)
+    kl = (p_t * (p_t.log() - p_s.log())).sum(1).mean() * 9
+    ce = -torch.log_softmax(logits, 1)[torch.arange(6), labels].mean()
+    expected = 0.5 * mse + 1.0 * kl + 0.1 * ce
+    torch.testing.assert_close(parts.total, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(parts.feature, 0.5 * mse)
+    torch.testing.assert_close(parts.response, kl, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(parts.task, 0.1 * ce)
+    same = distill_loss(cfg, logits, 3.0 * t_feat, labels, t_logits, t_feat)  # same direction
+    assert float(same.feature) < 1e-12
+    vanilla = distill_loss(LossConfig(mode="vanilla"), logits, feat, labels)
+    torch.testing.assert_close(vanilla.total, F.cross_entropy(logits, labels))
+
+
+def test_checkpoint_round_trip_restores_every_piece(tmp_path):
+    torch.manual_seed(1)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    sched.step()
+    rng = checkpoint.rng_state()
+    checkpoint.save(tmp_path / "latest.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                             "scheduler": sched.state_dict(), "rng": rng})
+    expected_draw = torch.rand(3)
+    loaded = checkpoint.load(tmp_path / "latest.pt")
+    model2 = torch.nn.Linear(4, 3)
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 0.5 ** s)
+    model2.load_state_dict(loaded["model"])
+    opt2.load_state_dict(loaded["optimizer"])
+    sched2.load_state_dict(loaded["scheduler"])
+    checkpoint.set_rng_state(loaded["rng"])
+    assert torch.equal(torch.rand(3), expected_draw)
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+        assert torch.equal(opt.state[a]["momentum_buffer"], opt2.state[b]["momentum_buffer"])
+    assert sched2.last_epoch == 1 and opt2.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_stopped_and_resumed_run_ends_with_the_same_weights(synth_root, prepared, tmp_path):
+    full = train.run(_cfg(synth_root, prepared, tmp_path / "full"))
+    cfg = _cfg(synth_root, prepared, tmp_path / "split")
+    first = train.run(cfg, stop_after_steps=5)  # 8 steps per epoch: stopped mid-epoch 0
+    assert first.stopped_early and first.state.step == 5
+    saved = checkpoint.load(cfg.paths.student_dir / "latest.pt")
+    assert saved["state"]["step"] == 5 and saved["state"]["step_in_epoch"] == 5
+    assert set(saved) >= {"model", "optimizer", "scheduler", "scaler", "rng", "config", "state"}
+    second = train.run(cfg)
+    assert second.resumed_from_step == 5 and second.state.step == full.state.step == 16
+    for (name, a), b in zip(full.model.state_dict().items(), second.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert second.state.best_top1 == pytest.approx(full.state.best_top1)
+    table = (cfg.paths.student_dir / "eval_frames.md").read_text()
+    assert "| 4 (trained) |" in table and "| 2 |" in table
+    records = [json.loads(x) for x in (cfg.paths.student_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {"train", "val"} <= {r["kind"] for r in records}
+    train_record = next(r for r in records if r["kind"] == "train")
+    assert {"loss_feature", "loss_response", "loss_task", "clips_per_s", "lr"} <= set(train_record)
+    assert (cfg.paths.student_dir / "best.pt").exists()
+
+
+def test_two_process_gloo_ddp_with_unequal_shards_agrees_on_weights(synth_root, tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = [f"paths.ssv2_root={synth_root}", f"paths.run_dir={run_dir}", "shards.videos_per_shard=6",
+                 "data.splits=[train, validation]", "loss.mode=vanilla", *SMALL, "train.epochs=1", "train.num_workers=1"]
+    cfg = make_config(synth_root, run_dir, *overrides[2:])
+    shards.run(cfg)
+    sizes = [m["num_videos"] for m in json.loads((cfg.paths.shards_dir / "train.index.json").read_text())["shards"]]
+    assert len(set(sizes)) > 1, sizes  # unequal shards: 6, 6, 6, 6, 6, 2
+    env = {**os.environ, "MASTER_PORT": "29533", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), *overrides]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 32 // (2 * 4) and ranks[0]["epoch"] == 1
+
+
+def test_tsm_learns_the_temporal_classes_on_cpu(tmp_path):
+    from pipeline import config, synthetic
+
+    root = tmp_path / "ssv2"
+    synthetic.generate(root, config.SyntheticConfig(num_videos=160))
+    cfg = make_config(root, tmp_path / "run", "shards.videos_per_shard=16", "loss.mode=vanilla",
+                      "student.arch=tsm_tiny", "student.image_size=64", "student.num_frames=8", "student.dropout=0",
+                      "train.epochs=10", "train.batch_size=8", "train.num_workers=2", "train.optimizer=adamw",
+                      "train.lr=0.001", "train.weight_decay=0.0001", "train.eval_frame_counts=[8]")
+    shards.run(cfg)
+    summary = train.run(cfg)
+    # 4 classes in 2 time-reversed pairs: chance is 0.25 and a model blind to frame order gets at most 0.5.
+    assert summary.state.best_top1 >= 0.7, summary.state.history
+
+
+def test_a_cache_from_another_teacher_config_is_refused(synth_root, prepared, tmp_path):
+    cfg = _cfg(synth_root, prepared, tmp_path, "teacher.num_frames=4")
+    with pytest.raises(CacheMismatchError, match="teacher.num_frames"):
+        train.run(cfg)
+
+
+def test_vanilla_mode_needs_no_cache_and_mobilevit_trains(synth_root, tmp_path):
+    cfg = make_config(synth_root, tmp_path, *SMALL, "loss.mode=vanilla", "student.arch=mobilevit_xxs",
+                      "train.epochs=1", "student.image_size=64")
+    shards.run(cfg)
+    summary = train.run(cfg)
+    assert not cfg.paths.teacher_cache.exists()
+    assert summary.state.epoch == 1 and set(summary.frame_counts) == {2, 4}
+
+
+def test_too_few_shards_for_ranks_and_workers_is_a_clear_error():
+    with pytest.raises(ValueError, match="3 train shards cannot feed 2 ranks x 2 loader workers"):
+        check_shards_feed(3, 2, 2, "train")
+    check_shards_feed(4, 2, 2, "train")
+
+
+def test_flip_swaps_left_and_right_classes():
+    names = class_names(load_labels(LABELS_FILE))
+    pairs = flip_pairs(names)
+    a = names.index("Pushing something from left to right")
+    b = names.index("Pushing something from right to left")
+    assert pairs[a] == b and pairs[b] == a
+    assert names.index("Moving something up") not in pairs
+    assert all(pairs[pairs[i]] == i for i in pairs)
