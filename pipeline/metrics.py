@@ -15,15 +15,15 @@ class AverageMeter:
     def __init__(self) -> None:
         self.sum, self.count = 0.0, 0
 
-    def update(self, value: float, n: int = 1) -> None:
-        """Add `value` measured over `n` items."""
-        self.sum += float(value) * n
+    def update(self, value, n: int = 1) -> None:
+        """Add `value` (a number or a device tensor, kept unsynchronised) measured over `n` items."""
+        self.sum = self.sum + value * n
         self.count += n
 
     @property
     def avg(self) -> float:
         """The mean so far (0 before any update)."""
-        return self.sum / self.count if self.count else 0.0
+        return float(self.sum) / self.count if self.count else 0.0
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:

@@ -84,7 +84,7 @@ def run(cfg: Config, env: DistEnv | None = None, stop_after_steps: int | None = 
 
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank and in every rerun
     model = build_student(cfg.student, len(names)).to(device)
-    optimizer = _optimizer(cfg, model)
+    optimizer = make_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.train.warmup_steps, total_steps))
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and cfg.train.precision == "fp16")
     state = _resume(out / "latest.pt", model, optimizer, scheduler, scaler, env)
@@ -120,7 +120,7 @@ def _device(cfg: Config, env: DistEnv) -> torch.device:
     return device
 
 
-def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     t = cfg.train
     fused = {"fused": True} if next(model.parameters()).is_cuda else {}
     if t.optimizer == "sgd":
@@ -208,7 +208,7 @@ class _Loop:
             parts, top1 = self._step(batch)
             n = len(batch.labels)
             for key, value in zip(("total", "feature", "response", "task"), parts):
-                meters[key].update(float(value), n)
+                meters[key].update(value, n)  # device tensors: no sync until the log line reads them
             meters["top1"].update(top1, n)
             state.step += 1
             state.step_in_epoch += 1
@@ -220,20 +220,8 @@ class _Loop:
             yield state.step
 
     def _step(self, batch) -> tuple[list, float]:
-        batch = to_device(batch, self.device)
-        clips = self.norm(batch.clips)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            out = self.wrapped(clips)
-        parts = distill_loss(self.cfg.loss, out.logits, out.feature, batch.labels, batch.teacher_logits, batch.teacher_feature)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(parts.total).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        top1 = float((out.logits.argmax(-1) == batch.labels).float().mean())
-        return [p.detach() for p in parts], top1
+        return train_step(self.wrapped, self.model, self.optimizer, self.scheduler, self.scaler, self.norm,
+                          self.dtype, self.cfg, to_device(batch, self.device))
 
     def _log(self, state: TrainState, meters, tick: float, clips: int) -> tuple[float, int]:
         now = time.monotonic()
@@ -285,6 +273,23 @@ class _Loop:
                 "config": to_dict(self.cfg),
             })
         dist.barrier()
+
+
+def train_step(wrapped, model, optimizer, scheduler, scaler, norm, dtype, cfg: Config, batch) -> tuple[list, float]:
+    """One optimisation step on a batch already on the device; returns (loss parts, batch top-1)."""
+    device_type = batch.clips.device.type
+    with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+        out = wrapped(norm(batch.clips))
+    parts = distill_loss(cfg.loss, out.logits, out.feature, batch.labels, batch.teacher_logits, batch.teacher_feature)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(parts.total).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    top1 = (out.logits.argmax(-1) == batch.labels).float().mean()
+    return [p.detach() for p in parts], top1
 
 
 def _summary_paragraph(cfg: Config, s: TrainSummary, env: DistEnv, total_steps: int) -> str:
