@@ -11,9 +11,11 @@ SMOKE_DIR ?= runs/smoke
 SMOKE_ARGS := paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR) shards.videos_per_shard=8 shards.cpus_per_task=2 \
 	teacher.model=clip-tiny teacher.pretrained=random teacher.num_workers=2 \
 	student.arch=tsm_tiny student.image_size=64 student.num_frames=8 train.epochs=2 train.batch_size=4 \
-	train.num_workers=2 train.log_every_steps=4 train.eval_frame_counts=[4,8]
+	train.num_workers=2 train.log_every_steps=4 train.eval_frame_counts=[4,8] slurm.executor=local \
+	slurm.shards.cpus_per_task=2 slurm.teacher_cache.gpus_per_node=0 slurm.teacher_cache.cpus_per_task=2 \
+	slurm.train_student.gpus_per_node=0 slurm.train_student.tasks_per_node=1 slurm.train_student.cpus_per_task=2
 
-.PHONY: help venv smoke test shards teacher-cache train-student synthetic bench-shards bench-teacher clean-smoke
+.PHONY: help venv smoke test shards teacher-cache train-student all status slurm-up slurm-down synthetic bench-shards bench-teacher clean-smoke
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -28,9 +30,7 @@ $(STAMP): requirements.txt
 
 smoke: $(STAMP) ## Run every stage on the embedded tiny synthetic data set (CPU, a few minutes)
 	$(PY) -m stages.synthetic --config $(CONFIG) $(SMOKE_ARGS)
-	$(PY) -m stages.shards --config $(CONFIG) $(SMOKE_ARGS) $(ARGS)
-	$(PY) -m stages.teacher_cache --config $(CONFIG) $(SMOKE_ARGS) $(ARGS)
-	$(PY) -m stages.train_student --config $(CONFIG) $(SMOKE_ARGS) $(ARGS)
+	$(PY) -m slurm.launch all --config $(CONFIG) $(SMOKE_ARGS) $(ARGS)
 
 test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q tests
@@ -38,14 +38,26 @@ test: $(STAMP) ## Run the test suite
 synthetic: $(STAMP) ## Write the synthetic SSv2-format set to paths.ssv2_root
 	$(PY) -m stages.synthetic --config $(CONFIG) $(ARGS)
 
-shards: $(STAMP) ## Stage 1: decode the SSv2 videos into WebDataset tar shards
-	$(PY) -m stages.shards --config $(CONFIG) $(ARGS)
+shards: $(STAMP) ## Stage 1: submit the shard array job (only shards not done) and wait
+	$(PY) -m slurm.launch shards --config $(CONFIG) $(ARGS)
 
-teacher-cache: $(STAMP) ## Stage 2: run the frozen CLIP teacher over the shards into the Zarr cache
-	$(PY) -m stages.teacher_cache --config $(CONFIG) $(ARGS)
+teacher-cache: $(STAMP) ## Stage 2: submit the teacher-cache array job (only shards not cached) and wait
+	$(PY) -m slurm.launch teacher-cache --config $(CONFIG) $(ARGS)
 
-train-student: $(STAMP) ## Stage 3: train the student (DDP under torchrun or SLURM) from shards + cache
-	$(PY) -m stages.train_student --config $(CONFIG) $(ARGS)
+train-student: $(STAMP) ## Stage 3: submit the DDP training job (requeues itself when preempted) and wait
+	$(PY) -m slurm.launch train-student --config $(CONFIG) $(ARGS)
+
+all: $(STAMP) ## Submit all three stages chained with afterok dependencies
+	$(PY) -m slurm.launch all --no-wait --config $(CONFIG) $(ARGS)
+
+status: $(STAMP) ## Each stage's jobs and states, and shards/rows/steps done versus expected
+	$(PY) -m slurm.launch status --config $(CONFIG) $(ARGS)
+
+slurm-up: ## Start a single-node SLURM cluster on this machine (root, Debian)
+	bash slurm/dev-cluster/start.sh
+
+slurm-down: ## Stop exactly the daemons slurm-up started
+	bash slurm/dev-cluster/stop.sh
 
 bench-shards: $(STAMP) ## Benchmark the shards stage against a bare ffmpeg decode (CPU)
 	$(PY) -m bench.shards_bench $(BENCH_ARGS)

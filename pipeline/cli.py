@@ -11,6 +11,11 @@ from .progress import setup_logging
 log = logging.getLogger(__name__)
 
 
+def setup_task_logging() -> None:
+    """Logging for a stage function started by a job runner (submitit) rather than from the shell."""
+    setup_logging()
+
+
 def parse(description: str, argv: list[str] | None = None, tasks: bool = False) -> tuple[Config, argparse.Namespace]:
     """Parse a stage's command line; exits with a one-line message on a bad config."""
     parser = argparse.ArgumentParser(description=description)

@@ -134,6 +134,39 @@ class TrainConfig:
 
 
 @dataclass
+class SlurmStageConfig:
+    """Resources of one stage's SLURM jobs."""
+
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time_min: int = 240
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int = 1  # the training job runs one task per GPU
+    cpus_per_task: int = 8
+    mem_gb: int = 32
+    constraint: str = ""
+    extra: list[str] = field(default_factory=list)  # more sbatch options as key=value, e.g. ["exclusive=true"]
+    array_tasks: int = 64  # array stages: at most this many tasks per submission, each a group of shards
+    array_parallelism: int = 32  # array stages: tasks running at once
+
+
+@dataclass
+class SlurmConfig:
+    """How stages are submitted: the executor and each stage's resources."""
+
+    executor: str = "auto"  # slurm, local (submitit's local executor), or auto (slurm when sbatch is found)
+    shards: SlurmStageConfig = field(default_factory=lambda: SlurmStageConfig(cpus_per_task=32, mem_gb=64, array_tasks=128))
+    teacher_cache: SlurmStageConfig = field(
+        default_factory=lambda: SlurmStageConfig(gpus_per_node=1, cpus_per_task=16, mem_gb=64, array_tasks=16, array_parallelism=16)
+    )
+    train_student: SlurmStageConfig = field(
+        default_factory=lambda: SlurmStageConfig(time_min=2880, gpus_per_node=8, tasks_per_node=8, cpus_per_task=10, mem_gb=400)
+    )
+
+
+@dataclass
 class SyntheticConfig:
     """The tiny SSv2-format data set used by the smoke run and the tests."""
 
@@ -155,6 +188,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

@@ -44,8 +44,10 @@ class ShardsSummary:
 Decoder = Callable[[VideoEntry], "DecodedVideo | str"]
 
 
-def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, decoder: Decoder | None = None) -> ShardsSummary:
-    """Build shards task_id, task_id + num_tasks, ... of the plan, skipping those already done.
+def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, decoder: Decoder | None = None,
+        only: list[int] | None = None) -> ShardsSummary:
+    """Build shards task_id, task_id + num_tasks, ... of the plan (or the plan positions in `only`),
+    skipping those already done.
 
     `decoder` turns an annotation entry into frames or a reject reason; the default runs ffmpeg on
     the entry's .webm (benchmarks on machines without ffmpeg pass one that renders frames).
@@ -56,7 +58,7 @@ def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, decoder: Decoder | No
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out_dir / "config.yaml", dump(cfg))
     specs = plan_all(cfg)
-    mine = specs[task_id::num_tasks]
+    mine = [specs[i] for i in only] if only is not None else specs[task_id::num_tasks]
     todo = []
     for spec in mine:
         _remove_stale_tmp(out_dir, spec)
@@ -84,6 +86,12 @@ def _remove_stale_tmp(out_dir: Path, spec: ShardSpec) -> None:
     # Temporary files of this task's shards are leftovers of a killed run: never trusted, so drop them.
     for tmp in out_dir.glob(f".{spec.name[:-4]}*.tmp-*"):
         tmp.unlink(missing_ok=True)
+
+
+def missing(cfg: Config) -> list[int]:
+    """Plan positions of the shards without a done marker that matches (hashes are left to the tasks)."""
+    out = cfg.paths.shards_dir
+    return [i for i, spec in enumerate(plan_all(cfg)) if why_not_done(out, spec, cfg, check_hash=False) is not None]
 
 
 def ffmpeg_decoder(cfg: Config) -> Decoder:

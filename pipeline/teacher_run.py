@@ -54,8 +54,10 @@ class TeacherSummary:
         return (self.frames - first) / span if span > 0 else 0.0
 
 
-def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: int | None = None) -> TeacherSummary:
-    """Compute the teacher outputs of shards task_id, task_id + num_tasks, ... not yet done."""
+def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: int | None = None,
+        only: list[int] | None = None) -> TeacherSummary:
+    """Compute the teacher outputs of shards task_id, task_id + num_tasks, ... (or the positions in
+    `only` of `all_shards`) not yet done."""
     start = time.monotonic()
     device = pick_device(cfg.teacher.device)
     # The writer process starts before CUDA is touched, so forking it is safe and fast on the CPU.
@@ -65,7 +67,7 @@ def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: in
         teacher = load_teacher(cfg.teacher, names, device)
         root = _open_store(cfg, teacher, names)
         atomic.write_text(cfg.paths.teacher_cache.with_suffix(".config.yaml"), dump(cfg))
-        jobs, skipped = _todo(cfg, root, task_id, num_tasks)
+        jobs, skipped = _todo(cfg, root, task_id, num_tasks, only)
         jobs = jobs[:stop_after_shards] if stop_after_shards is not None else jobs
         summary = TeacherSummary(shards_skipped=skipped)
         log.info("task %d/%d: %d shards to compute, %d already done (teacher %s on %s)",
@@ -182,11 +184,22 @@ def all_shards(cfg: Config) -> list[tuple[str, int, Path]]:
     return out
 
 
-def _todo(cfg: Config, root: zarr.Group, task_id: int, num_tasks: int) -> tuple[list[tuple[str, int, Path]], int]:
-    mine = all_shards(cfg)[task_id::num_tasks]
+def _todo(cfg: Config, root: zarr.Group, task_id: int, num_tasks: int, only) -> tuple[list[tuple[str, int, Path]], int]:
+    shards = all_shards(cfg)
+    mine = [shards[i] for i in only] if only is not None else shards[task_id::num_tasks]
     done = {split: root[split]["done"][:] for split in cfg.data.splits}
     jobs = [job for job in mine if not done[job[0]][job[1]]]
     return jobs, len(mine) - len(jobs)
+
+
+def missing(cfg: Config) -> list[int]:
+    """Positions in `all_shards` whose rows are not done (all of them when there is no cache yet)."""
+    shards = all_shards(cfg)
+    if not cfg.paths.teacher_cache.exists():
+        return list(range(len(shards)))
+    root = zarr.open_group(cfg.paths.teacher_cache, mode="r")
+    done = {split: root[split]["done"][:] for split in cfg.data.splits if split in root}
+    return [i for i, (split, shard, _) in enumerate(shards) if split not in done or not done[split][shard]]
 
 
 _arrays: dict = {}  # a writer process's open Zarr arrays: opening one reads its metadata from disk

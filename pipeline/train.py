@@ -183,7 +183,7 @@ class _Loop:
         while state.epoch < cfg.train.epochs and state.step < max_steps:
             for _ in self._epoch(state):
                 done_here = stop_after is not None and state.step >= stop_after
-                if done_here or (should_stop is not None and should_stop()):
+                if done_here or self._agreed(should_stop):
                     self._save(state, "latest.pt")
                     return True
                 if state.step >= max_steps:
@@ -193,6 +193,13 @@ class _Loop:
         if state.step_in_epoch:  # max_steps ended it mid-epoch: keep where it is
             self._save(state, "latest.pt")
         return False
+
+    def _agreed(self, should_stop) -> bool:
+        """Whether any rank was asked to stop (all ranks must stop at the same step)."""
+        if should_stop is None:
+            return False
+        flag = 1.0 if should_stop() else 0.0
+        return dist.all_reduce_sum([flag], self.device)[0] > 0
 
     def _epoch(self, state: TrainState):
         cfg, env = self.cfg, self.env

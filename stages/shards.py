@@ -4,6 +4,14 @@ from __future__ import annotations
 import sys
 
 from pipeline import cli, shards
+from pipeline.config import Config
+
+
+def run_task(cfg: Config, shard_positions: list[int]) -> dict:
+    """One array task: build the given shards (plan positions); returns what it did, for the launcher."""
+    cli.setup_task_logging()
+    summary = shards.run(cfg, only=shard_positions)
+    return {"built": summary.shards_built, "skipped": summary.shards_skipped, "rejected": len(summary.rejected)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,15 @@ import sys
 
 from pipeline import cli, teacher_run
 from pipeline.clip_teacher import TeacherWeightsError
+from pipeline.config import Config
 from pipeline.teacher_cache import CacheMismatchError
+
+
+def run_task(cfg: Config, shard_positions: list[int] | None, task_id: int = 0, num_tasks: int = 1) -> dict:
+    """One array task: the given shards (positions in the shard indexes), or a stride of them."""
+    cli.setup_task_logging()
+    summary = teacher_run.run(cfg, task_id, num_tasks, only=shard_positions)
+    return {"computed": len(summary.shards_computed), "skipped": summary.shards_skipped}
 
 
 def main(argv: list[str] | None = None) -> int:

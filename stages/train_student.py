@@ -5,10 +5,18 @@ One process per GPU: start it under torchrun or as SLURM tasks; a single process
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 from pipeline import cli, train
+from pipeline.config import Config
 from pipeline.models.base import WeightsError
 from pipeline.teacher_cache import CacheMismatchError
+
+
+def run_task(cfg: Config, should_stop: Callable[[], bool] | None = None) -> train.TrainSummary:
+    """Train as this process's rank (from torchrun's or SLURM's environment), stopping when asked."""
+    cli.setup_task_logging()
+    return train.run(cfg, should_stop=should_stop)
 
 
 def main(argv: list[str] | None = None) -> int:

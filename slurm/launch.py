@@ -1,0 +1,186 @@
+"""Submit the pipeline's stages (`python -m slurm.launch {shards,teacher-cache,train-student,all,status}`).
+
+Array stages submit only the shards that are not done yet, in groups of one task each; `all` chains
+the three stages with afterok dependencies; with --wait (the default for single stages) the command
+waits, names every failed task with its log and the shards it owned, and exits non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import submitit
+
+from pipeline import shards as shards_lib
+from pipeline import teacher_run
+from pipeline.config import Config, ConfigError, load
+from pipeline.progress import setup_logging
+from slurm.executor import executor_kind, make_executor, max_array_size, submission_folder
+from slurm.jobs import TrainJob
+from slurm.status import status_report
+from stages import shards as shards_stage
+from stages import teacher_cache as teacher_stage
+
+log = logging.getLogger("slurm.launch")
+
+
+def groups(positions: list[int], max_tasks: int) -> list[list[int]]:
+    """Shard positions dealt round-robin into at most `max_tasks` groups, one per array task."""
+    n = max(1, min(max_tasks, len(positions)))
+    return [positions[i::n] for i in range(n)]
+
+
+def submit_array(cfg: Config, stage: str, fn, task_args: list[tuple], dependency: str | None = None) -> tuple[list, Path]:
+    """Submit fn over task_args as one or more arrays (split at MaxArraySize); returns jobs and log folder."""
+    resources = cfg.slurm.shards if stage == "shards" else cfg.slurm.teacher_cache
+    folder = submission_folder(cfg, stage)
+    executor = make_executor(cfg, stage, resources, folder)
+    if dependency and executor_kind(cfg) == "slurm":
+        executor.update_parameters(slurm_additional_parameters={**dict(i.split("=", 1) for i in resources.extra),
+                                                                "dependency": dependency})
+    limit = max_array_size() if executor_kind(cfg) == "slurm" else len(task_args)
+    jobs = []
+    for start in range(0, len(task_args), limit):
+        chunk = task_args[start : start + limit]
+        jobs += executor.map_array(fn, *zip(*chunk))
+    for job, args in zip(jobs, task_args):
+        job._pipeline_args = _describe(args)  # what the task owned, for failure reports
+    record = [{"job_id": j.job_id, "args": _describe(a)} for j, a in zip(jobs, task_args)]
+    _record(folder, cfg, stage, record)
+    return jobs, folder
+
+
+def _record(folder: Path, cfg: Config, stage: str, tasks: list[dict]) -> None:
+    (folder / "submission.json").write_text(json.dumps({"stage": stage, "executor": executor_kind(cfg), "tasks": tasks}, indent=1))
+
+
+def _describe(args: tuple) -> list:
+    return [a for a in args if not isinstance(a, Config)]
+
+
+def submit_shards(cfg: Config) -> tuple[list, Path | None]:
+    """The shards not yet done, grouped into array tasks; nothing when all are done."""
+    todo = shards_lib.missing(cfg)
+    if not todo:
+        log.info("shards: every shard is done, nothing to submit")
+        return [], None
+    task_args = [(cfg, g) for g in groups(todo, cfg.slurm.shards.array_tasks)]
+    jobs, folder = submit_array(cfg, "shards", shards_stage.run_task, task_args)
+    log.info("shards: submitted %d tasks for %d missing shards (logs in %s)", len(jobs), len(todo), folder)
+    return jobs, folder
+
+
+def submit_teacher(cfg: Config, after: list | None = None) -> tuple[list, Path | None]:
+    """Teacher-cache tasks: over the shards not yet cached, or (after a shards job) strides of all."""
+    if after:
+        # The shards are not written yet: each task takes a stride and skips shards already done.
+        n = cfg.slurm.teacher_cache.array_tasks
+        task_args = [(cfg, None, t, n) for t in range(n)]
+        dependency = "afterok:" + ":".join(j.job_id for j in after)
+    else:
+        todo = teacher_run.missing(cfg)
+        if not todo:
+            log.info("teacher-cache: every shard is cached, nothing to submit")
+            return [], None
+        task_args = [(cfg, g, 0, 1) for g in groups(todo, cfg.slurm.teacher_cache.array_tasks)]
+        dependency = None
+    jobs, folder = submit_array(cfg, "teacher_cache", teacher_stage.run_task, task_args, dependency)
+    log.info("teacher-cache: submitted %d tasks (logs in %s)", len(jobs), folder)
+    return jobs, folder
+
+
+def training_complete(cfg: Config) -> bool:
+    """latest.pt is past the last epoch and the frame-count evaluation is written."""
+    from pipeline import checkpoint
+
+    saved = checkpoint.load(cfg.paths.student_dir / "latest.pt")
+    done = saved is not None and saved["state"]["epoch"] >= cfg.train.epochs
+    return done and (cfg.paths.student_dir / "eval_frames.json").exists()
+
+
+def submit_train(cfg: Config, after: list | None = None) -> tuple[list, Path | None]:
+    """One training job over nodes x tasks_per_node processes (none when training is complete)."""
+    if not after and training_complete(cfg):
+        log.info("train-student: training is complete (%s), nothing to submit", cfg.paths.student_dir / "eval_frames.md")
+        return [], None
+    folder = submission_folder(cfg, "train_student")
+    resources = cfg.slurm.train_student
+    executor = make_executor(cfg, "train_student", resources, folder)
+    if after and executor_kind(cfg) == "slurm":
+        executor.update_parameters(slurm_additional_parameters={**dict(i.split("=", 1) for i in resources.extra),
+                                                                "dependency": "afterok:" + ":".join(j.job_id for j in after)})
+    job = executor.submit(TrainJob(cfg))
+    _record(folder, cfg, "train_student", [{"job_id": job.job_id}])
+    log.info("train-student: submitted job %s (%d node(s) x %d task(s); logs in %s)", job.job_id, resources.nodes,
+             resources.tasks_per_node, folder)
+    return [job], folder
+
+
+def wait(jobs: list, stage: str) -> bool:
+    """Wait for the jobs; log each failure with its log file and what it owned. True if all succeeded."""
+    ok, results = True, []
+    for job in jobs:
+        try:
+            results.append(job.result())
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
+            ok = False
+            owned = getattr(job, "_pipeline_args", None)
+            log.error("%s task %s FAILED (log: %s)%s: %s", stage, job.job_id, job.paths.stderr,
+                      f", owned shards {owned}" if owned else "", str(e).strip().splitlines()[-1][:300])
+    totals: dict = {}
+    for result in results:
+        for key, value in (result or {}).items():
+            totals[key] = totals.get(key, 0) + value if isinstance(value, int) else value
+    if jobs:
+        log.info("%s: %d/%d job(s) succeeded; %s", stage, len(results), len(jobs),
+                 ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in totals.items()) or "no results")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and submit (and by default wait for) the asked stage."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["shards", "teacher-cache", "train-student", "all", "status"])
+    parser.add_argument("--config", default="pipeline.yaml")
+    parser.add_argument("--no-wait", action="store_true", help="submit and return")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_intermixed_args(argv)
+    setup_logging()
+    try:
+        cfg = load(args.config, args.overrides)
+    except (ConfigError, OSError) as e:
+        sys.exit(f"config error: {e}")
+    if args.stage == "status":
+        print(status_report(cfg))
+        return 0
+    plan = {"shards": ["shards"], "teacher-cache": ["teacher"], "train-student": ["train"], "all": ["shards", "teacher", "train"]}[args.stage]
+    local = executor_kind(cfg) == "local"
+    submitted: list[tuple[str, list]] = []
+    previous: list = []
+    for step in plan:
+        if step == "shards":
+            jobs, _ = submit_shards(cfg)
+        elif step == "teacher":
+            jobs, _ = submit_teacher(cfg, after=previous if not local else None)
+        else:
+            jobs, _ = submit_train(cfg, after=previous if not local else None)
+        submitted.append((step, jobs))
+        previous = jobs or previous
+        if local and not args.no_wait and not wait(jobs, step):  # no dependencies locally: run in order
+            return 1
+    if args.no_wait or local:
+        return 0
+    for i, (step, jobs) in enumerate(submitted):
+        if not wait(jobs, step):
+            for _, later in submitted[i + 1 :]:  # their afterok can never be met now
+                for job in later:
+                    job.cancel(check=False)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
