@@ -5,6 +5,8 @@ centre-cropped to squares so that one resize call per shard brings them to the m
 """
 from __future__ import annotations
 
+import signal
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +84,10 @@ def _identity(x):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # each worker decodes one shard; threads would only fight each other
+    # SLURM signals every process of a job on preemption; the main process decides how to stop
+    # (save and requeue) and its workers end with it, so they must not die of the signal first.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def make_loader(jobs: list, num_frames: int, cpu_decode: bool, num_workers: int, pin_memory: bool = False) -> DataLoader:

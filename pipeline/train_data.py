@@ -11,6 +11,8 @@ mid-epoch (skipping the batches it already trained on) sees exactly the batches 
 """
 from __future__ import annotations
 
+import signal
+
 import json
 import random
 from dataclasses import dataclass
@@ -197,6 +199,10 @@ def _identity(x):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+    # SLURM signals every process of a job on preemption; the main process decides how to stop
+    # (save and requeue) and its workers end with it, so they must not die of the signal first.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def make_loader(dataset: ShardClips, num_workers: int, pin_memory: bool) -> DataLoader:

@@ -35,6 +35,7 @@ class TrainJob:
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         signal.signal(signal.SIGUSR2, lambda signum, frame: stop.set())
         env = submitit.JobEnvironment()
+        self._record("started", str(latest), env)
         summary = train_student.run_task(self.cfg, should_stop=stop.is_set)
         if self.saved_to is not None:  # a requeued run: which checkpoint it started from
             self._record("resumed", str(latest), env, summary.resumed_from_step)

@@ -1,0 +1,147 @@
+"""Against a real single-node SLURM cluster that these tests start (root on Debian only)."""
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline import config, shards, synthetic, teacher_run
+from slurm import launch
+
+from conftest import REPO
+
+ROOT_ON_DEBIAN = os.geteuid() == 0 and Path("/etc/debian_version").exists()
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(not ROOT_ON_DEBIAN, reason="the SLURM tests start a real cluster: they need root on Debian (as in CI)"),
+]
+SLURM = ("slurm.executor=slurm", "slurm.shards.cpus_per_task=1", "slurm.shards.mem_gb=2", "slurm.shards.time_min=20",
+         "slurm.teacher_cache.gpus_per_node=0", "slurm.teacher_cache.cpus_per_task=2", "slurm.teacher_cache.mem_gb=3",
+         "slurm.teacher_cache.time_min=20", "slurm.teacher_cache.array_tasks=2", "slurm.shards.array_tasks=3", "slurm.train_student.gpus_per_node=0", "slurm.train_student.tasks_per_node=1",
+         "slurm.train_student.cpus_per_task=2", "slurm.train_student.mem_gb=4", "slurm.train_student.time_min=20")
+SMALL = ("teacher.model=clip-tiny", "teacher.pretrained=random", "teacher.num_workers=1", "teacher.writers=1",
+         "student.arch=tsm_tiny", "student.image_size=48", "student.num_frames=4", "train.epochs=2",
+         "train.batch_size=4", "train.num_workers=1", "train.eval_frame_counts=[4]", "train.log_every_steps=1")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The dev cluster, started for this module and stopped after it."""
+    script = REPO / "slurm" / "dev-cluster"
+    subprocess.run(["bash", str(script / "start.sh")], check=True, timeout=600)
+    os.environ["PYTHONPATH"] = f"{REPO}:{os.environ.get('PYTHONPATH', '')}"  # jobs import the repo
+    yield
+    subprocess.run(["bash", str(script / "stop.sh")], check=False, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ssv2")
+    synthetic.generate(root, config.SyntheticConfig())
+    return root
+
+
+def _overrides(root, run_dir, *extra):
+    return [f"paths.ssv2_root={root}", f"paths.run_dir={run_dir}", "shards.videos_per_shard=8", *SMALL, *SLURM, *extra]
+
+
+def _wait(jobs, timeout=300):
+    deadline = time.time() + timeout
+    for job in jobs:
+        while not job.done(force_check=True):
+            assert time.time() < deadline, f"job {job.job_id} did not finish in {timeout} s"
+            time.sleep(1)
+
+
+def _sacct_state(job_id, timeout=60):
+    """The job's final state in SLURM's accounting (which lags a few seconds)."""
+    deadline = time.time() + timeout
+    state = ""
+    while time.time() < deadline:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True).stdout
+        state = out.split()[0] if out.split() else ""
+        if state and state not in ("RUNNING", "PENDING", "REQUEUED"):
+            return state
+        time.sleep(1)
+    return state
+
+
+def test_smoke_pipeline_end_to_end_through_sbatch(cluster, data, tmp_path):
+    assert launch.main(["all", *_overrides(data, tmp_path)]) == 0
+    cfg = config.load(REPO / "pipeline.yaml", _overrides(data, tmp_path))
+    assert (cfg.paths.shards_dir / "train.index.json").exists()
+    assert zarr.open_group(cfg.paths.teacher_cache, mode="r")["train"]["done"][:].all()
+    assert json.loads((cfg.paths.student_dir / "eval_frames.json").read_text())["trained_num_frames"] == 4
+    submissions = list((tmp_path / "slurm").glob("*/*/submission.json"))
+    assert {json.loads(p.read_text())["executor"] for p in submissions} == {"slurm"}
+    ids = ",".join(t["job_id"] for p in submissions for t in json.loads(p.read_text())["tasks"])
+    deadline = time.time() + 60
+    while True:  # sacct lags the jobs' own result files by a few seconds
+        report = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", ids], capture_output=True, text=True).stdout.split()
+        if (report and set(report) == {"COMPLETED"}) or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert report and set(report) == {"COMPLETED"}, report
+    assert launch.main(["shards", *_overrides(data, tmp_path)]) == 0  # nothing left: submits nothing
+    assert len(list((tmp_path / "slurm" / "shards").iterdir())) == 1
+
+
+def test_killed_array_task_then_rerun_equals_an_uninterrupted_run(cluster, data, tmp_path):
+    extra = ("shards.videos_per_shard=16", "slurm.shards.array_tasks=2")
+    cfg = config.load(REPO / "pipeline.yaml", _overrides(data, tmp_path / "run", *extra))
+    jobs, _ = launch.submit_shards(cfg)
+    assert len(jobs) == 2
+    victim = jobs[0]
+    first_shard = shards.plan_all(cfg)[victim._pipeline_args[0][0]].name
+    deadline = time.time() + 120
+    while not list(cfg.paths.shards_dir.glob(f".{first_shard}.tmp-*")):  # caught mid-shard
+        assert time.time() < deadline, "the task never started writing"
+        time.sleep(0.02)
+    subprocess.run(["scancel", "--signal=KILL", victim.job_id], check=True)  # as a node failure or OOM kill would
+    _wait(jobs)
+    assert _sacct_state(victim.job_id) in ("CANCELLED", "FAILED", "CANCELLED+"), _sacct_state(victim.job_id)
+    assert shards.missing(cfg), "the killed task left shards undone"
+    assert launch.main(["shards", *_overrides(data, tmp_path / "run", *extra)]) == 0
+    assert launch.main(["teacher-cache", *_overrides(data, tmp_path / "run", *extra)]) == 0
+    assert not list(cfg.paths.shards_dir.glob(".*.tmp-*"))
+    reference = config.load(REPO / "pipeline.yaml", _overrides(data, tmp_path / "ref", *extra))
+    shards.run(reference)
+    teacher_run.run(reference)
+    for tar in sorted(reference.paths.shards_dir.glob("*.tar")):
+        assert (cfg.paths.shards_dir / tar.name).read_bytes() == tar.read_bytes(), tar.name
+    ids = [v["id"] for m in cfg.paths.shards_dir.glob("*.manifest.json") for v in json.loads(m.read_text())["videos"]]
+    assert len(ids) == len(set(ids)) == 44  # nothing lost, nothing duplicated
+    a, b = zarr.open_group(cfg.paths.teacher_cache, mode="r"), zarr.open_group(reference.paths.teacher_cache, mode="r")
+    for split in ("train", "validation"):
+        for name in ("features", "logits", "valid", "ids", "done"):
+            np.testing.assert_array_equal(a[split][name][:], b[split][name][:], err_msg=f"{split}/{name}")
+
+
+def test_preempted_training_requeues_and_resumes_from_what_it_saved(cluster, data, tmp_path):
+    extra = ("train.epochs=4", "student.image_size=64")
+    run_dir = tmp_path / "run"
+    cfg = config.load(REPO / "pipeline.yaml", _overrides(data, run_dir, *extra))
+    shards.run(cfg)
+    teacher_run.run(cfg)
+    (jobs, _) = launch.submit_train(cfg)
+    job = jobs[0]
+    metrics = cfg.paths.student_dir / "metrics.jsonl"
+    deadline = time.time() + 180
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):  # mid-epoch 0
+        assert time.time() < deadline, "training never started"
+        time.sleep(0.2)
+    job._interrupt()  # submitit's own preemption path: SIGTERM, then USR2
+    result = job.result()
+    events = [json.loads(line) for line in (cfg.paths.student_dir / "requeue.jsonl").read_text().splitlines()]
+    saved = [e for e in events if e["event"] == "saved"]
+    resumed = [e for e in events if e["event"] == "resumed"]
+    assert saved and resumed, events
+    assert resumed[0]["path"] == saved[0]["path"] == str(cfg.paths.student_dir / "latest.pt")
+    assert resumed[0]["step"] == saved[0]["step"] > 0
+    per_epoch = 32 // 4
+    assert result["step"] == 4 * per_epoch and result["epoch"] == 4  # same as an uninterrupted run
