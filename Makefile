@@ -15,7 +15,7 @@ SMOKE_ARGS := paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR) shard
 	slurm.shards.cpus_per_task=2 slurm.teacher_cache.gpus_per_node=0 slurm.teacher_cache.cpus_per_task=2 \
 	slurm.train_student.gpus_per_node=0 slurm.train_student.tasks_per_node=1 slurm.train_student.cpus_per_task=2
 
-.PHONY: help venv smoke test shards teacher-cache train-student all status slurm-up slurm-down synthetic bench-shards bench-teacher clean-smoke
+.PHONY: help venv smoke test shards teacher-cache train-student all report status slurm-up slurm-down synthetic bench-shards bench-teacher clean-smoke
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -31,6 +31,7 @@ $(STAMP): requirements.txt
 smoke: $(STAMP) ## Run every stage on the embedded tiny synthetic data set (CPU, a few minutes)
 	$(PY) -m stages.synthetic --config $(CONFIG) $(SMOKE_ARGS)
 	$(PY) -m slurm.launch all --config $(CONFIG) $(SMOKE_ARGS) $(ARGS)
+	$(PY) -m stages.report --config $(CONFIG) $(SMOKE_ARGS) $(ARGS)
 
 test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q tests
@@ -49,6 +50,9 @@ train-student: $(STAMP) ## Stage 3: submit the DDP training job (requeues itself
 
 all: $(STAMP) ## Submit all three stages chained with afterok dependencies
 	$(PY) -m slurm.launch all --no-wait --config $(CONFIG) $(ARGS)
+
+report: $(STAMP) ## Write <run_dir>/report/report.md and its PNG plots from the run's own files
+	$(PY) -m stages.report --config $(CONFIG) $(ARGS)
 
 status: $(STAMP) ## Each stage's jobs and states, and shards/rows/steps done versus expected
 	$(PY) -m slurm.launch status --config $(CONFIG) $(ARGS)

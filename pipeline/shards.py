@@ -135,7 +135,7 @@ def _build_shard(cfg: Config, spec: ShardSpec, pool: ThreadPoolExecutor, decoder
                 log.warning("%s: video %s rejected: %s", spec.name, entry.id, result)
             else:
                 writer.write(_record(entry, result, row), result.jpegs)
-                videos.append({"id": entry.id, "row": row, "num_frames": len(result.jpegs)})
+                videos.append({"id": entry.id, "row": row, "label": entry.label, "num_frames": len(result.jpegs)})
                 frames += len(result.jpegs)
             progress.update()
         writer.close()

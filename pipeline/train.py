@@ -22,7 +22,7 @@ from .config import Config, dump, to_dict
 from .device import autocast_dtype, pick_device
 from .dist import DistEnv
 from .distill_loss import distill_loss
-from .evaluate import EvalResult, evaluate, split_shards, to_device, write_frame_count_eval
+from .evaluate import EvalResult, evaluate, split_shards, to_device, write_frame_count_eval, write_predictions
 from .frames import IMAGENET_MEAN, IMAGENET_STD, normalizer
 from .metrics import AverageMeter, MetricsLog
 from .models import build_student
@@ -157,8 +157,14 @@ def _resume(path: Path, model, optimizer, scheduler, scaler, env: DistEnv) -> Tr
 
 def _frame_counts(cfg: Config, model, env: DistEnv, device) -> dict[int, EvalResult]:
     results = {}
-    for frames in cfg.train.eval_frame_counts:
-        results[frames] = evaluate(cfg, model, env, device, frames)
+    trained = cfg.student.num_frames
+    for frames in sorted(set(cfg.train.eval_frame_counts) | {trained}):
+        result = evaluate(cfg, model, env, device, frames, collect=frames == trained)
+        if frames == trained and env.is_main:
+            write_predictions(cfg.paths.student_dir, result, frames)  # per-video logits, for the report
+        if frames not in cfg.train.eval_frame_counts:
+            continue
+        results[frames] = result
         if env.is_main:
             log.info("evaluation at %d frames: top-1 %.4f, top-5 %.4f", frames, results[frames].top1, results[frames].top5)
     return results
@@ -209,14 +215,15 @@ class _Loop:
         cache = CacheSource(cfg.paths.teacher_cache, "train") if cfg.loss.mode == "distill" else None
         dataset = ShardClips(shards, spec, env.rank, env.world_size, self.per_rank, cache, self.flip_pairs, state.step_in_epoch)
         loader = make_loader(dataset, cfg.train.num_workers, self.device.type == "cuda")
-        meters = {k: AverageMeter() for k in ("total", "feature", "response", "task", "top1")}
+        meters = {k: AverageMeter() for k in ("total", "feature", "response", "task", "top1", "top5")}
         tick, clips = time.monotonic(), 0
         for batch in loader:
-            parts, top1 = self._step(batch)
+            parts, (top1, top5) = self._step(batch)
             n = len(batch.labels)
             for key, value in zip(("total", "feature", "response", "task"), parts):
                 meters[key].update(value, n)  # device tensors: no sync until the log line reads them
             meters["top1"].update(top1, n)
+            meters["top5"].update(top5, n)
             state.step += 1
             state.step_in_epoch += 1
             clips += n * env.world_size
@@ -226,7 +233,7 @@ class _Loop:
                 self._save(state, "latest.pt")
             yield state.step
 
-    def _step(self, batch) -> tuple[list, float]:
+    def _step(self, batch) -> tuple[list, tuple]:
         return train_step(self.wrapped, self.model, self.optimizer, self.scheduler, self.scaler, self.norm,
                           self.dtype, self.cfg, to_device(batch, self.device))
 
@@ -239,7 +246,7 @@ class _Loop:
         values = {k: m.avg for k, m in meters.items()}
         self.metrics.write("train", state.step, epoch=state.epoch, lr=lr, clips_per_s=rate,
                            loss=values["total"], loss_feature=values["feature"], loss_response=values["response"],
-                           loss_task=values["task"], top1=values["top1"])
+                           loss_task=values["task"], top1=values["top1"], top5=values["top5"])
         if self.env.is_main:
             log.info("epoch %d step %d/%d: loss %.4f (feature %.4f, response %.4f, task %.4f), top-1 %.3f, lr %.5f, %.1f clips/s, ETA %s",
                      state.epoch, state.step, self.total_steps, values["total"], values["feature"], values["response"],
@@ -282,8 +289,8 @@ class _Loop:
         dist.barrier()
 
 
-def train_step(wrapped, model, optimizer, scheduler, scaler, norm, dtype, cfg: Config, batch) -> tuple[list, float]:
-    """One optimisation step on a batch already on the device; returns (loss parts, batch top-1)."""
+def train_step(wrapped, model, optimizer, scheduler, scaler, norm, dtype, cfg: Config, batch) -> tuple[list, tuple]:
+    """One optimisation step on a batch already on the device; returns (loss parts, (top-1, top-5)) as tensors."""
     device_type = batch.clips.device.type
     with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
         out = wrapped(norm(batch.clips))
@@ -295,8 +302,8 @@ def train_step(wrapped, model, optimizer, scheduler, scaler, norm, dtype, cfg: C
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
-    top1 = (out.logits.argmax(-1) == batch.labels).float().mean()
-    return [p.detach() for p in parts], top1
+    top = out.logits.detach().topk(min(5, out.logits.shape[-1]), dim=-1).indices == batch.labels[:, None]
+    return [p.detach() for p in parts], (top[:, :1].any(1).float().mean(), top.any(1).float().mean())
 
 
 def _summary_paragraph(cfg: Config, s: TrainSummary, env: DistEnv, total_steps: int) -> str:

@@ -1,0 +1,78 @@
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from PIL import Image
+
+from pipeline import report, shards, teacher_run, train
+from pipeline.shard_format import read_shard
+
+from conftest import make_config
+
+SMALL = ("teacher.model=clip-tiny", "teacher.pretrained=random", "teacher.num_workers=0",
+         "student.arch=tsm_tiny", "student.image_size=48", "student.num_frames=4", "train.epochs=2",
+         "train.batch_size=4", "train.num_workers=1", "train.log_every_steps=2", "train.eval_frame_counts=[2,4]")
+
+
+@pytest.fixture(scope="module")
+def full_run(synth_root, tmp_path_factory):
+    cfg = make_config(synth_root, tmp_path_factory.mktemp("run"), *SMALL)
+    shards.run(cfg)
+    teacher_run.run(cfg)
+    train.run(cfg)
+    return cfg, report.write_report(cfg).read_text()
+
+
+def _number(text, pattern):
+    match = re.search(pattern, text)
+    assert match, pattern
+    return float(match.group(1))
+
+
+def test_every_plot_decodes_and_is_of_sane_size(full_run):
+    cfg, text = full_run
+    pngs = re.findall(r"\]\(([^)]+\.png)\)", text)
+    assert len(pngs) == 7
+    for name in pngs:
+        with Image.open(cfg.paths.run_dir + "/report/" + name) as image:
+            image.load()
+            assert 400 <= image.width <= 4000 and 300 <= image.height <= 4000, (name, image.size)
+
+
+def test_numbers_trace_back_to_the_run_files(full_run):
+    cfg, text = full_run
+    index = json.loads((cfg.paths.shards_dir / "validation.index.json").read_text())
+    assert re.search(rf"\| validation \| {index['num_videos']} \|", text)
+    records = [json.loads(x) for x in (cfg.paths.student_dir / "metrics.jsonl").read_text().splitlines()]
+    best_val = max(r["top1"] for r in records if r["kind"] == "val")
+    assert _number(text, r"validation top-1 ([0-9.]+)\.\n") == pytest.approx(best_val, abs=1e-4)
+    frames = json.loads((cfg.paths.student_dir / "eval_frames.json").read_text())["results"]
+    assert _number(text, r"\| 4 \(trained\) \| ([0-9.]+) \|") == pytest.approx(frames["4"]["top1"], abs=1e-4)
+    # The teacher's zero-shot top-1, recomputed here from the shard records and the Zarr logits.
+    g = zarr.open_group(cfg.paths.teacher_cache, mode="r")["validation"]
+    logits = g["logits"][:]
+    hits = [logits[r["row"]].argmax() == r["label"] for t in sorted(cfg.paths.shards_dir.glob("validation-*.tar"))
+            for r, _ in read_shard(str(t))]
+    assert _number(text, r"validation \(\d+ videos\): top-1 ([0-9.]+)") == pytest.approx(np.mean(hits), abs=1e-4)
+    # Student-teacher agreement, recomputed from the saved predictions.
+    with np.load(cfg.paths.student_dir / "val_predictions.npz") as z:
+        ids, student = z["ids"], z["logits"].astype(np.float32)
+    rows = {r["id"]: r["row"] for t in cfg.paths.shards_dir.glob("validation-*.tar") for r, _ in read_shard(str(t))}
+    teacher_top = np.array([logits[rows[i]].argmax() for i in ids])
+    assert _number(text, r"top-1 agreement ([0-9.]+)") == pytest.approx((teacher_top == student.argmax(1)).mean(), abs=1e-4)
+    assert "Most confused pairs" in text and "Missing" not in text
+
+
+def test_a_partial_run_says_what_is_missing(synth_root, tmp_path):
+    cfg = make_config(synth_root, tmp_path, *SMALL, "data.splits=[validation]")
+    shards.run(cfg)
+    text = report.write_report(cfg).read_text()
+    assert "| validation |" in text
+    assert "Missing: no teacher cache yet (run `make teacher-cache`)" in text
+    assert "Missing: no training metrics yet (run `make train-student`)" in text
+    assert "Missing: no validation predictions yet" in text
+    empty = make_config(synth_root, tmp_path / "nothing", *SMALL)
+    assert "Missing: no complete shard index for train, validation" in report.write_report(empty).read_text()
