@@ -92,7 +92,7 @@ def test_smoke_pipeline_end_to_end_through_sbatch(cluster, data, tmp_path):
 
 
 def test_killed_array_task_then_rerun_equals_an_uninterrupted_run(cluster, data, tmp_path):
-    extra = ("shards.videos_per_shard=16", "slurm.shards.array_tasks=2")
+    extra = ("shards.videos_per_shard=4", "slurm.shards.array_tasks=2")  # the victim owns 6 of 11 shards
     cfg = config.load(REPO / "pipeline.yaml", _overrides(data, tmp_path / "run", *extra))
     jobs, _ = launch.submit_shards(cfg)
     assert len(jobs) == 2
@@ -102,7 +102,9 @@ def test_killed_array_task_then_rerun_equals_an_uninterrupted_run(cluster, data,
     while not list(cfg.paths.shards_dir.glob(f".{first_shard}.tmp-*")):  # caught mid-shard
         assert time.time() < deadline, "the task never started writing"
         time.sleep(0.02)
-    subprocess.run(["scancel", "--signal=KILL", victim.job_id], check=True)  # as a node failure or OOM kill would
+    # Frozen mid-shard first (no race with it finishing), then killed as a node failure or OOM would.
+    subprocess.run(["scancel", "--signal=STOP", victim.job_id], check=True)
+    subprocess.run(["scancel", "--signal=KILL", victim.job_id], check=True)
     _wait(jobs)
     assert _sacct_state(victim.job_id) in ("CANCELLED", "FAILED", "CANCELLED+"), _sacct_state(victim.job_id)
     assert shards.missing(cfg), "the killed task left shards undone"
