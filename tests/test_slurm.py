@@ -46,6 +46,14 @@ def data(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def bigger_data(tmp_path_factory):
+    """160 videos: enough shards that a killed task is still mid-way when the signal lands."""
+    root = tmp_path_factory.mktemp("ssv2_160")
+    synthetic.generate(root, config.SyntheticConfig(num_videos=160))
+    return root
+
+
 def _overrides(root, run_dir, *extra):
     return [f"paths.ssv2_root={root}", f"paths.run_dir={run_dir}", "shards.videos_per_shard=8", *SMALL, *SLURM, *extra]
 
@@ -91,8 +99,9 @@ def test_smoke_pipeline_end_to_end_through_sbatch(cluster, data, tmp_path):
     assert len(list((tmp_path / "slurm" / "shards").iterdir())) == 1
 
 
-def test_killed_array_task_then_rerun_equals_an_uninterrupted_run(cluster, data, tmp_path):
-    extra = ("shards.videos_per_shard=4", "slurm.shards.array_tasks=2")  # the victim owns 6 of 11 shards
+def test_killed_array_task_then_rerun_equals_an_uninterrupted_run(cluster, bigger_data, tmp_path):
+    data = bigger_data
+    extra = ("shards.videos_per_shard=4", "slurm.shards.array_tasks=2")  # the victim owns 18 of 36 shards
     cfg = config.load(REPO / "pipeline.yaml", _overrides(data, tmp_path / "run", *extra))
     jobs, _ = launch.submit_shards(cfg)
     assert len(jobs) == 2
@@ -117,7 +126,8 @@ def test_killed_array_task_then_rerun_equals_an_uninterrupted_run(cluster, data,
     for tar in sorted(reference.paths.shards_dir.glob("*.tar")):
         assert (cfg.paths.shards_dir / tar.name).read_bytes() == tar.read_bytes(), tar.name
     ids = [v["id"] for m in cfg.paths.shards_dir.glob("*.manifest.json") for v in json.loads(m.read_text())["videos"]]
-    assert len(ids) == len(set(ids)) == 44  # nothing lost, nothing duplicated
+    expected = sum(len(json.loads((data / "labels" / f"{s}.json").read_text())) for s in ("train", "validation"))
+    assert len(ids) == len(set(ids)) == expected  # nothing lost, nothing duplicated
     a, b = zarr.open_group(cfg.paths.teacher_cache, mode="r"), zarr.open_group(reference.paths.teacher_cache, mode="r")
     for split in ("train", "validation"):
         for name in ("features", "logits", "valid", "ids", "done"):
