@@ -22,6 +22,11 @@ class VideoError(Exception):
     """A video that cannot be used; the message is the reason recorded in the manifest."""
 
 
+class DecodeInterrupted(RuntimeError):
+    """ffmpeg was killed by a signal (the job is being stopped, or out of memory): says nothing
+    about the video, so the shard must not be finished with it rejected."""
+
+
 @dataclass
 class DecodedVideo:
     """Every frame of a video as JPEG bytes, plus what the stream header said."""
@@ -83,6 +88,8 @@ def decode_video(path: Path, short_side: int, qscale: int, timeout_s: float) -> 
     except subprocess.TimeoutExpired:
         raise VideoError(f"decode timed out after {timeout_s:.0f} s") from None
     err = proc.stderr.decode(errors="replace")
+    if proc.returncode < 0:
+        raise DecodeInterrupted(f"ffmpeg was killed by signal {-proc.returncode} while decoding {path}")
     if proc.returncode != 0:
         raise VideoError(f"ffmpeg failed (exit {proc.returncode}): {_last_error_line(err)}")
     if "File ended prematurely" in err or "Truncated" in err:

@@ -100,6 +100,7 @@ def ffmpeg_decoder(cfg: Config) -> Decoder:
     s = cfg.shards
 
     def decode(entry: VideoEntry) -> DecodedVideo | str:
+        # DecodeInterrupted is not caught: it ends the shard (no manifest) and the task.
         try:
             return decode_video(video_dir / f"{entry.id}.webm", s.short_side, s.jpeg_qscale, s.decode_timeout_s)
         except VideoError as e:

@@ -191,3 +191,29 @@ def test_task_split_covers_every_shard_once(synth_root, tmp_path):
     assert index_path(cfg.paths.shards_dir, "train").exists()
     assert index_path(cfg.paths.shards_dir, "validation").exists()
     assert (cfg.paths.shards_dir / "config.yaml").exists()
+
+
+def test_ffmpeg_killed_by_a_signal_aborts_the_shard_instead_of_rejecting(synth_root, tmp_path, monkeypatch):
+    import subprocess as sp
+
+    from pipeline import ffmpeg_io
+
+    real_run = sp.run
+    calls = {"n": 0}
+
+    def run(cmd, *args, **kwargs):  # the third decode dies of SIGTERM, as in a scancel
+        calls["n"] += 1
+        if calls["n"] == 3:
+            return sp.CompletedProcess(cmd, -15, b"", b"")
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(ffmpeg_io.subprocess, "run", run)
+    cfg = make_config(synth_root, tmp_path, "data.splits=[validation]", "shards.cpus_per_task=1")
+    with pytest.raises(ffmpeg_io.DecodeInterrupted, match="killed by signal 15"):
+        shards.run(cfg)
+    (first, *_) = plan_all(cfg)
+    assert not manifest_path(cfg.paths.shards_dir, first.name).exists(), "no done marker for the interrupted shard"
+    assert not (cfg.paths.shards_dir / first.name).exists()
+    monkeypatch.setattr(ffmpeg_io.subprocess, "run", real_run)
+    summary = shards.run(cfg)
+    assert summary.rejected == {} and summary.shards_built == len(plan_all(cfg))
