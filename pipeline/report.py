@@ -23,7 +23,7 @@ def write_report(cfg: Config) -> Path:
     training = train_facts(cfg)
     sections = [f"# Run report: {cfg.paths.run_dir}\n",
                 _data_section(data, class_names, folder),
-                _teacher_section(teacher),
+                _teacher_section(teacher, data.videos),
                 _training_section(training, cfg, folder),
                 _classes_section(training, teacher, data, class_names, folder)]
     path = folder / "report.md"
@@ -57,12 +57,13 @@ def _data_section(data: DataFacts, class_names: list[str], folder: Path) -> str:
     return "\n".join(lines)
 
 
-def _teacher_section(teacher: TeacherFacts | None) -> str:
+def _teacher_section(teacher: TeacherFacts | None, expected_videos: dict[str, int]) -> str:
     lines = ["## Teacher cache\n"]
     if teacher is None:
         return "\n".join(lines + ["Missing: no teacher cache yet (run `make teacher-cache`).\n"])
     for split, (done, expected) in teacher.rows_done.items():
-        lines.append(f"- {split}: {done}/{expected} shards done, {teacher.valid_rows[split]} valid rows")
+        videos = f" of {expected_videos[split]} videos in the shards" if split in expected_videos else ""
+        lines.append(f"- {split}: {done}/{expected} shards done, {teacher.valid_rows[split]} valid rows{videos}")
     b = teacher.built_with
     lines.append(f"\nBuilt with {b['model']} (weights {b['weights']}, sha256 {b['weights_sha256']}...), "
                  f"{b['frames']} frames per video, prompts {b['prompts']}.\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -59,6 +60,24 @@ def _record(folder: Path, cfg: Config, stage: str, tasks: list[dict]) -> None:
 
 def _describe(args: tuple) -> list:
     return [a for a in args if not isinstance(a, Config)]
+
+
+def _owned(args: list | None) -> str:
+    """What a task was given, in words: its shard positions, or its stride of all shards."""
+    if not args:
+        return ""
+    if isinstance(args[0], list):
+        return f", owned shards {args[0]}"
+    if args[0] is None and len(args) == 3:
+        return f", owned every {args[2]}th shard from {args[1]}"
+    return ""
+
+
+def _error_line(error: Exception) -> str:
+    """The exception line of a failed job's trace (not the trailing log paths)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Interrupted)\b", ln)]
+    return (raised or lines or ["no message"])[-1][:400]
 
 
 def submit_shards(cfg: Config) -> tuple[list, Path | None]:
@@ -127,9 +146,8 @@ def wait(jobs: list, stage: str) -> bool:
             results.append(job.result())
         except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
             ok = False
-            owned = getattr(job, "_pipeline_args", None)
             log.error("%s task %s FAILED (log: %s)%s: %s", stage, job.job_id, job.paths.stderr,
-                      f", owned shards {owned}" if owned else "", str(e).strip().splitlines()[-1][:300])
+                      _owned(getattr(job, "_pipeline_args", None)), _error_line(e))
     totals: dict = {}
     for result in results:
         for key, value in (result or {}).items():
