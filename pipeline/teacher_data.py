@@ -132,14 +132,6 @@ def wait_ready(ready, frames: torch.Tensor, device: torch.device) -> None:
         frames.record_stream(current)  # made on the side stream, used on this one
 
 
-def _event(device: torch.device):
-    if device.type != "cuda":
-        return None
-    event = torch.cuda.Event()
-    event.record()
-    return event
-
-
 def to_device(item: ShardItem, size: int, device: torch.device) -> torch.Tensor:
     """uint8 [V, F, 3, size, size] on `device`; JPEGs are decoded there when the worker left them raw."""
     if not item.rows:
