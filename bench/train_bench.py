@@ -25,13 +25,13 @@ from pipeline.evaluate import split_shards, to_device
 from pipeline.frames import IMAGENET_MEAN, IMAGENET_STD, normalizer
 from pipeline.models import build_student
 from pipeline.ssv2 import LABELS_FILE, class_names, load_labels
-from pipeline.train import _cosine, make_optimizer, train_step
+from pipeline.train import _cosine, make_optimizer, prepare_model, train_step
 from pipeline.train_data import CacheSource, ClipBatch, ClipSpec, ShardClips, flip_pairs, make_loader
 
 
 def _setup(cfg, device):
     torch.manual_seed(0)
-    model = build_student(cfg.student, 174).to(device)
+    model = prepare_model(build_student(cfg.student, 174), cfg, device)
     optimizer = make_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(0, 10_000))
     scaler = torch.amp.GradScaler(enabled=False)
@@ -54,18 +54,22 @@ def _timed(step, batches, warmup: int, device) -> float:
     return clips / (time.perf_counter() - start)
 
 
-def measure(cfg, device, arch: str, frames: int, batch: int, workers: int, warmup: int, steps: int) -> tuple[float, float]:
+def measure(cfg, device, arch: str, frames: int, batch: int, workers: int, warmup: int, steps: int,
+            with_loader: bool = True) -> tuple[float, float]:
     """(synthetic clips/s, real-loader clips/s) for one model, frame count and batch size."""
     cfg.student.arch, cfg.student.num_frames, cfg.train.batch_size = arch, frames, batch
     model, optimizer, scheduler, scaler = _setup(cfg, device)
     norm = normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
     dtype = autocast_dtype(device, cfg.train.precision)
-    step = lambda b: train_step(model, model, optimizer, scheduler, scaler, norm, dtype, cfg, b)  # noqa: E731
+    wrapped = torch.compile(model) if cfg.train.compile and device.type == "cuda" else model
+    step = lambda b: train_step(wrapped, model, optimizer, scheduler, scaler, norm, dtype, cfg, b)  # noqa: E731
     size = cfg.student.image_size
     fake = ClipBatch(torch.randint(0, 256, (batch, frames, 3, size, size), dtype=torch.uint8, device=device),
                      torch.randint(0, 174, (batch,), device=device), torch.randn(batch, 512, device=device),
                      torch.randn(batch, 174, device=device), [])
     synthetic = _timed(step, [fake] * (warmup + steps), warmup, device)
+    if not with_loader:
+        return synthetic, float("nan")
     shards, _ = split_shards(cfg, "train")
     spec = ClipSpec(frames, size, batch, train=True, seed=0, shuffle_buffer=cfg.train.shuffle_buffer)
     dataset = ShardClips(shards, spec, 0, 1, warmup + steps, CacheSource(cfg.paths.teacher_cache, "train"),
@@ -87,6 +91,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30 if cuda else 6)
     parser.add_argument("--warmup", type=int, default=8 if cuda else 2)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--levers", action="store_true", help="also time channels_last and torch.compile (synthetic input)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = args.work or Path(tempfile.mkdtemp(prefix="train_bench_"))
@@ -108,6 +113,18 @@ def main() -> None:
     print("| model | frames | batch | synthetic input clips/s | real loader clips/s | real / synthetic |")
     print("| --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
+    if args.levers:
+        print("\n| model | frames | batch | eager | channels_last | channels_last + compile | best / eager |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for config in args.configs:
+            arch, frames, batch = config.split(":")
+            rates = []
+            for channels_last, compiled in ((False, False), (True, False), (True, True)):
+                cfg.train.channels_last, cfg.train.compile = channels_last, compiled
+                warm = args.warmup + (10 if compiled else 0)  # compilation happens in the first steps
+                rates.append(measure(cfg, device, arch, int(frames), int(batch), args.workers, warm, args.steps, with_loader=False)[0])
+            print(f"| {arch} | {frames} | {batch} | {rates[0]:.1f} | {rates[1]:.1f} | {rates[2]:.1f} | {max(rates) / rates[0]:.2f}x |")
+        cfg.train.channels_last = cfg.train.compile = False
 
 
 if __name__ == "__main__":

@@ -83,16 +83,16 @@ def run(cfg: Config, env: DistEnv | None = None, stop_after_steps: int | None = 
     total_steps = cfg.train.epochs * per_rank
 
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank and in every rerun
-    model = build_student(cfg.student, len(names)).to(device)
+    model = prepare_model(build_student(cfg.student, len(names)), cfg, device)
     optimizer = make_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.train.warmup_steps, total_steps))
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and cfg.train.precision == "fp16")
     state = _resume(out / "latest.pt", model, optimizer, scheduler, scaler, env)
     resumed_from = state.step
-    wrapped = model
+    wrapped = torch.compile(model) if cfg.train.compile and device.type == "cuda" else model
     if env.world_size > 1:
         # CE alone leaves the feature projection out of the loss; DDP must be told.
-        wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+        wrapped = DDP(wrapped, device_ids=[device.index] if device.type == "cuda" else None,
                       find_unused_parameters=cfg.loss.mode == "vanilla")
     metrics = MetricsLog(out, enabled=env.is_main)
     loop = _Loop(cfg, env, device, wrapped, model, optimizer, scheduler, scaler, metrics, names, per_rank, total_steps)
@@ -118,6 +118,15 @@ def _device(cfg: Config, env: DistEnv) -> torch.device:
         device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(device)
     return device
+
+
+def prepare_model(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.nn.Module:
+    """The student on `device`, in channels-last layout when asked for on CUDA."""
+    model = model.to(device)
+    if cfg.train.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        model.channels_last = True
+    return model
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -18,6 +18,13 @@ class StudentOutput(NamedTuple):
 class VideoStudent(nn.Module):
     """Clips [B, T, 3, H, W] (normalised float) -> StudentOutput."""
 
+    channels_last = False  # set by the trainer on CUDA when train.channels_last is on
+
+    def frames(self, clips: torch.Tensor) -> torch.Tensor:
+        """[B, T, 3, H, W] -> [B*T, 3, H, W] in the memory layout the convolutions were set up for."""
+        flat = clips.flatten(0, 1)
+        return flat.contiguous(memory_format=torch.channels_last) if self.channels_last else flat
+
     def forward(self, clips: torch.Tensor) -> StudentOutput:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -37,7 +37,7 @@ class FrameEncoderWithHead(VideoStudent):
 
     def forward(self, clips: torch.Tensor) -> StudentOutput:
         b, t = clips.shape[:2]
-        frames = self.encoder(clips.flatten(0, 1)).view(b, t, -1)
+        frames = self.encoder(self.frames(clips)).view(b, t, -1)
         return self.head(frames)
 
 

@@ -56,7 +56,7 @@ class TSM(VideoStudent):
         b, t = clips.shape[:2]
         for shift in self.shifts:
             shift.num_frames = t
-        frames = self.backbone(clips.flatten(0, 1))  # [B*T, width]
+        frames = self.backbone(self.frames(clips))  # [B*T, width]
         pooled = frames.view(b, t, -1).mean(1)  # average consensus (equal to averaging frame logits)
         return StudentOutput(self.fc(self.dropout(pooled)), self.proj(pooled))
 
