@@ -15,7 +15,7 @@ SMOKE_ARGS := paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR) shard
 	slurm.shards.cpus_per_task=2 slurm.teacher_cache.gpus_per_node=0 slurm.teacher_cache.cpus_per_task=2 \
 	slurm.train_student.gpus_per_node=0 slurm.train_student.tasks_per_node=1 slurm.train_student.cpus_per_task=2
 
-.PHONY: help venv smoke test shards teacher-cache train-student all report status slurm-up slurm-down synthetic bench-shards bench-teacher clean-smoke
+.PHONY: help venv smoke test shards teacher-cache train-student all report status slurm-up slurm-down synthetic bench-shards clean-smoke
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
