@@ -42,9 +42,11 @@ class TrainJob:
         if summary.stopped_early:
             self.saved_to = str(latest)
             self._record("saved", self.saved_to, env, summary.state.step)
-            if env.global_rank == 0 and callable(submitit_handler):
-                submitit_handler(signal.SIGUSR2, None)  # checkpoint() + requeue + exit
-            time.sleep(3600)  # other ranks wait to be ended by the requeue
+            if env.global_rank == 0:
+                if callable(submitit_handler):
+                    submitit_handler(signal.SIGUSR2, None)  # checkpoint() + requeue + exit
+            else:
+                time.sleep(3600)  # the other ranks wait to be ended by the requeue
         return {"step": summary.state.step, "epoch": summary.state.epoch, "best_top1": summary.state.best_top1}
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
