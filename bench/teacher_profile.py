@@ -46,8 +46,8 @@ def main() -> None:
     split, shard, tar = teacher_run.all_shards(cfg)[0]
     size, frames_n = teacher.image_size, cfg.teacher.num_frames
     torch.set_num_threads(1)  # as in a loader worker
-    raw = teacher_data.ShardFrames([(split, shard, tar)], frames_n, False)._load(split, shard, tar)
-    cpu_item = teacher_data.ShardFrames([(split, shard, tar)], frames_n, True)._load(split, shard, tar)
+    raw = teacher_data.ShardFrames([], frames_n).load(split, shard, tar, cpu_decode=False)
+    cpu_item = teacher_data.ShardFrames([], frames_n).load(split, shard, tar, cpu_decode=True)
     flat = [j for v in raw.frames for j in v]
     n = len(flat)
     on_gpu = teacher_data.to_device(raw, size, device)
@@ -56,8 +56,8 @@ def main() -> None:
     cfg.teacher.cuda_graphs = device.type == "cuda"
     graphed = teacher_run.make_encoder(teacher, cfg.teacher, device)
     phases = {
-        "read shard + pick frames (1 core)": lambda: teacher_data.ShardFrames([], frames_n, False)._load(split, shard, tar),
-        "read + CPU decode + square crop (1 core)": lambda: teacher_data.ShardFrames([], frames_n, True)._load(split, shard, tar),
+        "read shard + pick frames (1 core)": lambda: teacher_data.ShardFrames([], frames_n).load(split, shard, tar, cpu_decode=False),
+        "read + CPU decode + square crop (1 core)": lambda: teacher_data.ShardFrames([], frames_n).load(split, shard, tar, cpu_decode=True),
         "copy CPU crops to device + resize": lambda: teacher_data.to_device(cpu_item, size, device),
         "GPU decode (nvjpeg, batched)": lambda: decode(flat, device),
         "GPU decode + crop + resize": lambda: teacher_data.to_device(raw, size, device),
@@ -85,7 +85,7 @@ def main() -> None:
     # The loader alone: how many frames/s the workers can feed, with nothing else running.
     jobs = teacher_run.all_shards(cfg)[:200]
     for cpu_decode in (True, False):
-        loader = teacher_data.make_loader(jobs, frames_n, cpu_decode, args.workers)
+        loader = teacher_data.make_loader(jobs, frames_n, 0.0 if cpu_decode else 1.0, args.workers)
         start, count = time.perf_counter(), 0
         for item in loader:
             count += len(item.rows) * frames_n

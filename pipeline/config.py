@@ -10,7 +10,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -78,10 +78,11 @@ class TeacherConfig:
     batch_videos: int = 64  # videos per forward (x num_frames frames); a shard is never split across two
     num_workers: int = 4  # data-loading processes (read, JPEG decode on CPU, centre crop)
     writers: int = 2  # processes writing finished shards to Zarr
-    pin_memory: bool = False  # pin decoded frames for asynchronous copies (costs a host copy per shard)
+    pin_memory: bool = True  # CUDA: pin decoded frames so their copies to the GPU are asynchronous
     device: str = "auto"  # auto: cuda, else mps, else cpu
-    precision: str = "bf16"  # autocast on CUDA: bf16, fp16 or fp32
-    decode: str = "auto"  # where JPEGs are decoded: auto (gpu on CUDA), gpu, cpu
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast on CUDA
+    decode: Literal["auto", "cpu", "gpu"] = "auto"  # where JPEGs are decoded; auto: see gpu_decode_share
+    gpu_decode_share: float = 0.25  # with decode=auto on CUDA: this share of the shards goes to nvjpeg, the rest to the workers
     cuda_graphs: bool = True  # replay the image tower as one CUDA graph per batch (CUDA only)
     progress_every_s: float = 10.0
 
@@ -102,7 +103,7 @@ class StudentConfig:
 class LossConfig:
     """alpha * MSE(normalised features) + beta * KL(T) * T^2 + gamma * CE."""
 
-    mode: str = "distill"  # distill, or vanilla (CE only, no teacher cache needed)
+    mode: Literal["distill", "vanilla"] = "distill"  # vanilla: CE only, no teacher cache needed
     alpha: float = 0.5
     beta: float = 1.0
     gamma: float = 0.1
@@ -115,13 +116,13 @@ class TrainConfig:
 
     epochs: int = 50
     batch_size: int = 8  # clips per GPU (per process)
-    optimizer: str = "sgd"  # sgd (momentum 0.9), adamw
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_steps: int = 0
     grad_clip: float = 1.0
-    precision: str = "bf16"  # autocast on CUDA: bf16, fp16 (with a grad scaler) or fp32
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast on CUDA; fp16 with a grad scaler
     device: str = "auto"
     num_workers: int = 4  # loader processes per GPU
     shuffle_buffer: int = 256  # samples mixed across shards within a worker
@@ -158,7 +159,7 @@ class SlurmStageConfig:
 class SlurmConfig:
     """How stages are submitted: the executor and each stage's resources."""
 
-    executor: str = "auto"  # slurm, local (submitit's local executor), or auto (slurm when sbatch is found)
+    executor: Literal["auto", "slurm", "local"] = "auto"  # local: submitit's local executor; auto: slurm when sbatch is found
     shards: SlurmStageConfig = field(default_factory=lambda: SlurmStageConfig(cpus_per_task=32, mem_gb=64, array_tasks=128))
     teacher_cache: SlurmStageConfig = field(
         default_factory=lambda: SlurmStageConfig(gpus_per_node=1, cpus_per_task=16, mem_gb=64, array_tasks=16, array_parallelism=16)
@@ -268,6 +269,10 @@ def _check(hint: Any, value: Any, key: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"config key {key}: expected {hint}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(hint):
+            return value
+        raise ConfigError(f"config key {key}: expected one of {', '.join(map(str, typing.get_args(hint)))}, got {value!r}")
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"config key {key}: expected a list, got {value!r}")

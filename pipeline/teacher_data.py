@@ -31,32 +31,46 @@ class ShardItem:
     tar: Path
     frames: Groups | list[list[bytes]]  # square crops when decoded on the CPU, else the JPEGs
 
+    def pin_memory(self) -> "ShardItem":
+        """This item with its crops in page-locked memory (called by the loader's pin-memory thread)."""
+        if self.frames and isinstance(self.frames[0], tuple):
+            self.frames = [(idx, crops.pin_memory()) for idx, crops in self.frames]
+        return self
+
 
 class ShardFrames(IterableDataset):
     """Reads whole shards and samples `num_frames` centre frames per video; workers split the shards.
 
-    With `cpu_decode`, frames are decoded and centre-cropped to squares here, in the worker; the
-    resize to the model's size happens on the device, one call per crop size (one per shard for SSv2).
+    Shards are decoded and centre-cropped to squares here, in the worker, except a `gpu_share` of
+    them (evenly spread) whose JPEGs go to the device as they are, for nvjpeg: when the CPUs cannot
+    keep up with the model, the GPU takes part of the decoding. The resize to the model's size
+    happens on the device, one call per crop size (one per shard for SSv2).
     """
 
-    def __init__(self, jobs: list[tuple[str, int, Path]], num_frames: int, cpu_decode: bool):
-        self.jobs, self.num_frames, self.cpu_decode = jobs, num_frames, cpu_decode
+    def __init__(self, jobs: list[tuple[str, int, Path]], num_frames: int, gpu_share: float = 0.0):
+        self.jobs, self.num_frames, self.gpu_share = jobs, num_frames, gpu_share
 
     def __iter__(self):
         info = get_worker_info()
-        jobs = self.jobs if info is None else self.jobs[info.id :: info.num_workers]
-        for split, shard, path in jobs:
-            yield self._load(split, shard, path)
+        positions = range(len(self.jobs)) if info is None else range(info.id, len(self.jobs), info.num_workers)
+        for i in positions:
+            yield self.load(*self.jobs[i], cpu_decode=not gpu_decoded(i, self.gpu_share))
 
-    def _load(self, split: str, shard: int, path: Path) -> ShardItem:
+    def load(self, split: str, shard: int, path: Path, cpu_decode: bool) -> ShardItem:
+        """One shard's sampled frames: decoded crop groups, or the raw JPEGs."""
         rows, frames = [], []
         for record, blob in read_shard(str(path)):
             jpegs = select_frames(record, blob, segment_centres(record["num_frames"], self.num_frames))
             rows.append(record["row"])
             frames.append(jpegs)
-        if self.cpu_decode:
+        if cpu_decode:
             frames = group_squares([square_crop(torch.stack(decode(jpegs))) for jpegs in frames])
         return ShardItem(split, shard, rows, path, frames)
+
+
+def gpu_decoded(position: int, share: float) -> bool:
+    """Whether the shard at `position` is left for GPU decoding: `share` of all, evenly spread."""
+    return int((position + 1) * share) > int(position * share)
 
 
 def group_squares(videos: list[torch.Tensor]) -> Groups:
@@ -90,10 +104,10 @@ def _worker_init(_: int) -> None:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
-def make_loader(jobs: list, num_frames: int, cpu_decode: bool, num_workers: int, pin_memory: bool = False) -> DataLoader:
+def make_loader(jobs: list, num_frames: int, gpu_share: float, num_workers: int, pin_memory: bool = False) -> DataLoader:
     """Shards in, one ShardItem per shard out; workers take every n-th shard."""
     workers = min(num_workers, len(jobs))
-    dataset = ShardFrames(jobs, num_frames, cpu_decode)
+    dataset = ShardFrames(jobs, num_frames, gpu_share)
     # Two shards in flight per worker keep the GPU fed; more only adds memory (~90 MB a shard).
     return DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
                       worker_init_fn=_worker_init, pin_memory=pin_memory and torch.cuda.is_available(),

@@ -81,8 +81,8 @@ def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: in
 
 
 def _loop(cfg: Config, teacher: Teacher, device: torch.device, jobs: list, writer: ProcessWriter, summary: TeacherSummary) -> None:
-    gpu_decode = device.type == "cuda" and cfg.teacher.decode in ("auto", "gpu")
-    loader = make_loader(jobs, cfg.teacher.num_frames, not gpu_decode, cfg.teacher.num_workers, cfg.teacher.pin_memory)
+    loader = make_loader(jobs, cfg.teacher.num_frames, gpu_share(cfg.teacher, device), cfg.teacher.num_workers,
+                         cfg.teacher.pin_memory)
     encode = make_encoder(teacher, cfg.teacher, device)
     progress = Progress("teacher shards", len(jobs), cfg.teacher.progress_every_s, log)
     store = str(cfg.paths.teacher_cache)
@@ -99,7 +99,7 @@ def _loop(cfg: Config, teacher: Teacher, device: torch.device, jobs: list, write
         wait_ready(ready, frames, device)
         frame_features = encode(frames)
         features = frame_features.mean(1)
-        outputs = [t.to("cpu", non_blocking=True) for t in (features, teacher.logits(features), frame_features.half())]
+        outputs = [_to_host(t) for t in (features, teacher.logits(features), frame_features.half())]
         t0 = time.monotonic()
         if pending is not None:
             _hand_over(writer, store, *pending)
@@ -113,6 +113,24 @@ def _loop(cfg: Config, teacher: Teacher, device: torch.device, jobs: list, write
     if pending is not None:
         _hand_over(writer, store, *pending)
     summary.compute_seconds = time.monotonic() - loop_start
+
+
+def gpu_share(cfg: TeacherConfig, device: torch.device) -> float:
+    """The share of shards whose JPEGs are decoded on the GPU (the rest by the loader workers)."""
+    if not 0.0 <= cfg.gpu_decode_share <= 1.0:
+        raise ValueError(f"teacher.gpu_decode_share={cfg.gpu_decode_share} is not between 0 and 1")
+    if device.type != "cuda" or cfg.decode == "cpu":
+        return 0.0
+    return 1.0 if cfg.decode == "gpu" else cfg.gpu_decode_share
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """Start copying t to host memory; on CUDA into pinned memory, so the copy neither blocks this
+    thread until the GPU gets there nor holds the driver's staging path (which would stall the prep
+    thread's copies to the GPU for as long)."""
+    if t.device.type != "cuda":
+        return t.cpu()
+    return torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
 
 
 def _event(device: torch.device):

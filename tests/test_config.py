@@ -30,6 +30,8 @@ def test_overrides_are_typed_and_take_precedence():
         ("data.splits=train", "config key data.splits: expected a list"),
         ("shards=3", "config key shards: expected a section"),
         ("shards.videos_per_shard", "not of the form"),
+        ("teacher.decode=nvjpeg", "config key teacher.decode: expected one of auto, cpu, gpu, got 'nvjpeg'"),
+        ("loss.mode=distil", "config key loss.mode: expected one of distill, vanilla"),
     ],
 )
 def test_bad_keys_and_types_name_the_key(override, message):

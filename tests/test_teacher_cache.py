@@ -7,7 +7,7 @@ import zarr
 
 from pipeline import shards, teacher_run
 from pipeline.clip_teacher import TeacherWeightsError, load_teacher
-from pipeline.frames import decode, normalize, resize_crop
+from pipeline.frames import decode, normalize, resize_by_products, resize_crop
 from pipeline.sampling import segment_centres
 from pipeline.shard_format import read_shard, select_frames
 from pipeline.ssv2 import LABELS_FILE, class_names, load_labels
@@ -54,6 +54,40 @@ def test_cached_outputs_equal_a_fresh_teacher_forward(cached):
         np.testing.assert_allclose(cached_logits, logits[0].numpy(), rtol=1e-3, atol=1e-3)
         checked += 1
     assert checked > 0
+
+
+def test_shards_left_for_gpu_decoding_give_the_same_frames(cached):
+    # decode=auto hands a share of the shards to nvjpeg as raw JPEGs; on the CPU the same path
+    # decodes them here, so both kinds of item must turn into the same model input
+    from pipeline import teacher_data
+
+    cfg, _ = cached
+    jobs = teacher_run.all_shards(cfg)
+    left_raw = [teacher_data.gpu_decoded(i, 0.25) for i in range(len(jobs) * 4)]
+    assert sum(left_raw) == len(jobs)  # one in four, whatever the count
+    cpu = teacher_data.ShardFrames(jobs, cfg.teacher.num_frames, 0.0)
+    mixed = teacher_data.ShardFrames(jobs, cfg.teacher.num_frames, 0.5)
+    kinds = set()
+    for a, b in zip(cpu, mixed, strict=True):
+        kinds.add(isinstance(b.frames[0], tuple))
+        assert a.rows == b.rows
+        assert torch.equal(teacher_data.to_device(a, 32, torch.device("cpu")), teacher_data.to_device(b, 32, torch.device("cpu")))
+    assert kinds == {True, False}  # both kinds of item were compared
+
+
+@pytest.mark.parametrize("side", [240, 256])
+def test_resize_by_matrix_products_equals_the_bicubic_kernel(side):
+    # the CUDA path resizes by two products with weights read off torch's kernel; it must be that kernel
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    gen = torch.Generator().manual_seed(side)
+    smooth = torch.nn.functional.interpolate(torch.rand(6, 3, 16, 16, generator=gen), size=(side, side), mode="bilinear")
+    frames = (smooth * 255).round().to(torch.uint8)
+    ours = resize_by_products(frames, 224)
+    kernel = TF.resize(frames.float(), [224, 224], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    assert ours.dtype == torch.uint8 and ours.shape == (6, 3, 224, 224)
+    assert (ours.float() - kernel.round().clamp(0, 255)).abs().max() <= 1
 
 
 def test_store_opens_with_plain_zarr_with_documented_shapes(cached):
