@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--num-frames", type=int, default=8)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--writers", type=int, default=2)
-    parser.add_argument("--pin-memory", type=int, nargs="+", default=[1], help="0 and/or 1: loader pins host memory")
+    parser.add_argument("--pin-memory", type=int, nargs="+", default=[0], help="0 and/or 1: loader pins host memory")
     parser.add_argument("--decode", nargs="+", default=["auto:0.25", "gpu", "cpu"] if cuda else ["cpu"],
                         help="cpu, gpu, or auto:SHARE (SHARE of the shards decoded on the GPU, the rest on the CPU)")
     parser.add_argument("--precision", default="bf16")
@@ -109,8 +109,8 @@ def main() -> None:
         cfg.teacher.gpu_decode_share, cfg.teacher.pin_memory = float(share or 0), bool(pin)
         summary = end_to_end(cfg)
         e2e, steady, frames = summary.frames / summary.compute_seconds, summary.steady_frames_per_s, summary.frames
-        print(f"| {mode} decode, pin {pin}: loop {summary.compute_seconds:.1f} s, waited {summary.wait_input_s:.1f} s for input, "
-              f"{summary.wait_write_s:.1f} s for writes")
+        print(f"{mode} decode, pin {pin}: loop {summary.compute_seconds:.1f} s, waited {summary.wait_input_s:.1f} s for input, "
+              f"{summary.wait_gpu_s:.1f} s for the GPU, {summary.wait_write_s:.1f} s for the writers (busy {summary.write_busy_s:.1f} s)")
         stores[mode] = cfg.paths.teacher_cache.with_name(f"cache_{mode}_{pin}.zarr")
         shutil.rmtree(stores[mode], ignore_errors=True)
         cfg.paths.teacher_cache.rename(stores[mode])

@@ -78,7 +78,7 @@ class TeacherConfig:
     batch_videos: int = 64  # videos per forward (x num_frames frames); a shard is never split across two
     num_workers: int = 4  # data-loading processes (read, JPEG decode on CPU, centre crop)
     writers: int = 2  # processes writing finished shards to Zarr
-    pin_memory: bool = True  # CUDA: pin decoded frames so their copies to the GPU are asynchronous
+    pin_memory: bool = False  # CUDA: pin each shard's frames for asynchronous copies (measured slower: see docs/benchmarks.md)
     device: str = "auto"  # auto: cuda, else mps, else cpu
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast on CUDA
     decode: Literal["auto", "cpu", "gpu"] = "auto"  # where JPEGs are decoded; auto: see gpu_decode_share

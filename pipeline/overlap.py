@@ -32,16 +32,21 @@ def map_ahead(fn: Callable[[T], R], items: Iterable[T], depth: int = 2) -> Itera
 
 
 def _serve(fn: Callable[..., None], tasks, errors) -> None:
-    """The writer process: run fn(*args) for each queued args until None; report the first error."""
+    """The writer process: run fn(*args) for each queued args until None; report the first error,
+    else the seconds spent inside fn."""
+    import time
     import traceback
 
+    busy = 0.0
     while (args := tasks.get()) is not None:
+        start = time.monotonic()
         try:
             fn(*args)
         except BaseException:
             errors.put(traceback.format_exc())
             return
-    errors.put(None)
+        busy += time.monotonic() - start
+    errors.put(busy)
 
 
 class ProcessWriter:
@@ -77,13 +82,44 @@ class ProcessWriter:
                 error = self._errors.get() if not self._errors.empty() else f"exit code {proc.exitcode}"
                 raise RuntimeError(f"writer process failed:\n{error}")
 
-    def close(self) -> None:
-        """Wait for every queued call; re-raises a child's error."""
+    def close(self) -> float:
+        """Wait for every queued call; re-raises a child's error. Returns the seconds the children
+        spent in fn, summed (compare with the wall time to see whether writing is the bottleneck)."""
         for _ in self._procs:
             self._tasks.put(None)
         for proc in self._procs:
             proc.join()
-        errors = [self._errors.get() for _ in self._procs]
-        failed = [e for e in errors if e is not None] + [f"exit code {p.exitcode}" for p in self._procs if p.exitcode != 0]
+        reports = [self._errors.get() for _ in self._procs]
+        failed = [r for r in reports if isinstance(r, str)] + [f"exit code {p.exitcode}" for p in self._procs if p.exitcode != 0]
         if failed:
             raise RuntimeError(f"writer process failed:\n{failed[0]}")
+        return sum(reports)
+
+
+class HostSlots:
+    """Reusable host buffers for device-to-host copies, page-locked on CUDA.
+
+    A copy into page-locked memory is asynchronous: it neither blocks the launching thread until
+    the GPU gets to it nor goes through the driver's staging path, where a pending copy stalls
+    every other thread's pageable copies. Allocating page-locked memory is slow and synchronises
+    the device, so the buffers are made once per slot and reused; the caller hands slot k back
+    (by not using it again) before asking for it a second time.
+    """
+
+    def __init__(self, slots: int, pinned: bool):
+        self.slots, self.pinned = slots, pinned
+        self._buffers: dict = {}
+
+    def copy(self, slot: int, tensors: list):
+        """Start copying each tensor into slot `slot % slots`; returns the host views."""
+        import torch
+
+        out = []
+        for i, t in enumerate(tensors):
+            key = (slot % self.slots, i)
+            buf = self._buffers.get(key)
+            if buf is None or buf.dtype != t.dtype or buf.numel() < t.numel():
+                buf = torch.empty(t.numel(), dtype=t.dtype, pin_memory=self.pinned)
+                self._buffers[key] = buf
+            out.append(buf[: t.numel()].view(t.shape).copy_(t, non_blocking=self.pinned))
+        return out

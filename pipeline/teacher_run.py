@@ -6,8 +6,10 @@ by a separate process, so none of that Python work competes with the launching t
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,7 +24,7 @@ from .config import Config, TeacherConfig, dump
 from .cuda_graph import GraphedForward
 from .device import autocast_dtype, pick_device
 from .frames import normalizer
-from .overlap import ProcessWriter, map_ahead
+from .overlap import HostSlots, ProcessWriter, map_ahead
 from .progress import Progress, format_duration
 from .shard_plan import manifest_path, read_index, read_manifest
 from .ssv2 import class_names, load_labels
@@ -43,8 +45,10 @@ class TeacherSummary:
     seconds: float = 0.0  # the whole task, teacher loading included
     compute_seconds: float = 0.0  # the loop over shards: read, decode, forward, write
     first_shard_s: float = 0.0  # until the first shard was through: worker start-up and pipeline fill
-    wait_input_s: float = 0.0  # the GPU loop waiting for decoded frames (loader-bound when large)
-    wait_write_s: float = 0.0  # the GPU loop waiting for Zarr writes (storage-bound when large)
+    wait_input_s: float = 0.0  # the loop waiting for decoded frames (loader-bound when large)
+    wait_gpu_s: float = 0.0  # the loop waiting for the GPU (GPU-bound when large: the goal)
+    wait_write_s: float = 0.0  # the loop waiting for the writer queue (storage-bound when large)
+    write_busy_s: float = 0.0  # the writer processes' time inside Zarr writes, summed
 
     @property
     def steady_frames_per_s(self) -> float:
@@ -60,6 +64,7 @@ def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: in
     `only` of `all_shards`) not yet done."""
     start = time.monotonic()
     device = pick_device(cfg.teacher.device)
+    summary = TeacherSummary()
     # The writer process starts before CUDA is touched, so forking it is safe and fast on the CPU.
     writer = ProcessWriter(write_shard, cfg.teacher.writers, start_method="fork" if device.type == "cpu" else "spawn")
     try:
@@ -67,17 +72,19 @@ def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: in
         teacher = load_teacher(cfg.teacher, names, device)
         root = _open_store(cfg, teacher, names)
         atomic.write_text(cfg.paths.teacher_cache.with_suffix(".config.yaml"), dump(cfg))
-        jobs, skipped = _todo(cfg, root, task_id, num_tasks, only)
+        jobs, summary.shards_skipped = _todo(cfg, root, task_id, num_tasks, only)
         jobs = jobs[:stop_after_shards] if stop_after_shards is not None else jobs
-        summary = TeacherSummary(shards_skipped=skipped)
         log.info("task %d/%d: %d shards to compute, %d already done (teacher %s on %s)",
-                 task_id, num_tasks, len(jobs), skipped, cfg.teacher.model, device)
+                 task_id, num_tasks, len(jobs), summary.shards_skipped, cfg.teacher.model, device)
         _loop(cfg, teacher, device, jobs, writer, summary)
     finally:
-        writer.close()
+        summary.write_busy_s = writer.close()
     summary.seconds = time.monotonic() - start
     log.info(_summary_paragraph(summary, task_id, num_tasks, cfg))
     return summary
+
+
+_LAG = 2  # shards on the GPU ahead of the one being handed to the writers
 
 
 def _loop(cfg: Config, teacher: Teacher, device: torch.device, jobs: list, writer: ProcessWriter, summary: TeacherSummary) -> None:
@@ -86,10 +93,11 @@ def _loop(cfg: Config, teacher: Teacher, device: torch.device, jobs: list, write
     encode = make_encoder(teacher, cfg.teacher, device)
     progress = Progress("teacher shards", len(jobs), cfg.teacher.progress_every_s, log)
     store = str(cfg.paths.teacher_cache)
+    slots = HostSlots(_LAG + 1, pinned=device.type == "cuda")
     loop_start = time.monotonic()
     prepared = map_ahead(lambda it: prepare(it, teacher.image_size, device), loader)
-    pending = None  # the previous shard's outputs, handed to the writer once this shard is launched
-    while True:
+    in_flight: deque = deque()  # (item, event, host outputs) of shards launched but not yet handed over
+    for n in itertools.count():
         t0 = time.monotonic()
         got = next(prepared, None)
         summary.wait_input_s += time.monotonic() - t0
@@ -99,19 +107,17 @@ def _loop(cfg: Config, teacher: Teacher, device: torch.device, jobs: list, write
         wait_ready(ready, frames, device)
         frame_features = encode(frames)
         features = frame_features.mean(1)
-        outputs = [_to_host(t) for t in (features, teacher.logits(features), frame_features.half())]
-        t0 = time.monotonic()
-        if pending is not None:
-            _hand_over(writer, store, *pending)
-        pending = (item, _event(device), outputs)
-        summary.wait_write_s += time.monotonic() - t0
+        outputs = slots.copy(n, [features, teacher.logits(features), frame_features.half()])
+        in_flight.append((item, _event(device), outputs))
+        if len(in_flight) > _LAG:
+            _hand_over(writer, store, *in_flight.popleft(), summary)
         summary.shards_computed.append((item.split, item.shard))
         summary.videos += len(item.rows)
         summary.frames += len(item.rows) * cfg.teacher.num_frames
         summary.first_shard_s = summary.first_shard_s or time.monotonic() - loop_start
         progress.update()
-    if pending is not None:
-        _hand_over(writer, store, *pending)
+    while in_flight:
+        _hand_over(writer, store, *in_flight.popleft(), summary)
     summary.compute_seconds = time.monotonic() - loop_start
 
 
@@ -124,15 +130,6 @@ def gpu_share(cfg: TeacherConfig, device: torch.device) -> float:
     return 1.0 if cfg.decode == "gpu" else cfg.gpu_decode_share
 
 
-def _to_host(t: torch.Tensor) -> torch.Tensor:
-    """Start copying t to host memory; on CUDA into pinned memory, so the copy neither blocks this
-    thread until the GPU gets there nor holds the driver's staging path (which would stall the prep
-    thread's copies to the GPU for as long)."""
-    if t.device.type != "cuda":
-        return t.cpu()
-    return torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
-
-
 def _event(device: torch.device):
     if device.type != "cuda":
         return None
@@ -141,11 +138,16 @@ def _event(device: torch.device):
     return event
 
 
-def _hand_over(writer: ProcessWriter, store: str, item: ShardItem, copied, outputs: list[torch.Tensor]) -> None:
+def _hand_over(writer: ProcessWriter, store: str, item: ShardItem, copied, outputs: list[torch.Tensor],
+               summary: TeacherSummary) -> None:
+    t0 = time.monotonic()
     if copied is not None:
-        copied.synchronize()  # the next shard is already queued on the GPU, so this costs it nothing
-    arrays = [t.numpy() for t in outputs]
+        copied.synchronize()  # _LAG later shards are queued behind it, so the GPU keeps working
+    t1 = time.monotonic()
+    arrays = [t.numpy().copy() for t in outputs]  # the host slot is reused _LAG + 1 shards later
     writer.submit(store, item.split, item.shard, item.rows, str(item.tar), *arrays)
+    summary.wait_gpu_s += t1 - t0
+    summary.wait_write_s += time.monotonic() - t1
 
 
 def make_encoder(teacher: Teacher, cfg: TeacherConfig, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -256,7 +258,8 @@ def write_shard(store: str, split: str, shard: int, rows: list[int], tar: str, f
 def _summary_paragraph(s: TeacherSummary, task_id: int, num_tasks: int, cfg: Config) -> str:
     rate = s.frames / s.compute_seconds if s.compute_seconds else 0.0
     steady = f", {s.steady_frames_per_s:.0f} once the pipeline is full" if len(s.shards_computed) > 1 else ""
-    waits = f"; the loop waited {s.wait_input_s:.1f} s for input and {s.wait_write_s:.1f} s for writes"
+    waits = (f"; the loop waited {s.wait_input_s:.1f} s for input, {s.wait_gpu_s:.1f} s for the GPU and "
+             f"{s.wait_write_s:.1f} s for the writers, who were busy {s.write_busy_s:.1f} s")
     return (
         f"Teacher cache task {task_id}/{num_tasks} finished in {format_duration(s.seconds)}: computed "
         f"{len(s.shards_computed)} shards and skipped {s.shards_skipped} already done; {s.videos} videos, "
