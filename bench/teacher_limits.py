@@ -142,7 +142,7 @@ def profile_loop(cfg, args) -> None:
     shutil.rmtree(cfg.paths.teacher_cache)
     summary = teacher_run.run(cfg, stop_after_shards=args.profile_shards)
     print(f"\nunprofiled: {summary.frames / summary.compute_seconds:.0f} frames/s, waited {summary.wait_input_s:.1f} s "
-          f"for input, {summary.wait_gpu_s:.1f} s for the GPU, {summary.wait_write_s:.1f} s for writers over {summary.compute_seconds:.1f} s")
+          f"for input, {summary.wait_output_s:.1f} s for output, over {summary.compute_seconds:.1f} s")
     shutil.rmtree(cfg.paths.teacher_cache)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         summary = teacher_run.run(cfg, stop_after_shards=args.profile_shards)
@@ -151,8 +151,7 @@ def profile_loop(cfg, args) -> None:
     shards = len(summary.shards_computed)
     print(f"profiled: {summary.frames / summary.compute_seconds:.0f} frames/s over {shards} shards, loop "
           f"{summary.compute_seconds * 1e3 / shards:.1f} ms per shard, GPU busy {gpu_us / 1e3 / shards:.1f} ms per shard "
-          f"(all streams summed), waited {summary.wait_input_s:.1f} s for input, {summary.wait_gpu_s:.1f} s for the GPU, "
-          f"{summary.wait_write_s:.1f} s for writers")
+          f"(all streams summed), waited {summary.wait_input_s:.1f} s for input, {summary.wait_output_s:.1f} s for output")
     table = events.table(sort_by="self_device_time_total", row_limit=25)
     cpu_table = events.table(sort_by="self_cpu_time_total", row_limit=25)
     print(table)

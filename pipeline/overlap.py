@@ -31,6 +31,37 @@ def map_ahead(fn: Callable[[T], R], items: Iterable[T], depth: int = 2) -> Itera
         yield value
 
 
+class Behind:
+    """Runs fn(item) in order in a thread for each item put, at most `depth` items behind."""
+
+    def __init__(self, fn: Callable[[T], None], depth: int = 2):
+        self._items: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True, name="behind")
+        self._thread.start()
+
+    def _run(self, fn: Callable[[T], None]) -> None:
+        while (item := self._items.get()) is not _END:
+            if self._error is None:
+                try:
+                    fn(item)
+                except BaseException as e:  # re-raised in the caller's thread
+                    self._error = e
+
+    def put(self, item: T) -> None:
+        """Queue fn(item); blocks while `depth` items wait. Re-raises an earlier call's error."""
+        if self._error is not None:
+            raise self._error
+        self._items.put(item)
+
+    def close(self) -> None:
+        """Wait for every queued call; re-raises the first error."""
+        self._items.put(_END)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 def _serve(fn: Callable[..., None], tasks, errors) -> None:
     """The writer process: run fn(*args) for each queued args until None; report the first error,
     else the seconds spent inside fn."""

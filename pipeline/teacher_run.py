@@ -1,15 +1,16 @@
 """Stage 2 work: run the frozen teacher once over the shards and fill the Zarr cache.
 
-The loop keeps the GPU busy: the next shard is decoded and resized on a side stream in a prep
-thread while this one is encoded (one CUDA graph replay), and finished shards are written to Zarr
-by a separate process, so none of that Python work competes with the launching thread for the GIL.
+The loop keeps the GPU busy: loader workers decode, a prep thread copies the next shard to the GPU
+and resizes it on a side stream while this one is encoded (one CUDA graph replay), and a hand-over
+thread waits for each shard's results and passes them to writer processes, which write Zarr
+without taking this process's GIL. The launching thread itself never waits on the GPU.
 """
 from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,7 +25,7 @@ from .config import Config, TeacherConfig, dump
 from .cuda_graph import GraphedForward
 from .device import autocast_dtype, pick_device
 from .frames import normalizer
-from .overlap import HostSlots, ProcessWriter, map_ahead
+from .overlap import Behind, HostSlots, ProcessWriter, map_ahead
 from .progress import Progress, format_duration
 from .shard_plan import manifest_path, read_index, read_manifest
 from .ssv2 import class_names, load_labels
@@ -46,8 +47,9 @@ class TeacherSummary:
     compute_seconds: float = 0.0  # the loop over shards: read, decode, forward, write
     first_shard_s: float = 0.0  # until the first shard was through: worker start-up and pipeline fill
     wait_input_s: float = 0.0  # the loop waiting for decoded frames (loader-bound when large)
-    wait_gpu_s: float = 0.0  # the loop waiting for the GPU (GPU-bound when large: the goal)
-    wait_write_s: float = 0.0  # the loop waiting for the writer queue (storage-bound when large)
+    wait_output_s: float = 0.0  # the loop waiting for the hand-over thread (GPU- or storage-bound)
+    wait_gpu_s: float = 0.0  # the hand-over thread waiting for the GPU's results
+    wait_write_s: float = 0.0  # the hand-over thread waiting for the writers' queue (storage-bound when large)
     write_busy_s: float = 0.0  # the writer processes' time inside Zarr writes, summed
 
     @property
@@ -84,7 +86,12 @@ def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: in
     return summary
 
 
-_LAG = 2  # shards on the GPU ahead of the one being handed to the writers
+_LAG = 2  # shards queued for the hand-over thread; with the GPU's own queue this keeps it fed
+# The process has five threads that take the GIL (launch, prepare, hand over, two queue feeders).
+# At Python's default 5 ms switch interval, a thread woken from I/O can wait a whole interval for
+# the GIL at each hand-off, and a shard needs several: measured, the GPU then idled over half the
+# time. A short interval costs a little more switching and keeps every thread responsive.
+_SWITCH_INTERVAL_S: float | None = 0.0005
 
 
 def _loop(cfg: Config, teacher: Teacher, device: torch.device, jobs: list, writer: ProcessWriter, summary: TeacherSummary) -> None:
@@ -93,31 +100,35 @@ def _loop(cfg: Config, teacher: Teacher, device: torch.device, jobs: list, write
     encode = make_encoder(teacher, cfg.teacher, device)
     progress = Progress("teacher shards", len(jobs), cfg.teacher.progress_every_s, log)
     store = str(cfg.paths.teacher_cache)
-    slots = HostSlots(_LAG + 1, pinned=device.type == "cuda")
+    slots = HostSlots(_LAG + 2, pinned=device.type == "cuda")  # queued, being handed over, being filled
+    handed = Behind(lambda job: _hand_over(writer, store, *job, summary), depth=_LAG)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(_SWITCH_INTERVAL_S or switch)
     loop_start = time.monotonic()
-    prepared = map_ahead(lambda it: prepare(it, teacher.image_size, device), loader)
-    in_flight: deque = deque()  # (item, event, host outputs) of shards launched but not yet handed over
-    for n in itertools.count():
-        t0 = time.monotonic()
-        got = next(prepared, None)
-        summary.wait_input_s += time.monotonic() - t0
-        if got is None:
-            break
-        item, frames, ready = got
-        wait_ready(ready, frames, device)
-        frame_features = encode(frames)
-        features = frame_features.mean(1)
-        outputs = slots.copy(n, [features, teacher.logits(features), frame_features.half()])
-        in_flight.append((item, _event(device), outputs))
-        if len(in_flight) > _LAG:
-            _hand_over(writer, store, *in_flight.popleft(), summary)
-        summary.shards_computed.append((item.split, item.shard))
-        summary.videos += len(item.rows)
-        summary.frames += len(item.rows) * cfg.teacher.num_frames
-        summary.first_shard_s = summary.first_shard_s or time.monotonic() - loop_start
-        progress.update()
-    while in_flight:
-        _hand_over(writer, store, *in_flight.popleft(), summary)
+    try:
+        prepared = map_ahead(lambda it: prepare(it, teacher.image_size, device), loader)
+        for n in itertools.count():
+            t0 = time.monotonic()
+            got = next(prepared, None)
+            summary.wait_input_s += time.monotonic() - t0
+            if got is None:
+                break
+            item, frames, ready = got
+            wait_ready(ready, frames, device)
+            frame_features = encode(frames)
+            features = frame_features.mean(1)
+            outputs = slots.copy(n, [features, teacher.logits(features), frame_features.half()])
+            t0 = time.monotonic()
+            handed.put((item, _event(device), outputs))
+            summary.wait_output_s += time.monotonic() - t0
+            summary.shards_computed.append((item.split, item.shard))
+            summary.videos += len(item.rows)
+            summary.frames += len(item.rows) * cfg.teacher.num_frames
+            summary.first_shard_s = summary.first_shard_s or time.monotonic() - loop_start
+            progress.update()
+    finally:
+        handed.close()
+        sys.setswitchinterval(switch)
     summary.compute_seconds = time.monotonic() - loop_start
 
 
@@ -142,7 +153,7 @@ def _hand_over(writer: ProcessWriter, store: str, item: ShardItem, copied, outpu
                summary: TeacherSummary) -> None:
     t0 = time.monotonic()
     if copied is not None:
-        copied.synchronize()  # _LAG later shards are queued behind it, so the GPU keeps working
+        copied.synchronize()  # later shards are queued behind it, so the GPU keeps working
     t1 = time.monotonic()
     arrays = [t.numpy().copy() for t in outputs]  # the host slot is reused _LAG + 1 shards later
     writer.submit(store, item.split, item.shard, item.rows, str(item.tar), *arrays)
@@ -258,8 +269,8 @@ def write_shard(store: str, split: str, shard: int, rows: list[int], tar: str, f
 def _summary_paragraph(s: TeacherSummary, task_id: int, num_tasks: int, cfg: Config) -> str:
     rate = s.frames / s.compute_seconds if s.compute_seconds else 0.0
     steady = f", {s.steady_frames_per_s:.0f} once the pipeline is full" if len(s.shards_computed) > 1 else ""
-    waits = (f"; the loop waited {s.wait_input_s:.1f} s for input, {s.wait_gpu_s:.1f} s for the GPU and "
-             f"{s.wait_write_s:.1f} s for the writers, who were busy {s.write_busy_s:.1f} s")
+    waits = (f"; the loop waited {s.wait_input_s:.1f} s for input and {s.wait_output_s:.1f} s for output, which waited "
+             f"{s.wait_gpu_s:.1f} s for the GPU and {s.wait_write_s:.1f} s for the writers (busy {s.write_busy_s:.1f} s)")
     return (
         f"Teacher cache task {task_id}/{num_tasks} finished in {format_duration(s.seconds)}: computed "
         f"{len(s.shards_computed)} shards and skipped {s.shards_skipped} already done; {s.videos} videos, "
