@@ -83,10 +83,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[8, 12, 15])
     parser.add_argument("--profile-shards", type=int, default=60)
     parser.add_argument("--out", type=Path, default=None, help="folder for the profiler tables")
+    parser.add_argument("--loop-only", type=int, default=0, help="only run the stage over this many shards (to attach py-spy)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(cpu_facts())
     cfg = config.load(args.work / "run" / "shards" / "config.yaml", [f"teacher.model={args.model}", "teacher.pretrained=random"])
+    if args.loop_only:
+        cfg.teacher.num_workers = max(args.workers)
+        shutil.rmtree(cfg.paths.teacher_cache, ignore_errors=True)
+        logging.getLogger("pipeline").setLevel(logging.INFO)
+        teacher_run.run(cfg, stop_after_shards=args.loop_only)
+        return
     jobs = teacher_run.all_shards(cfg)
     frames_n = cfg.teacher.num_frames
     for w in args.workers:

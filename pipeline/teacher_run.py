@@ -91,7 +91,7 @@ _LAG = 2  # shards queued for the hand-over thread; with the GPU's own queue thi
 # At Python's default 5 ms switch interval, a thread woken from I/O can wait a whole interval for
 # the GIL at each hand-off, and a shard needs several: measured, the GPU then idled over half the
 # time. A short interval costs a little more switching and keeps every thread responsive.
-_SWITCH_INTERVAL_S: float | None = 0.0005
+_SWITCH_INTERVAL_S: float | None = None
 
 
 def _loop(cfg: Config, teacher: Teacher, device: torch.device, jobs: list, writer: ProcessWriter, summary: TeacherSummary) -> None:
