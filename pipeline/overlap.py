@@ -87,7 +87,7 @@ class ProcessWriter:
     child is re-raised here at the next submit or at close.
     """
 
-    def __init__(self, fn: Callable[..., None], processes: int = 1, depth: int = 4, start_method: str = "spawn"):
+    def __init__(self, fn: Callable[..., None], processes: int = 1, depth: int = 4, start_method: str = "fork"):
         import multiprocessing
 
         ctx = multiprocessing.get_context(start_method)

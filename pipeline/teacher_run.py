@@ -67,8 +67,9 @@ def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: in
     start = time.monotonic()
     device = pick_device(cfg.teacher.device)
     summary = TeacherSummary()
-    # The writer process starts before CUDA is touched, so forking it is safe and fast on the CPU.
-    writer = ProcessWriter(write_shard, cfg.teacher.writers, start_method="fork" if device.type == "cpu" else "spawn")
+    # Forked, like the loader's workers: they never touch CUDA. Spawned writers re-import torch,
+    # open_clip and zarr first, and the loop was measured waiting ~10 s for them at every start.
+    writer = ProcessWriter(write_shard, cfg.teacher.writers, start_method="fork")
     try:
         names = class_names(load_labels(Path(cfg.paths.ssv2_root) / cfg.data.labels_subdir / "labels.json"))
         teacher = load_teacher(cfg.teacher, names, device)
