@@ -76,7 +76,7 @@ class TeacherConfig:
         default_factory=lambda: ["a video of {}.", "a photo of a person {}.", "a video of a person {}."]
     )
     batch_videos: int = 64  # videos per forward (x num_frames frames); a shard is never split across two
-    num_workers: int = 4  # data-loading processes (read, JPEG decode on CPU, centre crop)
+    num_workers: int = -1  # loader processes (read, JPEG decode, crop); -1: the task's CPUs less two
     writers: int = 2  # processes writing finished shards to Zarr
     pin_memory: bool = False  # CUDA: pin each shard's frames for asynchronous copies (measured slower: see docs/benchmarks.md)
     device: str = "auto"  # auto: cuda, else mps, else cpu

@@ -5,6 +5,8 @@ centre-cropped to squares so that one resize call per shard brings them to the m
 """
 from __future__ import annotations
 
+import math
+import os
 import signal
 
 from dataclasses import dataclass
@@ -64,7 +66,7 @@ class ShardFrames(IterableDataset):
             rows.append(record["row"])
             frames.append(jpegs)
         if cpu_decode:
-            frames = group_squares([square_crop(torch.stack(decode(jpegs))) for jpegs in frames])
+            frames = group_squares([[square_crop(f) for f in decode(jpegs)] for jpegs in frames])
         return ShardItem(split, shard, rows, path, frames)
 
 
@@ -73,12 +75,31 @@ def gpu_decoded(position: int, share: float) -> bool:
     return int((position + 1) * share) > int(position * share)
 
 
-def group_squares(videos: list[torch.Tensor]) -> Groups:
-    """Stack square-cropped videos [F, 3, s, s] by crop side s."""
+def group_squares(videos: list[list[torch.Tensor]]) -> Groups:
+    """Stack videos of square frames [3, s, s] by crop side s, each group in one tensor.
+
+    Inside a loader worker the groups are made in shared memory, so this is the only copy of the
+    decoded pixels: a tensor made elsewhere is copied again into shared memory when it is sent.
+    """
     by_side: dict[int, list[int]] = {}
     for i, v in enumerate(videos):
-        by_side.setdefault(v.shape[-1], []).append(i)
-    return [(idx, torch.stack([videos[i] for i in idx])) for idx in by_side.values()]
+        by_side.setdefault(v[0].shape[-1], []).append(i)
+    groups = []
+    for idx in by_side.values():
+        first = videos[idx[0]][0]
+        out = _empty((len(idx), len(videos[idx[0]]), *first.shape), first.device, shared=get_worker_info() is not None)
+        for k, i in enumerate(idx):
+            torch.stack(videos[i], out=out[k])
+        groups.append((idx, out))
+    return groups
+
+
+def _empty(shape: tuple[int, ...], device: torch.device, shared: bool) -> torch.Tensor:
+    if not shared or device.type != "cpu":
+        return torch.empty(shape, dtype=torch.uint8, device=device)
+    # as torch's own default collate does: a new shared storage, not a copy into one
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
 def resize_groups(groups: Groups, num_videos: int, size: int) -> torch.Tensor:
@@ -105,8 +126,8 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(jobs: list, num_frames: int, gpu_share: float, num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """Shards in, one ShardItem per shard out; workers take every n-th shard."""
-    workers = min(num_workers, len(jobs))
+    """Shards in, one ShardItem per shard out; workers take every n-th shard (-1: one per CPU less two)."""
+    workers = min(num_workers if num_workers >= 0 else max(1, len(os.sched_getaffinity(0)) - 2), len(jobs))
     dataset = ShardFrames(jobs, num_frames, gpu_share)
     # Two shards in flight per worker keep the GPU fed; more only adds memory (~90 MB a shard).
     return DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
@@ -156,7 +177,7 @@ def to_device(item: ShardItem, size: int, device: torch.device) -> torch.Tensor:
         flat = [j for video in item.frames for j in video]
         images = decode(flat, device)
         per = len(item.frames[0])
-        groups = group_squares([square_crop(torch.stack(images[i : i + per])) for i in range(0, len(images), per)])
+        groups = group_squares([[square_crop(f) for f in images[i : i + per]] for i in range(0, len(images), per)])
     return resize_groups(groups, len(item.rows), size)
 
 
