@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def worker(configs: list[str], steps: int, warmup: int) -> None:
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["mobilevit_xxs:8:64", "mobilevit_xxs:16:64", "tsm_r50:8:32", "tsm_r50:16:16"])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=8)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -89,6 +91,9 @@ def main() -> None:
     for item in args.configs:
         one, many = rates[(item, base)], rates[(item, top)]
         print(f"| {item} | {one:.1f} | {many:.1f} | {many / one:.2f}x |")
+    if args.json:
+        args.json.write_text(json.dumps([{"config": c, "base": base, "top": top, "one": rates[(c, base)], "many": rates[(c, top)]}
+                                         for c in args.configs], indent=1))
 
 
 if __name__ == "__main__":

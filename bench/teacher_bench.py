@@ -10,6 +10,7 @@ frames at the same batch size and precision; the ratio is against the one the st
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -90,8 +91,8 @@ def main() -> None:
     parser.add_argument("--decode", nargs="+", default=["auto:0.25", "gpu", "cpu"] if cuda else ["cpu"],
                         help="cpu, gpu, or auto:SHARE (SHARE of the shards decoded on the GPU, the rest on the CPU)")
     parser.add_argument("--precision", default="bf16")
-    parser.add_argument("--switch-ms", type=float, nargs="+", default=[0.5], help="the stage's GIL switch interval(s) to try")
     parser.add_argument("--work", type=Path, default=None, help="where to build the shards (default: a temp dir)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = args.work or Path(tempfile.mkdtemp(prefix="teacher_bench_"))
@@ -104,14 +105,13 @@ def main() -> None:
     print(f"built {args.videos} videos of JPEG shards in {time.perf_counter() - start:.1f} s")
     device = pick_device(cfg.teacher.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    rows, stores = [], {}
-    for mode, pin, switch in [(m, p, w) for m in args.decode for p in args.pin_memory for w in args.switch_ms]:
-        teacher_run._SWITCH_INTERVAL_S = switch / 1e3
+    rows, stores, figures = [], {}, []
+    for mode, pin in [(m, p) for m in args.decode for p in args.pin_memory]:
         cfg.teacher.decode, _, share = mode.partition(":")
         cfg.teacher.gpu_decode_share, cfg.teacher.pin_memory = float(share or 0), bool(pin)
         summary = end_to_end(cfg)
         e2e, steady, frames = summary.frames / summary.compute_seconds, summary.steady_frames_per_s, summary.frames
-        print(f"{mode} decode, pin {pin}, switch {switch} ms: loop {summary.compute_seconds:.1f} s, waited {summary.wait_input_s:.1f} s "
+        print(f"{mode} decode, pin {pin}: loop {summary.compute_seconds:.1f} s, waited {summary.wait_input_s:.1f} s "
               f"for input, {summary.wait_output_s:.1f} s for output; hand-over waited {summary.wait_gpu_s:.1f} s for the GPU, "
               f"{summary.wait_write_s:.1f} s for the writers (busy {summary.write_busy_s:.1f} s)")
         stores[mode] = cfg.paths.teacher_cache.with_name(f"cache_{mode}_{pin}.zarr")
@@ -119,7 +119,9 @@ def main() -> None:
         cfg.paths.teacher_cache.rename(stores[mode])
         rates = forward_only(cfg, iters=max(3, min(50, frames // (args.batch_videos * args.num_frames))))
         fwd = rates.get("graph", rates["eager"])  # the forward the stage itself runs
-        rows.append(f"| {args.model} | {name} | {args.batch_videos * args.num_frames} | {mode}{', pinned' if pin else ''}, switch {switch} ms | {e2e:.0f} | {steady:.0f} "
+        figures.append(dict(decode=mode, pin=pin, precision=args.precision if device.type == "cuda" else "fp32", end_to_end=e2e, steady=steady, forward=fwd,
+                            forward_eager=rates["eager"], batch=args.batch_videos * args.num_frames, model=args.model, device=name))
+        rows.append(f"| {args.model} | {name} | {args.batch_videos * args.num_frames} | {mode}{', pinned' if pin else ''} | {e2e:.0f} | {steady:.0f} "
                     f"| {rates['eager']:.0f} | {rates.get('graph', float('nan')):.0f} | {e2e / fwd:.0%} | {steady / fwd:.0%} |")
     precision = args.precision if device.type == "cuda" else "fp32"
     print(f"\n{args.model}, {name}, batch {args.batch_videos * args.num_frames} frames ({args.batch_videos} videos x "
@@ -128,6 +130,8 @@ def main() -> None:
           "| forward only, CUDA graph | end to end / forward | steady / forward |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
     if len(stores) >= 2:
         (a_name, a), *others = stores.items()
         for b_name, b in others:

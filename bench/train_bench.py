@@ -1,15 +1,22 @@
 """Student training-step throughput: synthetic in-memory clips versus the real loader, in one run.
 
-    python -m bench.train_bench [--videos 4096] [--workers 14] [--configs mobilevit_xxs:8:64 ...]
+    python -m bench.train_bench [--videos 4096] [--workers 14] [--configs mobilevit_xxs:8:64 ...] [--compile]
+    python -m bench.train_bench --online      # the cached teacher against the teacher run in every step
+    python -m bench.train_bench --levers      # eager, channels_last, torch.compile (synthetic input)
 
 Both sides run the trainer's own step (`pipeline.train.train_step`: bf16 autocast on CUDA, loss with
 the cached teacher outputs, fused SGD, clipping, schedule). Synthetic: one uint8 batch kept on the
 device. Real: the training loader over JPEG shards (built without ffmpeg) and the teacher cache,
-`--workers` processes decoding the sampled frames and cropping.
+`--workers` processes decoding the sampled frames and cropping. Online: before each step the frozen
+CLIP teacher (ViT-B-32, the cache stage's own encoder: bf16, CUDA graph) encodes the batch's frames
+and its outputs replace the cached ones, which is what training without the cache costs.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import json
 import logging
 import os
 import tempfile
@@ -20,6 +27,7 @@ import torch
 
 from bench.jpeg_shards import build
 from pipeline import teacher_run
+from pipeline.clip_teacher import load_teacher
 from pipeline.device import autocast_dtype, pick_device
 from pipeline.evaluate import split_shards, to_device
 from pipeline.frames import IMAGENET_MEAN, IMAGENET_STD, normalizer
@@ -54,33 +62,69 @@ def _timed(step, batches, warmup: int, device) -> float:
     return clips / (time.perf_counter() - start)
 
 
+def online_teacher(cfg, device, frames: int, batch: int):
+    """batch -> batch with the teacher's outputs computed now from its frames (all T of them)."""
+    tcfg = dataclasses.replace(cfg.teacher, model="ViT-B-32" if device.type == "cuda" else "clip-tiny",
+                               pretrained="random", batch_videos=batch, num_frames=frames)
+    with _quiet():
+        teacher = load_teacher(tcfg, class_names(load_labels(LABELS_FILE)), device)
+    encode = teacher_run.make_encoder(teacher, tcfg, device)
+    resize = cfg.student.image_size != teacher.image_size
+
+    def add(b: ClipBatch) -> ClipBatch:
+        clips = b.clips
+        if resize:  # CPU runs use small students; the teacher still sees its own input size
+            clips = torch.nn.functional.interpolate(clips.flatten(0, 1).float(), size=teacher.image_size).to(torch.uint8)
+            clips = clips.view(*b.clips.shape[:2], *clips.shape[1:])
+        feature = encode(clips).mean(1)
+        return dataclasses.replace(b, teacher_feature=feature, teacher_logits=teacher.logits(feature))
+
+    return add
+
+
+@contextlib.contextmanager
+def _quiet():
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.getLogger().setLevel(level)
+
+
 def measure(cfg, device, arch: str, frames: int, batch: int, workers: int, warmup: int, steps: int,
-            with_loader: bool = True) -> tuple[float, float]:
-    """(synthetic clips/s, real-loader clips/s) for one model, frame count and batch size."""
+            with_loader: bool = True, online: bool = False) -> tuple[float, float, float]:
+    """(synthetic clips/s, real-loader clips/s, peak GPU memory GiB with synthetic input) for one model,
+    frame count and batch size; with `online`, the teacher runs in every step instead of coming from the cache."""
     cfg.student.arch, cfg.student.num_frames, cfg.train.batch_size = arch, frames, batch
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     model, optimizer, scheduler, scaler = _setup(cfg, device)
     norm = normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
     dtype = autocast_dtype(device, cfg.train.precision)
     wrapped = torch.compile(model) if cfg.train.compile and device.type == "cuda" else model
-    step = lambda b: train_step(wrapped, model, optimizer, scheduler, scaler, norm, dtype, cfg, b)  # noqa: E731
+    add = online_teacher(cfg, device, frames, batch) if online else (lambda b: b)
+    step = lambda b: train_step(wrapped, model, optimizer, scheduler, scaler, norm, dtype, cfg, add(b))  # noqa: E731
     size = cfg.student.image_size
     fake = ClipBatch(torch.randint(0, 256, (batch, frames, 3, size, size), dtype=torch.uint8, device=device),
                      torch.randint(0, 174, (batch,), device=device), torch.randn(batch, 512, device=device),
                      torch.randn(batch, 174, device=device), [])
     synthetic = _timed(step, [fake] * (warmup + steps), warmup, device)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     if not with_loader:
-        return synthetic, float("nan")
+        return synthetic, float("nan"), peak
     shards, _ = split_shards(cfg, "train")
     spec = ClipSpec(frames, size, batch, train=True, seed=0, shuffle_buffer=cfg.train.shuffle_buffer)
     dataset = ShardClips(shards, spec, 0, 1, warmup + steps, CacheSource(cfg.paths.teacher_cache, "train"),
                          flip_pairs(class_names(load_labels(LABELS_FILE))))
     loader = make_loader(dataset, workers, device.type == "cuda")
     real = _timed(step, (to_device(b, device) for b in loader), warmup, device)
-    return synthetic, real
+    return synthetic, real, peak
 
 
 def main() -> None:
-    """Build shards and a cache, then measure every configuration; print a Markdown table."""
+    """Build shards and a cache, then measure every configuration; print Markdown tables."""
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=4096 if cuda else 96)
@@ -91,7 +135,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30 if cuda else 6)
     parser.add_argument("--warmup", type=int, default=8 if cuda else 2)
     parser.add_argument("--work", type=Path, default=None)
-    parser.add_argument("--levers", action="store_true", help="also time channels_last and torch.compile (synthetic input)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the student (train.compile=true)")
+    parser.add_argument("--online", action="store_true", help="time the cached teacher against the teacher run in every step")
+    parser.add_argument("--levers", action="store_true", help="time eager, channels_last and torch.compile (synthetic input)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = args.work or Path(tempfile.mkdtemp(prefix="train_bench_"))
@@ -102,29 +149,43 @@ def main() -> None:
     teacher_run.run(cfg)
     device = pick_device("auto")
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    rows = []
-    for config in args.configs:
-        arch, frames, batch = config.split(":")
-        synthetic, real = measure(cfg, device, arch, int(frames), int(batch), args.workers, args.warmup, args.steps)
-        rows.append(f"| {arch} | {frames} | {batch} | {synthetic:.1f} | {real:.1f} | {real / synthetic:.0%} |")
+    configs = [(arch, int(frames), int(batch)) for arch, frames, batch in (c.split(":") for c in args.configs)]
+    cfg.train.compile = args.compile
+    warm = args.warmup + (10 if args.compile else 0)  # compilation happens in the first steps
     precision = cfg.train.precision if cuda else "fp32"
-    print(f"\n{name}, {precision}, image {args.image_size}, distillation loss with the cached teacher, SGD (fused on CUDA), "
-          f"{args.workers} loader workers, {args.steps} timed steps after {args.warmup}\n")
-    print("| model | frames | batch | synthetic input clips/s | real loader clips/s | real / synthetic |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    print("\n".join(rows))
+    print(f"\n{name}, {precision}, image {args.image_size}, {'compiled' if args.compile else 'eager'} student (channels_last on CUDA), "
+          f"distillation loss, SGD (fused on CUDA), {args.workers} loader workers, {args.steps} timed steps after {warm}\n")
+    figures: dict = {"device": name, "compile": args.compile, "loader": [], "online": [], "levers": []}
+    if not args.online:
+        print("| model | frames | batch | synthetic input clips/s | real loader clips/s | real / synthetic |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for arch, frames, batch in configs:
+            synthetic, real, _ = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps)
+            figures["loader"].append(dict(arch=arch, frames=frames, batch=batch, synthetic=synthetic, real=real))
+            print(f"| {arch} | {frames} | {batch} | {synthetic:.1f} | {real:.1f} | {real / synthetic:.0%} |")
+    else:
+        print("| model | frames | batch | cached teacher, synthetic input | online teacher, synthetic input | step speed-up "
+              "| cached, real loader | online, real loader | epoch speed-up | peak GPU memory cached / online (GiB) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for arch, frames, batch in configs:
+            cached = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps)
+            online = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps, online=True)
+            figures["online"].append(dict(arch=arch, frames=frames, batch=batch, cached=cached, online=online))
+            print(f"| {arch} | {frames} | {batch} | {cached[0]:.1f} | {online[0]:.1f} | {cached[0] / online[0]:.2f}x | {cached[1]:.1f} "
+                  f"| {online[1]:.1f} | {cached[1] / online[1]:.2f}x | {cached[2]:.2f} / {online[2]:.2f} |")
     if args.levers:
         print("\n| model | frames | batch | eager | channels_last | channels_last + compile | best / eager |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
-        for config in args.configs:
-            arch, frames, batch = config.split(":")
+        for arch, frames, batch in configs:
             rates = []
             for channels_last, compiled in ((False, False), (True, False), (True, True)):
                 cfg.train.channels_last, cfg.train.compile = channels_last, compiled
-                warm = args.warmup + (10 if compiled else 0)  # compilation happens in the first steps
-                rates.append(measure(cfg, device, arch, int(frames), int(batch), args.workers, warm, args.steps, with_loader=False)[0])
+                w = args.warmup + (10 if compiled else 0)
+                rates.append(measure(cfg, device, arch, frames, batch, args.workers, w, args.steps, with_loader=False)[0])
+            figures["levers"].append(dict(arch=arch, frames=frames, batch=batch, eager=rates[0], channels_last=rates[1], compiled=rates[2]))
             print(f"| {arch} | {frames} | {batch} | {rates[0]:.1f} | {rates[1]:.1f} | {rates[2]:.1f} | {max(rates) / rates[0]:.2f}x |")
-        cfg.train.channels_last = cfg.train.compile = False
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,11 +87,6 @@ def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: in
 
 
 _LAG = 2  # shards queued for the hand-over thread; with the GPU's own queue this keeps it fed
-# The process has five threads that take the GIL (launch, prepare, hand over, two queue feeders).
-# At Python's default 5 ms switch interval, a thread woken from I/O can wait a whole interval for
-# the GIL at each hand-off, and a shard needs several: measured, the GPU then idled over half the
-# time. A short interval costs a little more switching and keeps every thread responsive.
-_SWITCH_INTERVAL_S: float | None = None
 
 
 def _loop(cfg: Config, teacher: Teacher, device: torch.device, jobs: list, writer: ProcessWriter, summary: TeacherSummary) -> None:
@@ -103,8 +97,6 @@ def _loop(cfg: Config, teacher: Teacher, device: torch.device, jobs: list, write
     store = str(cfg.paths.teacher_cache)
     slots = HostSlots(_LAG + 2, pinned=device.type == "cuda")  # queued, being handed over, being filled
     handed = Behind(lambda job: _hand_over(writer, store, *job, summary), depth=_LAG)
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(_SWITCH_INTERVAL_S or switch)
     loop_start = time.monotonic()
     try:
         prepared = map_ahead(lambda it: prepare(it, teacher.image_size, device), loader)
@@ -129,7 +121,6 @@ def _loop(cfg: Config, teacher: Teacher, device: torch.device, jobs: list, write
             progress.update()
     finally:
         handed.close()
-        sys.setswitchinterval(switch)
     summary.compute_seconds = time.monotonic() - loop_start
 
 

@@ -1,0 +1,125 @@
+"""Every GPU figure of the performance goals in one command, as one table, plus the SSv2 projection.
+
+    python -m bench.gpu_all [--out DIR] [--shards-videos-per-core-s 26.6]
+
+Runs, each in its own process and each side of a ratio in the same run:
+1. `bench.teacher_bench` (ViT-B-32, CPU decode in all but two cores): cache stage end to end vs forward only;
+2. `bench.train_bench --compile`: compiled student step, synthetic input vs the real loader, both models, 8/16 frames;
+3. `bench.train_bench --online`: cached teacher vs the teacher run in every step (eager student), step and epoch;
+4. `bench.ddp_bench` on 1 and 2 GPUs, when the machine has two.
+The shards stage needs ffmpeg, which GPU machines here lack: its per-core rate comes from
+`make bench-shards` on a CPU machine and is passed in for the projection.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+# SSv2 sizes: the shards and the teacher cache cover train + validation; an epoch is the train split.
+SSV2_TRAIN, SSV2_VALIDATION = 168_913, 24_777
+SSV2_VIDEOS = 220_847  # with the test split, all of which the shards stage decodes
+TEACHER_FRAMES = 8
+
+
+def run(module: str, out: Path, *args: str) -> dict | list:
+    """Run `python -m module ... --json out` and return what it wrote."""
+    cmd = [sys.executable, "-m", module, *args, "--json", str(out)]
+    print(f"$ {' '.join(cmd[1:])}", flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(cmd, text=True, capture_output=True)
+    print(done.stdout[-4000:], flush=True)
+    if done.returncode != 0:
+        sys.exit(f"{module} failed:\n{done.stderr[-4000:]}")
+    print(f"({time.perf_counter() - start:.0f} s)\n", flush=True)
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    """Run every benchmark, then print the goals table and the projection."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=None, help="folder for each benchmark's JSON")
+    parser.add_argument("--shards-videos-per-core-s", type=float, default=26.6,
+                        help="the shards stage's videos/s per core with all cores busy (make bench-shards on a CPU machine)")
+    parser.add_argument("--teacher-videos", type=int, default=25600)
+    parser.add_argument("--train-videos", type=int, default=4096)
+    args = parser.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="gpu_all_"))
+    out.mkdir(parents=True, exist_ok=True)
+    workers = str(max(1, (os.cpu_count() or 2) - 2))
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (a dry run: figures mean nothing here)"
+    teacher = run("bench.teacher_bench", out / "teacher.json", "--decode", "cpu", "--videos", str(args.teacher_videos),
+                  "--workers", workers)[0]
+    online = run("bench.train_bench", out / "online.json", "--online", "--videos", str(args.train_videos), "--workers", workers)
+    compiled = run("bench.train_bench", out / "compiled.json", "--compile", "--videos", str(args.train_videos), "--workers", workers)
+    ddp = run("bench.ddp_bench", out / "ddp.json", "--gpus", "1", "2") if torch.cuda.device_count() >= 2 else None
+    rows = goal_rows(teacher, compiled, online, ddp)
+    print(f"\n{gpu} x{torch.cuda.device_count()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{time.strftime('%Y-%m-%d')}\n")
+    print("| goal | figure | measured | target | met |")
+    print("| --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+    print("\n" + projection(teacher, compiled, args.shards_videos_per_core_s))
+
+
+def goal_rows(teacher: dict, compiled: dict, online: dict, ddp: list | None) -> list[str]:
+    """One Markdown row per measured ratio."""
+    rows = []
+    ratio = teacher["end_to_end"] / teacher["forward"]
+    rows.append(f"| 1 | teacher cache end to end / forward only ({teacher['model']}, batch {teacher['batch']}, {teacher['precision']}) "
+                f"| {teacher['end_to_end']:.0f} / {teacher['forward']:.0f} frames/s = {ratio:.0%} "
+                f"(steady {teacher['steady'] / teacher['forward']:.0%}) | >= 80% | {_met(ratio >= 0.8)} |")
+    eager = {(r["arch"], r["frames"]): r["cached"][0] for r in online["online"]}
+    for r in compiled["loader"]:
+        if r["arch"] == "mobilevit_xxs":
+            speed = r["synthetic"] / eager[(r["arch"], r["frames"])]
+            rows.append(f"| 2 | MobileViT-XXS {r['frames']} frames, batch {r['batch']}: compiled / eager step (synthetic input) "
+                        f"| {r['synthetic']:.0f} / {eager[(r['arch'], r['frames'])]:.0f} clips/s = {speed:.2f}x | >= 1.5x | {_met(speed >= 1.5)} |")
+    for r in compiled["loader"]:
+        share = r["real"] / r["synthetic"]
+        rows.append(f"| 3 | {r['arch']} {r['frames']} frames, batch {r['batch']}, compiled: real loader / synthetic "
+                    f"| {r['real']:.0f} / {r['synthetic']:.0f} clips/s = {share:.1%} | >= 90% | {_met(share >= 0.9)} |")
+    for r in online["online"]:
+        (cs, cr, cm), (os_, or_, om) = r["cached"], r["online"]
+        rows.append(f"| 4 | {r['arch']} {r['frames']} frames, batch {r['batch']}: cached vs online teacher "
+                    f"| step {cs / os_:.2f}x ({cs:.0f} vs {os_:.0f} clips/s), epoch {cr / or_:.2f}x ({cr:.0f} vs {or_:.0f}), "
+                    f"{om - cm:.2f} GiB less GPU memory ({cm:.2f} vs {om:.2f}) | report | - |")
+    for r in ddp or []:
+        scale = r["many"] / r["one"]
+        rows.append(f"| 5 | DDP {r['config']} per GPU: {r['top']} GPUs / {r['base']} | {r['many']:.0f} / {r['one']:.0f} clips/s "
+                    f"= {scale:.2f}x | >= 1.85x | {_met(scale >= 1.85)} |")
+    if ddp is None:
+        rows.append("| 5 | DDP scaling | not run: this machine has one GPU (run this script on two) | >= 1.85x | - |")
+    rows.append("| 6 | shards stage per core | CPU machine: `make bench-shards` (no ffmpeg here) | report | - |")
+    return rows
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def projection(teacher: dict, compiled: dict, shards_per_core: float) -> str:
+    """The whole SSv2 run from the measured rates, as a Markdown table."""
+    lines = ["| SSv2 work | from | projection |", "| --- | --- | --- |"]
+    node = 32 * shards_per_core
+    lines.append(f"| shards, all {SSV2_VIDEOS} videos | {shards_per_core:.1f} videos/s per core (synthetic clips) "
+                 f"| {SSV2_VIDEOS / node / 3600:.2f} h on one 32-core node |")
+    frames = (SSV2_TRAIN + SSV2_VALIDATION) * TEACHER_FRAMES
+    lines.append(f"| teacher cache, {frames} frames | {teacher['end_to_end']:.0f} frames/s end to end "
+                 f"| {frames / teacher['end_to_end'] / 60:.1f} GPU-minutes (+ ~1 min start-up per task) |")
+    for r in compiled["loader"]:
+        rate = min(r["real"], r["synthetic"])
+        lines.append(f"| one student epoch, {r['arch']} {r['frames']} frames, batch {r['batch']}/GPU | {rate:.0f} clips/s "
+                     f"(compiled, real loader) | {SSV2_TRAIN / rate / 3600:.2f} GPU-hours |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
