@@ -82,7 +82,7 @@ class TeacherConfig:
     device: str = "auto"  # auto: cuda, else mps, else cpu
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast on CUDA
     decode: Literal["auto", "cpu", "gpu"] = "auto"  # where JPEGs are decoded; auto: see gpu_decode_share
-    gpu_decode_share: float = 0.25  # with decode=auto on CUDA: this share of the shards goes to nvjpeg, the rest to the workers
+    gpu_decode_share: float = 0.0  # decode=auto on CUDA: this share of the shards goes to nvjpeg, the rest to the CPU workers
     cuda_graphs: bool = True  # replay the image tower as one CUDA graph per batch (CUDA only)
     progress_every_s: float = 10.0
 
