@@ -54,6 +54,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def stacked_groups(videos):
+    """The loader's grouping before it wrote into shared memory: plain stacks, shared when sent."""
+    by_side: dict[int, list[int]] = {}
+    for i, v in enumerate(videos):
+        by_side.setdefault(v[0].shape[-1], []).append(i)
+    return [(idx, torch.stack([torch.stack(videos[i]) for i in idx])) for idx in by_side.values()]
+
+
 def end_to_end(cfg) -> teacher_run.TeacherSummary:
     """The stage over every shard on a fresh store (after a short warm-up run)."""
     shutil.rmtree(cfg.paths.teacher_cache, ignore_errors=True)
@@ -93,6 +101,8 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--work", type=Path, default=None, help="where to build the shards (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--worker-copy", nargs="+", default=["shared"], choices=["shared", "stacked"],
+                        help="shared: crops decoded straight into shared memory (the stage); stacked: the earlier way, to compare")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = args.work or Path(tempfile.mkdtemp(prefix="teacher_bench_"))
@@ -106,12 +116,16 @@ def main() -> None:
     device = pick_device(cfg.teacher.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     rows, stores, figures = [], {}, []
-    for mode, pin in [(m, p) for m in args.decode for p in args.pin_memory]:
+    from pipeline import teacher_data
+
+    shared_groups = teacher_data.group_squares
+    for mode, pin, copy in [(m, p, c) for m in args.decode for p in args.pin_memory for c in args.worker_copy]:
+        teacher_data.group_squares = shared_groups if copy == "shared" else stacked_groups  # workers fork after this
         cfg.teacher.decode, _, share = mode.partition(":")
         cfg.teacher.gpu_decode_share, cfg.teacher.pin_memory = float(share or 0), bool(pin)
         summary = end_to_end(cfg)
         e2e, steady, frames = summary.frames / summary.compute_seconds, summary.steady_frames_per_s, summary.frames
-        print(f"{mode} decode, pin {pin}: loop {summary.compute_seconds:.1f} s, waited {summary.wait_input_s:.1f} s "
+        print(f"{mode} decode, pin {pin}, {copy} crops: loop {summary.compute_seconds:.1f} s, waited {summary.wait_input_s:.1f} s "
               f"for input, {summary.wait_output_s:.1f} s for output; hand-over waited {summary.wait_gpu_s:.1f} s for the GPU, "
               f"{summary.wait_write_s:.1f} s for the writers (busy {summary.write_busy_s:.1f} s)")
         stores[mode] = cfg.paths.teacher_cache.with_name(f"cache_{mode}_{pin}.zarr")
@@ -121,7 +135,7 @@ def main() -> None:
         fwd = rates.get("graph", rates["eager"])  # the forward the stage itself runs
         figures.append(dict(decode=mode, pin=pin, precision=args.precision if device.type == "cuda" else "fp32", end_to_end=e2e, steady=steady, forward=fwd,
                             forward_eager=rates["eager"], batch=args.batch_videos * args.num_frames, model=args.model, device=name))
-        rows.append(f"| {args.model} | {name} | {args.batch_videos * args.num_frames} | {mode}{', pinned' if pin else ''} | {e2e:.0f} | {steady:.0f} "
+        rows.append(f"| {args.model} | {name} | {args.batch_videos * args.num_frames} | {mode}{', pinned' if pin else ''}{', ' + copy + ' crops' if len(args.worker_copy) > 1 else ''} | {e2e:.0f} | {steady:.0f} "
                     f"| {rates['eager']:.0f} | {rates.get('graph', float('nan')):.0f} | {e2e / fwd:.0%} | {steady / fwd:.0%} |")
     precision = args.precision if device.type == "cuda" else "fp32"
     print(f"\n{args.model}, {name}, batch {args.batch_videos * args.num_frames} frames ({args.batch_videos} videos x "
