@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-# SSv2 sizes: the shards and the teacher cache cover train + validation; an epoch is the train split.
+# SSv2 sizes: the shards and the teacher cache cover train + validation (data.splits); an epoch is train.
 SSV2_TRAIN, SSV2_VALIDATION = 168_913, 24_777
-SSV2_VIDEOS = 220_847  # with the test split, all of which the shards stage decodes
 TEACHER_FRAMES = 8
 
 
@@ -109,8 +108,9 @@ def projection(teacher: dict, compiled: dict, shards_per_core: float) -> str:
     """The whole SSv2 run from the measured rates, as a Markdown table."""
     lines = ["| SSv2 work | from | projection |", "| --- | --- | --- |"]
     node = 32 * shards_per_core
-    lines.append(f"| shards, all {SSV2_VIDEOS} videos | {shards_per_core:.1f} videos/s per core (synthetic clips) "
-                 f"| {SSV2_VIDEOS / node / 3600:.2f} h on one 32-core node |")
+    videos = SSV2_TRAIN + SSV2_VALIDATION
+    lines.append(f"| shards, {videos} videos | {shards_per_core:.1f} videos/s per core (synthetic clips) "
+                 f"| {videos / node / 3600:.2f} h on one 32-core node |")
     frames = (SSV2_TRAIN + SSV2_VALIDATION) * TEACHER_FRAMES
     lines.append(f"| teacher cache, {frames} frames | {teacher['end_to_end']:.0f} frames/s end to end "
                  f"| {frames / teacher['end_to_end'] / 60:.1f} GPU-minutes (+ ~1 min start-up per task) |")

@@ -162,7 +162,7 @@ class SlurmConfig:
     executor: Literal["auto", "slurm", "local"] = "auto"  # local: submitit's local executor; auto: slurm when sbatch is found
     shards: SlurmStageConfig = field(default_factory=lambda: SlurmStageConfig(cpus_per_task=32, mem_gb=64, array_tasks=128))
     teacher_cache: SlurmStageConfig = field(
-        default_factory=lambda: SlurmStageConfig(gpus_per_node=1, cpus_per_task=16, mem_gb=64, array_tasks=16, array_parallelism=16)
+        default_factory=lambda: SlurmStageConfig(gpus_per_node=1, cpus_per_task=16, mem_gb=64, array_tasks=2, array_parallelism=2)
     )
     train_student: SlurmStageConfig = field(
         default_factory=lambda: SlurmStageConfig(time_min=2880, gpus_per_node=8, tasks_per_node=8, cpus_per_task=10, mem_gb=400)
