@@ -123,6 +123,21 @@ def measure(cfg, device, arch: str, frames: int, batch: int, workers: int, warmu
     return synthetic, real, peak
 
 
+def loader_rate(cfg, frames: int, batch: int, workers: int, batches: int) -> float:
+    """Clips/s of the training loader alone over `batches` batches (after the first of each worker)."""
+    shards, _ = split_shards(cfg, "train")
+    spec = ClipSpec(frames, cfg.student.image_size, batch, train=True, seed=0, shuffle_buffer=cfg.train.shuffle_buffer)
+    dataset = ShardClips(shards, spec, 0, 1, batches + workers, CacheSource(cfg.paths.teacher_cache, "train"),
+                         flip_pairs(class_names(load_labels(LABELS_FILE))))
+    it = iter(make_loader(dataset, workers, False))
+    for _ in range(workers):  # worker start-up is not part of the rate
+        next(it)
+    start, clips = time.perf_counter(), 0
+    for b in it:
+        clips += b.clips.shape[0]
+    return clips / (time.perf_counter() - start)
+
+
 def main() -> None:
     """Build shards and a cache, then measure every configuration; print Markdown tables."""
     cuda = torch.cuda.is_available()
@@ -139,6 +154,7 @@ def main() -> None:
     parser.add_argument("--online", action="store_true", help="time the cached teacher against the teacher run in every step")
     parser.add_argument("--levers", action="store_true", help="time eager, channels_last and torch.compile (synthetic input)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--loader-only", action="store_true", help="time the training loader alone (no model), clips/s")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = args.work or Path(tempfile.mkdtemp(prefix="train_bench_"))
@@ -149,6 +165,15 @@ def main() -> None:
     teacher_run.run(cfg)
     device = pick_device("auto")
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    if args.loader_only:
+        print(f"\nthe training loader alone, {args.workers} workers, image {args.image_size}, {name}\n")
+        print("| frames | batch | clips/s | frames/s |")
+        print("| --- | --- | --- | --- |")
+        for config in args.configs:
+            _, frames, batch = config.split(":")
+            rate = loader_rate(cfg, int(frames), int(batch), args.workers, args.steps + args.warmup)
+            print(f"| {frames} | {batch} | {rate:.1f} | {rate * int(frames):.0f} |")
+        return
     configs = [(arch, int(frames), int(batch)) for arch, frames, batch in (c.split(":") for c in args.configs)]
     cfg.train.compile = args.compile
     warm = args.warmup + (10 if args.compile else 0)  # compilation happens in the first steps

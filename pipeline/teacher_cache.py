@@ -17,6 +17,7 @@ import json
 import hashlib
 import os
 import shutil
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,22 +149,32 @@ class ShardRows:
 
 
 class CacheReader:
-    """O(1) lookup of a video's teacher outputs from its shard record's `row`, one chunk per shard."""
+    """O(1) lookup of a video's teacher outputs from its shard record's `row`, one chunk per shard.
 
-    def __init__(self, root: zarr.Group, split: str):
-        self.group = root[split]
-        self.per = self.group["features"].chunks[0]
-        self._shard: int | None = None
-        self._rows: ShardRows | None = None
+    A training loader's shuffle buffer mixes the samples of several shards, so the last
+    `keep_shards` shards' rows are kept (about 180 KB each): measured on the CPU, re-reading the
+    chunks at every switch of shard cost 6 ms a clip, half the loader's time.
+    """
+
+    def __init__(self, root: zarr.Group, split: str, keep_shards: int = 64):
+        group = root[split]
+        self.arrays = {name: group[name] for name in ("features", "logits", "valid", "ids")}  # metadata read once
+        self.per = self.arrays["features"].chunks[0]
+        self.keep = keep_shards
+        self._rows: OrderedDict[int, ShardRows] = OrderedDict()
 
     def shard_rows(self, shard: int) -> ShardRows:
-        """Read shard `shard`'s chunk of every array (kept until another shard is asked for)."""
-        if self._shard != shard:
-            sl = slice(shard * self.per, (shard + 1) * self.per)
-            g = self.group
-            self._rows = ShardRows(shard * self.per, g["features"][sl], g["logits"][sl], g["valid"][sl], g["ids"][sl])
-            self._shard = shard
-        return self._rows
+        """Shard `shard`'s chunk of every array, read once while it stays among the last `keep_shards` used."""
+        if shard in self._rows:
+            self._rows.move_to_end(shard)
+            return self._rows[shard]
+        sl = slice(shard * self.per, (shard + 1) * self.per)
+        a = self.arrays
+        rows = ShardRows(shard * self.per, a["features"][sl], a["logits"][sl], a["valid"][sl], a["ids"][sl])
+        self._rows[shard] = rows
+        if len(self._rows) > self.keep:
+            self._rows.popitem(last=False)
+        return rows
 
     def get(self, row: int, video_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(feature [D], logits [C]) of the video at `row`."""

@@ -5,7 +5,6 @@ centre-cropped to squares so that one resize call per shard brings them to the m
 """
 from __future__ import annotations
 
-import math
 import os
 import signal
 
@@ -17,6 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .frames import decode, resize, square_crop
 from .sampling import segment_centres
+from .shm import empty_for_handover
 from .shard_format import read_shard, select_frames
 
 
@@ -87,19 +87,12 @@ def group_squares(videos: list[list[torch.Tensor]]) -> Groups:
     groups = []
     for idx in by_side.values():
         first = videos[idx[0]][0]
-        out = _empty((len(idx), len(videos[idx[0]]), *first.shape), first.device, shared=get_worker_info() is not None)
+        shape = (len(idx), len(videos[idx[0]]), *first.shape)
+        out = empty_for_handover(shape) if first.device.type == "cpu" else torch.empty(shape, dtype=torch.uint8, device=first.device)
         for k, i in enumerate(idx):
             torch.stack(videos[i], out=out[k])
         groups.append((idx, out))
     return groups
-
-
-def _empty(shape: tuple[int, ...], device: torch.device, shared: bool) -> torch.Tensor:
-    if not shared or device.type != "cpu":
-        return torch.empty(shape, dtype=torch.uint8, device=device)
-    # as torch's own default collate does: a new shared storage, not a copy into one
-    storage = torch.UntypedStorage._new_shared(math.prod(shape))
-    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
 def resize_groups(groups: Groups, num_videos: int, size: int) -> torch.Tensor:

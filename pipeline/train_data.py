@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .frames import decode
 from .sampling import segment_centres, segment_random
 from .shard_format import select_frames
+from .shm import empty_for_handover
 
 SCALES = (1.0, 0.875, 0.75, 0.66)  # TSN multi-scale crop, as fractions of the short side
 
@@ -143,7 +144,8 @@ def collate(items: list[tuple]) -> ClipBatch:
     """Stack clips, labels and (when present) teacher outputs."""
     frames, labels, features, logits, ids = zip(*items)
     stack = (lambda xs: None if xs[0] is None else torch.as_tensor(np.stack(xs)))  # noqa: E731
-    return ClipBatch(torch.stack(frames), torch.tensor(labels), stack(features), stack(logits), list(ids))
+    clips = torch.stack(frames, out=empty_for_handover((len(frames), *frames[0].shape), frames[0].dtype))
+    return ClipBatch(clips, torch.tensor(labels), stack(features), stack(logits), list(ids))
 
 
 def multiscale_crop(frames: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:

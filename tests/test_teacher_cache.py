@@ -56,6 +56,21 @@ def test_cached_outputs_equal_a_fresh_teacher_forward(cached):
     assert checked > 0
 
 
+def test_cache_reader_keeps_recent_shards_and_serves_the_same_rows(cached):
+    # a shuffle buffer mixes shards, so the reader keeps the last few shards' rows instead of one
+    cfg, _ = cached
+    root = zarr.open_group(cfg.paths.teacher_cache, mode="r")
+    group, reader = root["train"], CacheReader(root, "train", keep_shards=2)
+    ids, valid, features = group["ids"][:], group["valid"][:], group["features"][:]
+    per = reader.per
+    rows = [r for r in range(len(ids)) if valid[r]]
+    order = [r for shard in (0, 1, 0, 2, 1, 0) for r in rows if r // per == shard][::3]
+    for r in order:
+        feature, _ = reader.get(r, str(ids[r]))
+        np.testing.assert_array_equal(feature, features[r])
+    assert list(reader._rows) == [1, 0]  # the two most recent shards; 2 was evicted by the later 1 and 0
+
+
 def test_shards_left_for_gpu_decoding_give_the_same_frames(cached):
     # decode=auto hands a share of the shards to nvjpeg as raw JPEGs; on the CPU the same path
     # decodes them here, so both kinds of item must turn into the same model input
