@@ -1,6 +1,6 @@
 """Every GPU figure of the performance goals in one command, as one table, plus the SSv2 projection.
 
-    python -m bench.gpu_all [--out DIR] [--shards-videos-per-core-s 26.6]
+    python -m bench.gpu_all [--out DIR] [--shards-videos-per-core-s 26.6] [--parts teacher online compiled ddp]
 
 Runs, each in its own process and each side of a ratio in the same run:
 1. `bench.teacher_bench` (ViT-B-32, CPU decode in all but two cores): cache stage end to end vs forward only;
@@ -49,16 +49,29 @@ def main() -> None:
                         help="the shards stage's videos/s per core with all cores busy (make bench-shards on a CPU machine)")
     parser.add_argument("--teacher-videos", type=int, default=25600)
     parser.add_argument("--train-videos", type=int, default=4096)
+    parser.add_argument("--parts", nargs="+", default=["teacher", "online", "compiled", "ddp"],
+                        help="run only these parts (each writes DIR/<part>.json; parts not run are read from DIR if there)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="gpu_all_"))
     out.mkdir(parents=True, exist_ok=True)
     workers = str(max(1, (os.cpu_count() or 2) - 2))
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (a dry run: figures mean nothing here)"
-    teacher = run("bench.teacher_bench", out / "teacher.json", "--decode", "cpu", "--videos", str(args.teacher_videos),
-                  "--workers", workers)[0]
-    online = run("bench.train_bench", out / "online.json", "--online", "--videos", str(args.train_videos), "--workers", workers)
-    compiled = run("bench.train_bench", out / "compiled.json", "--compile", "--videos", str(args.train_videos), "--workers", workers)
-    ddp = run("bench.ddp_bench", out / "ddp.json", "--gpus", "1", "2") if torch.cuda.device_count() >= 2 else None
+    commands = {
+        "teacher": ("bench.teacher_bench", "--decode", "cpu", "--videos", str(args.teacher_videos), "--workers", workers),
+        "online": ("bench.train_bench", "--online", "--videos", str(args.train_videos), "--workers", workers),
+        "compiled": ("bench.train_bench", "--compile", "--videos", str(args.train_videos), "--workers", workers),
+        "ddp": ("bench.ddp_bench", "--gpus", "1", "2"),
+    }
+    if torch.cuda.device_count() < 2 and "ddp" in args.parts:
+        args.parts.remove("ddp")
+    got = {}
+    for part, (module, *rest) in commands.items():
+        path = out / f"{part}.json"
+        got[part] = run(module, path, *rest) if part in args.parts else (json.loads(path.read_text()) if path.exists() else None)
+    missing = [p for p in ("teacher", "online", "compiled") if got[p] is None]
+    if missing:
+        sys.exit(f"no figures for {', '.join(missing)}: run those parts (into the same --out) first")
+    teacher, online, compiled, ddp = got["teacher"][0], got["online"], got["compiled"], got["ddp"]
     rows = goal_rows(teacher, compiled, online, ddp)
     print(f"\n{gpu} x{torch.cuda.device_count()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d')}\n")
