@@ -44,7 +44,8 @@ def worker(configs: list[str], steps: int, warmup: int) -> None:
         scaler = torch.amp.GradScaler(enabled=False)
         norm, dtype = normalizer(IMAGENET_MEAN, IMAGENET_STD, device), autocast_dtype(device, "bf16")
         b, t = int(batch), int(frames)
-        fake = ClipBatch(torch.randint(0, 256, (b, t, 3, 224, 224), dtype=torch.uint8, device=device),
+        pixels = torch.randint(0, 256, (b, t, 224, 224, 3), dtype=torch.uint8, device=device).movedim(-1, -3)
+        fake = ClipBatch(pixels,  # channels last in memory, like the loader's batches
                          torch.randint(0, 174, (b,), device=device), torch.randn(b, 512, device=device),
                          torch.randn(b, 174, device=device), [])
         for i in range(warmup + steps):

@@ -54,12 +54,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def stacked_groups(videos):
-    """The loader's grouping before it wrote into shared memory: plain stacks, shared when sent."""
+def nchw_groups(videos):
+    """The loader's grouping before it stacked crops channels last: [n, F, 3, s, s] contiguous in shared memory."""
+    from pipeline.shm import empty_for_handover
+
     by_side: dict[int, list[int]] = {}
     for i, v in enumerate(videos):
         by_side.setdefault(v[0].shape[-1], []).append(i)
-    return [(idx, torch.stack([torch.stack(videos[i]) for i in idx])) for idx in by_side.values()]
+    groups = []
+    for idx in by_side.values():
+        out = empty_for_handover((len(idx), len(videos[idx[0]]), *videos[idx[0]][0].shape))
+        for k, i in enumerate(idx):
+            torch.stack(videos[i], out=out[k])
+        groups.append((idx, out))
+    return groups
 
 
 def end_to_end(cfg) -> teacher_run.TeacherSummary:
@@ -101,8 +109,8 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--work", type=Path, default=None, help="where to build the shards (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    parser.add_argument("--worker-copy", nargs="+", default=["shared"], choices=["shared", "stacked"],
-                        help="shared: crops decoded straight into shared memory (the stage); stacked: the earlier way, to compare")
+    parser.add_argument("--crop-layout", nargs="+", default=["channels_last"], choices=["channels_last", "nchw"],
+                        help="channels_last: the workers' crops as decoded, [H, W, 3] per frame (the stage); nchw: transposed, the earlier way")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = args.work or Path(tempfile.mkdtemp(prefix="teacher_bench_"))
@@ -118,9 +126,9 @@ def main() -> None:
     rows, stores, figures = [], {}, []
     from pipeline import teacher_data
 
-    shared_groups = teacher_data.group_squares
-    for mode, pin, copy in [(m, p, c) for m in args.decode for p in args.pin_memory for c in args.worker_copy]:
-        teacher_data.group_squares = shared_groups if copy == "shared" else stacked_groups  # workers fork after this
+    stage_groups = teacher_data.group_squares
+    for mode, pin, copy in [(m, p, c) for m in args.decode for p in args.pin_memory for c in args.crop_layout]:
+        teacher_data.group_squares = stage_groups if copy == "channels_last" else nchw_groups  # workers fork after this
         cfg.teacher.decode, _, share = mode.partition(":")
         cfg.teacher.gpu_decode_share, cfg.teacher.pin_memory = float(share or 0), bool(pin)
         summary = end_to_end(cfg)
@@ -128,14 +136,15 @@ def main() -> None:
         print(f"{mode} decode, pin {pin}, {copy} crops: loop {summary.compute_seconds:.1f} s, waited {summary.wait_input_s:.1f} s "
               f"for input, {summary.wait_output_s:.1f} s for output; hand-over waited {summary.wait_gpu_s:.1f} s for the GPU, "
               f"{summary.wait_write_s:.1f} s for the writers (busy {summary.write_busy_s:.1f} s)")
-        stores[mode] = cfg.paths.teacher_cache.with_name(f"cache_{mode}_{pin}.zarr")
-        shutil.rmtree(stores[mode], ignore_errors=True)
-        cfg.paths.teacher_cache.rename(stores[mode])
+        key = f"{mode}/{copy}"
+        stores[key] = cfg.paths.teacher_cache.with_name(f"cache_{mode.replace(':', '_')}_{pin}_{copy}.zarr")
+        shutil.rmtree(stores[key], ignore_errors=True)
+        cfg.paths.teacher_cache.rename(stores[key])
         rates = forward_only(cfg, iters=max(3, min(50, frames // (args.batch_videos * args.num_frames))))
         fwd = rates.get("graph", rates["eager"])  # the forward the stage itself runs
         figures.append(dict(decode=mode, pin=pin, precision=args.precision if device.type == "cuda" else "fp32", end_to_end=e2e, steady=steady, forward=fwd,
                             forward_eager=rates["eager"], batch=args.batch_videos * args.num_frames, model=args.model, device=name))
-        rows.append(f"| {args.model} | {name} | {args.batch_videos * args.num_frames} | {mode}{', pinned' if pin else ''}{', ' + copy + ' crops' if len(args.worker_copy) > 1 else ''} | {e2e:.0f} | {steady:.0f} "
+        rows.append(f"| {args.model} | {name} | {args.batch_videos * args.num_frames} | {mode}{', pinned' if pin else ''}{', ' + copy + ' crops' if len(args.crop_layout) > 1 else ''} | {e2e:.0f} | {steady:.0f} "
                     f"| {rates['eager']:.0f} | {rates.get('graph', float('nan')):.0f} | {e2e / fwd:.0%} | {steady / fwd:.0%} |")
     precision = args.precision if device.type == "cuda" else "fp32"
     print(f"\n{args.model}, {name}, batch {args.batch_videos * args.num_frames} frames ({args.batch_videos} videos x "
@@ -149,7 +158,7 @@ def main() -> None:
     if len(stores) >= 2:
         (a_name, a), *others = stores.items()
         for b_name, b in others:
-            print(f"check: lowest cosine similarity of video features, {a_name} vs {b_name} decode: {compare_stores(a, b):.4f}")
+            print(f"check: lowest cosine similarity of video features, {a_name} vs {b_name}: {compare_stores(a, b):.4f}")
     if args.work is None:
         shutil.rmtree(work)
 

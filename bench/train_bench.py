@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from pipeline import teacher_run
 from pipeline.clip_teacher import load_teacher
 from pipeline.device import autocast_dtype, pick_device
 from pipeline.evaluate import split_shards, to_device
-from pipeline.frames import IMAGENET_MEAN, IMAGENET_STD, normalizer
+from pipeline.frames import IMAGENET_MEAN, IMAGENET_STD, channels_last_empty, normalizer
 from pipeline.models import build_student
 from pipeline.ssv2 import LABELS_FILE, class_names, load_labels
 from pipeline.train import _cosine, make_optimizer, prepare_model, train_step
@@ -107,7 +108,9 @@ def measure(cfg, device, arch: str, frames: int, batch: int, workers: int, warmu
     add = online_teacher(cfg, device, frames, batch) if online else (lambda b: b)
     step = lambda b: train_step(wrapped, model, optimizer, scheduler, scaler, norm, dtype, cfg, add(b))  # noqa: E731
     size = cfg.student.image_size
-    fake = ClipBatch(torch.randint(0, 256, (batch, frames, 3, size, size), dtype=torch.uint8, device=device),
+    # laid out like the loader's batches (channels last), so both sides run the same compiled graph
+    pixels = channels_last_empty((batch, frames, 3, size, size), partial(torch.empty, dtype=torch.uint8, device=device))
+    fake = ClipBatch(pixels.copy_(torch.randint(0, 256, pixels.shape, dtype=torch.uint8, device=device)),
                      torch.randint(0, 174, (batch,), device=device), torch.randn(batch, 512, device=device),
                      torch.randn(batch, 174, device=device), [])
     synthetic = _timed(step, [fake] * (warmup + steps), warmup, device)
@@ -147,7 +150,7 @@ def main() -> None:
     default = ["mobilevit_xxs:8:64", "mobilevit_xxs:16:64", "tsm_r50:8:32", "tsm_r50:16:16"] if cuda else ["tsm_tiny:8:4"]
     parser.add_argument("--configs", nargs="+", default=default, help="arch:frames:batch")
     parser.add_argument("--image-size", type=int, default=224 if cuda else 64)
-    parser.add_argument("--steps", type=int, default=30 if cuda else 6)
+    parser.add_argument("--steps", type=int, default=60 if cuda else 6)
     parser.add_argument("--warmup", type=int, default=8 if cuda else 2)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--compile", action="store_true", help="torch.compile the student (train.compile=true)")

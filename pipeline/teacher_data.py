@@ -9,12 +9,13 @@ import os
 import signal
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .frames import decode, resize, square_crop
+from .frames import channels_last_empty, decode, resize, square_crop, stack_channels_last
 from .sampling import segment_centres
 from .shm import empty_for_handover
 from .shard_format import read_shard, select_frames
@@ -76,7 +77,7 @@ def gpu_decoded(position: int, share: float) -> bool:
 
 
 def group_squares(videos: list[list[torch.Tensor]]) -> Groups:
-    """Stack videos of square frames [3, s, s] by crop side s, each group in one tensor.
+    """Stack videos of square frames [3, s, s] by crop side s, each group in one tensor (channels last).
 
     Inside a loader worker the groups are made in shared memory, so this is the only copy of the
     decoded pixels: a tensor made elsewhere is copied again into shared memory when it is sent.
@@ -88,9 +89,10 @@ def group_squares(videos: list[list[torch.Tensor]]) -> Groups:
     for idx in by_side.values():
         first = videos[idx[0]][0]
         shape = (len(idx), len(videos[idx[0]]), *first.shape)
-        out = empty_for_handover(shape) if first.device.type == "cpu" else torch.empty(shape, dtype=torch.uint8, device=first.device)
+        make = empty_for_handover if first.device.type == "cpu" else partial(torch.empty, dtype=torch.uint8, device=first.device)
+        out = channels_last_empty(shape, make)
         for k, i in enumerate(idx):
-            torch.stack(videos[i], out=out[k])
+            stack_channels_last(videos[i], out=out[k])
         groups.append((idx, out))
     return groups
 

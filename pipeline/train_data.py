@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ import torchvision.transforms.v2.functional as TF
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .frames import decode
+from .frames import channels_last_empty, decode, stack_channels_last
 from .sampling import segment_centres, segment_random
 from .shard_format import select_frames
 from .shm import empty_for_handover
@@ -126,14 +126,14 @@ class ShardClips(IterableDataset):
         rng = np.random.default_rng([spec.seed, spec.epoch, self.rank, worker, index])
         n = record["num_frames"]
         picks = segment_random(n, spec.num_frames, rng) if spec.train else segment_centres(n, spec.num_frames)
-        frames = torch.stack(decode(select_frames(record, sample["jpgs"], picks)))
+        frames = decode(select_frames(record, sample["jpgs"], picks))
         label = record["label"]
         if spec.train:
             frames = multiscale_crop(frames, spec.image_size, rng)
             if spec.flip and rng.random() < 0.5:
                 frames, label = frames.flip(-1), self.flip_pairs.get(label, label)
         else:
-            frames = centre_crop(frames, spec.image_size)
+            frames = centre_crop(stack_channels_last(frames), spec.image_size)
         feature = logits = None
         if self.cache is not None:
             feature, logits = self.cache.get(record["row"], record["id"])
@@ -141,27 +141,32 @@ class ShardClips(IterableDataset):
 
 
 def collate(items: list[tuple]) -> ClipBatch:
-    """Stack clips, labels and (when present) teacher outputs."""
+    """Stack clips (channels last in memory, like the clips), labels and (when present) teacher outputs."""
     frames, labels, features, logits, ids = zip(*items)
     stack = (lambda xs: None if xs[0] is None else torch.as_tensor(np.stack(xs)))  # noqa: E731
-    clips = torch.stack(frames, out=empty_for_handover((len(frames), *frames[0].shape), frames[0].dtype))
+    clips = stack_channels_last(frames, out=channels_last_empty((len(frames), *frames[0].shape), empty_for_handover))
     return ClipBatch(clips, torch.tensor(labels), stack(features), stack(logits), list(ids))
 
 
-def multiscale_crop(frames: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
-    """TSN multi-scale crop: a random scale pair (at most one step apart) at a random place, resized."""
-    h, w = frames.shape[-2:]
+def multiscale_crop(frames: Sequence[torch.Tensor], size: int, rng: np.random.Generator) -> torch.Tensor:
+    """TSN multi-scale crop of [3, H, W] frames, resized; [T, 3, size, size] out, channels last in memory."""
+    top, left, ch, cw = crop_box(*frames[0].shape[-2:], rng)
+    # only the crops are stacked: resizing a crop view of whole frames copies it first, slower
+    crop = stack_channels_last([f[..., top : top + ch, left : left + cw] for f in frames])
+    return TF.resize(crop, [size, size], antialias=True)
+
+
+def crop_box(h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(top, left, height, width): a random scale pair (at most one step apart) at a random place."""
     base = min(h, w)
     i = int(rng.integers(len(SCALES)))
     j = int(np.clip(i + rng.integers(-1, 2), 0, len(SCALES) - 1))
     ch, cw = int(base * SCALES[i]), int(base * SCALES[j])
-    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    crop = frames[..., top : top + ch, left : left + cw]
-    return TF.resize(crop, [size, size], antialias=True)
+    return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
 
 
 def centre_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """Evaluation view: short side to size * 256/224, then the centre size x size."""
+    """Evaluation view of [T, 3, H, W]: short side to size * 256/224, then the centre size x size."""
     scaled = TF.resize(frames, int(round(size * 256 / 224)), antialias=True)
     return TF.center_crop(scaled, [size, size])
 

@@ -198,3 +198,26 @@ def test_flip_swaps_left_and_right_classes():
     assert pairs[a] == b and pairs[b] == a
     assert names.index("Moving something up") not in pairs
     assert all(pairs[pairs[i]] == i for i in pairs)
+
+
+def test_clips_are_cropped_like_plain_tensors_and_batched_channels_last():
+    # the loader stacks decoded frames as they lie in memory ([H, W, 3]); the pixels must be those
+    # of the plain [T, 3, H, W] crop and resize, and the batch must reach the model channels last
+    import numpy as np
+    import torchvision.transforms.v2.functional as TF
+
+    from pipeline.train_data import collate, crop_box, multiscale_crop
+
+    gen = torch.Generator().manual_seed(0)
+    hwc = [torch.randint(0, 256, (60, 100, 3), dtype=torch.uint8, generator=gen) for _ in range(4)]
+    frames = [f.permute(2, 0, 1) for f in hwc]  # how decode_jpeg returns them
+    clips = []
+    for seed in range(3):
+        top, left, ch, cw = crop_box(60, 100, np.random.default_rng(seed))
+        plain = TF.resize(torch.stack(frames).contiguous()[..., top : top + ch, left : left + cw], [32, 32], antialias=True)
+        ours = multiscale_crop(frames, 32, np.random.default_rng(seed))
+        assert torch.equal(ours, plain)
+        clips.append(ours)
+    batch = collate([(c, i, None, None, str(i)) for i, c in enumerate(clips)])
+    assert torch.equal(batch.clips, torch.stack(clips))
+    assert batch.clips.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
