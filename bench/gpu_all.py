@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.cpus import TEACHER_RESERVE, TRAIN_RESERVE, loader_workers
+
 # SSv2 sizes: the shards and the teacher cache cover train + validation (data.splits); an epoch is train.
 SSV2_TRAIN, SSV2_VALIDATION = 168_913, 24_777
 TEACHER_FRAMES = 8
@@ -54,12 +56,12 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="gpu_all_"))
     out.mkdir(parents=True, exist_ok=True)
-    workers = str(max(1, (os.cpu_count() or 2) - 2))
+    workers = {"teacher": str(loader_workers(-1, TEACHER_RESERVE)), "train": str(loader_workers(-1, TRAIN_RESERVE))}
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (a dry run: figures mean nothing here)"
     commands = {
-        "teacher": ("bench.teacher_bench", "--decode", "cpu", "--videos", str(args.teacher_videos), "--workers", workers),
-        "online": ("bench.train_bench", "--online", "--videos", str(args.train_videos), "--workers", workers),
-        "compiled": ("bench.train_bench", "--compile", "--videos", str(args.train_videos), "--workers", workers),
+        "teacher": ("bench.teacher_bench", "--decode", "cpu", "--videos", str(args.teacher_videos), "--workers", workers["teacher"]),
+        "online": ("bench.train_bench", "--online", "--videos", str(args.train_videos), "--workers", workers["train"]),
+        "compiled": ("bench.train_bench", "--compile", "--videos", str(args.train_videos), "--workers", workers["train"]),
         "ddp": ("bench.ddp_bench", "--gpus", "1", "2"),
     }
     if torch.cuda.device_count() < 2 and "ddp" in args.parts:

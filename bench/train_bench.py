@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import tempfile
 import time
 from functools import partial
@@ -29,6 +28,7 @@ import torch
 from bench.jpeg_shards import build
 from pipeline import teacher_run
 from pipeline.clip_teacher import load_teacher
+from pipeline.cpus import TRAIN_RESERVE, loader_workers
 from pipeline.device import autocast_dtype, pick_device
 from pipeline.evaluate import split_shards, to_device
 from pipeline.frames import IMAGENET_MEAN, IMAGENET_STD, channels_last_empty, normalizer
@@ -94,9 +94,11 @@ def _quiet():
 
 
 def measure(cfg, device, arch: str, frames: int, batch: int, workers: int, warmup: int, steps: int,
-            with_loader: bool = True, online: bool = False) -> tuple[float, float, float]:
+            with_loader: bool = True, online: bool = False, extra_workers: dict | None = None) -> tuple[float, float, float]:
     """(synthetic clips/s, real-loader clips/s, peak GPU memory GiB with synthetic input) for one model,
-    frame count and batch size; with `online`, the teacher runs in every step instead of coming from the cache."""
+    frame count and batch size; with `online`, the teacher runs in every step instead of coming from the cache;
+    `extra_workers` {count: None} gets the real-loader clips/s with those numbers of workers too."""
+    extra_workers = {} if extra_workers is None else extra_workers
     cfg.student.arch, cfg.student.num_frames, cfg.train.batch_size = arch, frames, batch
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -123,16 +125,20 @@ def measure(cfg, device, arch: str, frames: int, batch: int, workers: int, warmu
                          flip_pairs(class_names(load_labels(LABELS_FILE))))
     loader = make_loader(dataset, workers, device.type == "cuda")
     real = _timed(step, (to_device(b, device) for b in loader), warmup, device)
+    for more in extra_workers:  # the same compiled step with other loader sizes
+        dataset.num_batches = warmup + steps
+        extra_workers[more] = _timed(step, (to_device(b, device) for b in make_loader(dataset, more, device.type == "cuda")), warmup, device)
     return synthetic, real, peak
 
 
-def loader_rate(cfg, frames: int, batch: int, workers: int, batches: int) -> float:
-    """Clips/s of the training loader alone over `batches` batches (after the first of each worker)."""
+def loader_rate(cfg, frames: int, batch: int, workers: int, batches: int, pin: bool = False) -> float:
+    """Clips/s of the training loader alone over `batches` batches (after the first of each worker);
+    with `pin`, through the pin-memory thread as in training on a GPU."""
     shards, _ = split_shards(cfg, "train")
     spec = ClipSpec(frames, cfg.student.image_size, batch, train=True, seed=0, shuffle_buffer=cfg.train.shuffle_buffer)
     dataset = ShardClips(shards, spec, 0, 1, batches + workers, CacheSource(cfg.paths.teacher_cache, "train"),
                          flip_pairs(class_names(load_labels(LABELS_FILE))))
-    it = iter(make_loader(dataset, workers, False))
+    it = iter(make_loader(dataset, workers, pin))
     for _ in range(workers):  # worker start-up is not part of the rate
         next(it)
     start, clips = time.perf_counter(), 0
@@ -146,7 +152,8 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=4096 if cuda else 96)
-    parser.add_argument("--workers", type=int, default=(os.cpu_count() or 2) - 2 if cuda else 2)
+    parser.add_argument("--workers", type=int, default=loader_workers(-1, TRAIN_RESERVE) if cuda else 2,
+                        help="loader processes (default on CUDA: the trainer's automatic count)")
     default = ["mobilevit_xxs:8:64", "mobilevit_xxs:16:64", "tsm_r50:8:32", "tsm_r50:16:16"] if cuda else ["tsm_tiny:8:4"]
     parser.add_argument("--configs", nargs="+", default=default, help="arch:frames:batch")
     parser.add_argument("--image-size", type=int, default=224 if cuda else 64)
@@ -158,6 +165,7 @@ def main() -> None:
     parser.add_argument("--levers", action="store_true", help="time eager, channels_last and torch.compile (synthetic input)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--loader-only", action="store_true", help="time the training loader alone (no model), clips/s")
+    parser.add_argument("--loader-workers", type=int, nargs="+", default=None, help="--loader-only: these worker counts; otherwise also time the real loader with these")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = args.work or Path(tempfile.mkdtemp(prefix="train_bench_"))
@@ -169,13 +177,15 @@ def main() -> None:
     device = pick_device("auto")
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     if args.loader_only:
-        print(f"\nthe training loader alone, {args.workers} workers, image {args.image_size}, {name}\n")
-        print("| frames | batch | clips/s | frames/s |")
-        print("| --- | --- | --- | --- |")
-        for config in args.configs:
-            _, frames, batch = config.split(":")
-            rate = loader_rate(cfg, int(frames), int(batch), args.workers, args.steps + args.warmup)
-            print(f"| {frames} | {batch} | {rate:.1f} | {rate * int(frames):.0f} |")
+        print(f"\nthe training loader alone, image {args.image_size}, {name}\n")
+        print("| workers | pinned | frames | batch | clips/s | frames/s |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for workers in args.loader_workers or [args.workers]:
+            for pin in ([False, True] if cuda else [False]):
+                for config in args.configs:
+                    _, frames, batch = config.split(":")
+                    rate = loader_rate(cfg, int(frames), int(batch), workers, args.steps + args.warmup, pin)
+                    print(f"| {workers} | {'yes' if pin else 'no'} | {frames} | {batch} | {rate:.1f} | {rate * int(frames):.0f} |")
         return
     configs = [(arch, int(frames), int(batch)) for arch, frames, batch in (c.split(":") for c in args.configs)]
     cfg.train.compile = args.compile
@@ -188,9 +198,11 @@ def main() -> None:
         print("| model | frames | batch | synthetic input clips/s | real loader clips/s | real / synthetic |")
         print("| --- | --- | --- | --- | --- | --- |")
         for arch, frames, batch in configs:
-            synthetic, real, _ = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps)
-            figures["loader"].append(dict(arch=arch, frames=frames, batch=batch, synthetic=synthetic, real=real))
-            print(f"| {arch} | {frames} | {batch} | {synthetic:.1f} | {real:.1f} | {real / synthetic:.0%} |")
+            extra = dict.fromkeys(args.loader_workers or [])
+            synthetic, real, _ = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps, extra_workers=extra)
+            figures["loader"].append(dict(arch=arch, frames=frames, batch=batch, synthetic=synthetic, real=real, other_workers=extra))
+            others = "".join(f" ({n} workers: {r:.1f}, {r / synthetic:.0%})" for n, r in extra.items())
+            print(f"| {arch} | {frames} | {batch} | {synthetic:.1f} | {real:.1f} | {real / synthetic:.0%}{others} |")
     else:
         print("| model | frames | batch | cached teacher, synthetic input | online teacher, synthetic input | step speed-up "
               "| cached, real loader | online, real loader | epoch speed-up | peak GPU memory cached / online (GiB) |")

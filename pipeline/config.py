@@ -76,7 +76,7 @@ class TeacherConfig:
         default_factory=lambda: ["a video of {}.", "a photo of a person {}.", "a video of a person {}."]
     )
     batch_videos: int = 64  # videos per forward (x num_frames frames); a shard is never split across two
-    num_workers: int = -1  # loader processes (read, JPEG decode, crop); -1: the task's CPUs less two
+    num_workers: int = -1  # loader processes (read, JPEG decode, crop); -1: the task's CPUs less two (pipeline/cpus.py)
     writers: int = 2  # processes writing finished shards to Zarr
     pin_memory: bool = False  # CUDA: pin each shard's frames for asynchronous copies (measured slower: see docs/benchmarks.md)
     device: str = "auto"  # auto: cuda, else mps, else cpu
@@ -124,7 +124,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast on CUDA; fp16 with a grad scaler
     device: str = "auto"
-    num_workers: int = 4  # loader processes per GPU
+    num_workers: int = -1  # loader processes per rank; -1: the rank's CPUs less six (see pipeline/cpus.py)
     shuffle_buffer: int = 256  # samples mixed across shards within a worker
     seed: int = 0
     flip: bool = False  # horizontal flip, always with left/right label swaps
@@ -165,7 +165,7 @@ class SlurmConfig:
         default_factory=lambda: SlurmStageConfig(gpus_per_node=1, cpus_per_task=16, mem_gb=64, array_tasks=2, array_parallelism=2)
     )
     train_student: SlurmStageConfig = field(
-        default_factory=lambda: SlurmStageConfig(time_min=2880, gpus_per_node=8, tasks_per_node=8, cpus_per_task=10, mem_gb=400)
+        default_factory=lambda: SlurmStageConfig(time_min=2880, gpus_per_node=8, tasks_per_node=8, cpus_per_task=12, mem_gb=400)
     )
 
 

@@ -14,7 +14,7 @@ from .dist import DistEnv
 from .atomic import write_json, write_text
 from .frames import IMAGENET_MEAN, IMAGENET_STD, normalizer
 from .shard_plan import read_index
-from .train_data import CacheSource, ClipBatch, ClipSpec, ShardClips, make_loader
+from .train_data import CacheSource, ClipBatch, ClipSpec, ShardClips, make_loader, train_workers
 
 
 @dataclass
@@ -49,7 +49,7 @@ def evaluate(cfg: Config, model: torch.nn.Module, env: DistEnv, device: torch.de
     distill = cfg.loss.mode == "distill"
     spec = ClipSpec(num_frames, cfg.student.image_size, cfg.train.batch_size, train=False, seed=cfg.train.seed)
     cache = CacheSource(cfg.paths.teacher_cache, split) if distill else None
-    workers = min(cfg.train.num_workers, max(1, len(shards) // env.world_size))
+    workers = min(train_workers(cfg, env), max(1, len(shards) // env.world_size))
     loader = make_loader(ShardClips(shards, spec, env.rank, env.world_size, None, cache, {}), workers, device.type == "cuda")
     norm = normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
     dtype = autocast_dtype(device, cfg.train.precision)

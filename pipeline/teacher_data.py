@@ -5,7 +5,6 @@ centre-cropped to squares so that one resize call per shard brings them to the m
 """
 from __future__ import annotations
 
-import os
 import signal
 
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .cpus import TEACHER_RESERVE, loader_workers
 from .frames import channels_last_empty, decode, resize, square_crop, stack_channels_last
 from .sampling import segment_centres
 from .shm import empty_for_handover
@@ -121,8 +121,8 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(jobs: list, num_frames: int, gpu_share: float, num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """Shards in, one ShardItem per shard out; workers take every n-th shard (-1: one per CPU less two)."""
-    workers = min(num_workers if num_workers >= 0 else max(1, len(os.sched_getaffinity(0)) - 2), len(jobs))
+    """Shards in, one ShardItem per shard out; workers take every n-th shard (-1: as many as the CPUs allow)."""
+    workers = min(loader_workers(num_workers, TEACHER_RESERVE), len(jobs))
     dataset = ShardFrames(jobs, num_frames, gpu_share)
     # Two shards in flight per worker keep the GPU fed; more only adds memory (~90 MB a shard).
     return DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,

@@ -29,7 +29,7 @@ from .models import build_student
 from .progress import format_duration
 from .ssv2 import class_names, load_labels
 from .teacher_cache import open_checked
-from .train_data import CacheSource, ClipSpec, ShardClips, check_shards_feed, flip_pairs, make_loader
+from .train_data import CacheSource, ClipSpec, ShardClips, check_shards_feed, flip_pairs, make_loader, train_workers
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def run(cfg: Config, env: DistEnv | None = None, stop_after_steps: int | None = 
     if cfg.loss.mode == "distill":
         open_checked(cfg)  # refuses a cache built from other shards or another teacher
     train_shards, train_videos = split_shards(cfg, "train")
-    check_shards_feed(len(train_shards), env.world_size, cfg.train.num_workers or 1, "train")
+    check_shards_feed(len(train_shards), env.world_size, train_workers(cfg, env) or 1, "train")
     per_rank = train_videos // (env.world_size * cfg.train.batch_size)
     if per_rank == 0:
         raise ValueError(f"{train_videos} training videos are fewer than one batch per rank")
@@ -223,7 +223,7 @@ class _Loop:
         shards, _ = split_shards(cfg, "train")
         cache = CacheSource(cfg.paths.teacher_cache, "train") if cfg.loss.mode == "distill" else None
         dataset = ShardClips(shards, spec, env.rank, env.world_size, self.per_rank, cache, self.flip_pairs, state.step_in_epoch)
-        loader = make_loader(dataset, cfg.train.num_workers, self.device.type == "cuda")
+        loader = make_loader(dataset, train_workers(cfg, env), self.device.type == "cuda")
         meters = {k: AverageMeter() for k in ("total", "feature", "response", "task", "top1", "top5")}
         tick, clips = time.monotonic(), 0
         for batch in loader:

@@ -26,6 +26,7 @@ import torchvision.transforms.v2.functional as TF
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .cpus import TRAIN_RESERVE, loader_workers
 from .frames import channels_last_empty, decode, stack_channels_last
 from .sampling import segment_centres, segment_random
 from .shard_format import select_frames
@@ -105,7 +106,11 @@ class ShardClips(IterableDataset):
             if spec.train:
                 rng = random.Random(f"{spec.seed}-{spec.epoch}-{self.rank}-{worker}-{passes}")
                 stream = wds.shuffle(spec.shuffle_buffer, initial=spec.shuffle_buffer, rng=rng)(stream)
-            yield from stream
+            got = 0
+            for got, sample in enumerate(stream, 1):
+                yield sample
+            if got == 0 and spec.train:  # cycling over shards that hold nothing would spin for ever
+                raise ValueError(f"loader worker {worker}: its shards hold no videos: {', '.join(shards)}")
             passes += 1
             if not spec.train:
                 return
@@ -220,6 +225,15 @@ def make_loader(dataset: ShardClips, num_workers: int, pin_memory: bool) -> Data
                       # its own generator: creating a loader must not advance the global RNG that
                       # dropout draws from, or a resumed run would drift from an uninterrupted one
                       generator=torch.Generator().manual_seed(0))
+
+
+def train_workers(cfg, env) -> int:
+    """Loader processes per rank: train.num_workers, or for -1 as many as the rank's CPUs allow.
+
+    The automatic count follows the node, so a run that must resume batch for batch on another kind
+    of node should set a fixed number.
+    """
+    return loader_workers(cfg.train.num_workers, TRAIN_RESERVE, env.local_world_size)
 
 
 def check_shards_feed(num_shards: int, world: int, workers: int, split: str) -> None:

@@ -51,3 +51,17 @@ def test_dump_round_trips(tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(config.dump(cfg))
     assert config.load(path) == cfg
+
+
+def test_automatic_loader_workers_follow_the_ranks_cpus(monkeypatch):
+    from pipeline import cpus
+
+    monkeypatch.setattr(cpus.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda _: set(range(16)))  # SLURM bound this task to 16
+    assert cpus.loader_workers(-1, cpus.TRAIN_RESERVE, ranks_here=4) == 10
+    assert cpus.loader_workers(3, cpus.TRAIN_RESERVE) == 3  # a set number is kept
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda _: set(range(64)))  # torchrun: every rank sees all
+    assert cpus.loader_workers(-1, cpus.TRAIN_RESERVE, ranks_here=4) == 10
+    assert cpus.loader_workers(-1, cpus.TEACHER_RESERVE) == 62
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda _: {0, 1})
+    assert cpus.loader_workers(-1, cpus.TRAIN_RESERVE) == 1  # never none

@@ -221,3 +221,16 @@ def test_clips_are_cropped_like_plain_tensors_and_batched_channels_last():
     batch = collate([(c, i, None, None, str(i)) for i, c in enumerate(clips)])
     assert torch.equal(batch.clips, torch.stack(clips))
     assert batch.clips.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_training_on_shards_without_videos_is_a_clear_error_not_a_hang(tmp_path):
+    # every video of a shard can be rejected as broken; cycling over nothing used to spin for ever
+    import tarfile
+
+    from pipeline.train_data import ClipSpec, ShardClips
+
+    empty = tmp_path / "train-000000.tar"
+    tarfile.open(empty, "w").close()
+    clips = ShardClips([str(empty)], ClipSpec(4, 32, 2, train=True), 0, 1, 3, None, {})
+    with pytest.raises(ValueError, match="hold no videos: .*train-000000.tar"):
+        next(iter(clips))
