@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from .config import Config, ConfigError, load
@@ -14,6 +15,22 @@ log = logging.getLogger(__name__)
 def setup_task_logging() -> None:
     """Logging for a stage function started by a job runner (submitit) rather than from the shell."""
     setup_logging()
+
+
+class TaskStopped(BaseException):
+    """The task was told to stop (SIGTERM: scancel, or the job's end); not an error of its input."""
+
+
+def stop_on_sigterm() -> None:
+    """End this task at SIGTERM instead of running on until SLURM's SIGKILL (submitit only logs it).
+
+    Whatever the task was writing stays a temporary file, which the rerun drops; without this, a
+    cancelled task could keep starting decodes for the seconds until the kill.
+    """
+    def stop(signum: int, _frame) -> None:
+        raise TaskStopped(f"stopped by signal {signum} (scancel or the job's end); a rerun does what is left")
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def parse(description: str, argv: list[str] | None = None, tasks: bool = False) -> tuple[Config, argparse.Namespace]:

@@ -72,8 +72,12 @@ def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, decoder: Decoder | No
     log.info("task %d/%d: %d shards, %d already done, %d to build", task_id, num_tasks, len(mine), summary.shards_skipped, len(todo))
     progress = Progress("videos", sum(len(s.videos) for s in todo), cfg.shards.progress_every_s, log)
     with ThreadPoolExecutor(max(1, cfg.shards.cpus_per_task)) as pool:
-        for spec in todo:
-            _build_shard(cfg, spec, pool, decoder, progress, summary)
+        try:
+            for spec in todo:
+                _build_shard(cfg, spec, pool, decoder, progress, summary)
+        except BaseException:  # stopped or failed: start no more decodes of the shard being built
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     for split in cfg.data.splits:
         if write_index_if_complete(out_dir, cfg, split, [s for s in specs if s.split == split]):
             summary.indexes_written.append(split)

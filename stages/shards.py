@@ -10,6 +10,7 @@ from pipeline.config import Config
 def run_task(cfg: Config, shard_positions: list[int]) -> dict:
     """One array task: build the given shards (plan positions); returns what it did, for the launcher."""
     cli.setup_task_logging()
+    cli.stop_on_sigterm()
     summary = shards.run(cfg, only=shard_positions)
     return {"built": summary.shards_built, "skipped": summary.shards_skipped, "rejected": len(summary.rejected)}
 
