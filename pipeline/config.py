@@ -78,7 +78,8 @@ class TeacherConfig:
     batch_videos: int = 64  # videos per forward (x num_frames frames); a shard is never split across two
     num_workers: int = -1  # loader processes (read, JPEG decode, crop); -1: the task's CPUs less two (pipeline/cpus.py)
     writers: int = 2  # processes writing finished shards to Zarr
-    pin_memory: bool = False  # CUDA: pin each shard's frames for asynchronous copies (measured slower: see docs/benchmarks.md)
+    batch_pool: bool = True  # workers write shards' frames into one pool of shared memory, page-locked on CUDA (pipeline/slots.py)
+    pin_memory: bool = False  # batch_pool=false on CUDA: pin each shard's frames (measured slower: see docs/benchmarks.md)
     device: str = "auto"  # auto: cuda, else mps, else cpu
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast on CUDA
     decode: Literal["auto", "cpu", "gpu"] = "auto"  # where JPEGs are decoded; auto: see gpu_decode_share
@@ -125,6 +126,7 @@ class TrainConfig:
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast on CUDA; fp16 with a grad scaler
     device: str = "auto"
     num_workers: int = -1  # loader processes per rank; -1: the rank's CPUs less six (see pipeline/cpus.py)
+    batch_pool: bool = True  # workers write batches into one pool of shared memory, page-locked on CUDA (pipeline/slots.py)
     shuffle_buffer: int = 256  # samples mixed across shards within a worker
     seed: int = 0
     flip: bool = False  # horizontal flip, always with left/right label swaps

@@ -50,7 +50,7 @@ def evaluate(cfg: Config, model: torch.nn.Module, env: DistEnv, device: torch.de
     spec = ClipSpec(num_frames, cfg.student.image_size, cfg.train.batch_size, train=False, seed=cfg.train.seed)
     cache = CacheSource(cfg.paths.teacher_cache, split) if distill else None
     workers = min(train_workers(cfg, env), max(1, len(shards) // env.world_size))
-    loader = make_loader(ShardClips(shards, spec, env.rank, env.world_size, None, cache, {}), workers, device.type == "cuda")
+    loader = make_loader(ShardClips(shards, spec, env.rank, env.world_size, None, cache, {}), workers, device, cfg.train.batch_pool)
     norm = normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
     dtype = autocast_dtype(device, cfg.train.precision)
     was_training = model.training

@@ -18,6 +18,7 @@ from .cpus import TEACHER_RESERVE, loader_workers
 from .frames import channels_last_empty, decode, resize, square_crop, stack_channels_last
 from .sampling import segment_centres
 from .shm import empty_for_handover
+from .slot_loader import SlotLoader
 from .shard_format import read_shard, select_frames
 
 
@@ -53,21 +54,29 @@ class ShardFrames(IterableDataset):
     def __init__(self, jobs: list[tuple[str, int, Path]], num_frames: int, gpu_share: float = 0.0):
         self.jobs, self.num_frames, self.gpu_share = jobs, num_frames, gpu_share
 
+    slots = None  # a SlotSource while a SlotLoader runs: decoded crops are then written into its slots
+
     def __iter__(self):
         info = get_worker_info()
         positions = range(len(self.jobs)) if info is None else range(info.id, len(self.jobs), info.num_workers)
         for i in positions:
-            yield self.load(*self.jobs[i], cpu_decode=not gpu_decoded(i, self.gpu_share))
+            if gpu_decoded(i, self.gpu_share):
+                yield self.load(*self.jobs[i], cpu_decode=False)
+            elif self.slots is None:
+                yield self.load(*self.jobs[i], cpu_decode=True)
+            else:
+                slot = self.slots.claim()
+                yield slot.seal(self.load(*self.jobs[i], cpu_decode=True, make=slot.empty))
 
-    def load(self, split: str, shard: int, path: Path, cpu_decode: bool) -> ShardItem:
-        """One shard's sampled frames: decoded crop groups, or the raw JPEGs."""
+    def load(self, split: str, shard: int, path: Path, cpu_decode: bool, make=empty_for_handover) -> ShardItem:
+        """One shard's sampled frames: decoded crop groups (in tensors from `make`), or the raw JPEGs."""
         rows, frames = [], []
         for record, blob in read_shard(str(path)):
             jpegs = select_frames(record, blob, segment_centres(record["num_frames"], self.num_frames))
             rows.append(record["row"])
             frames.append(jpegs)
         if cpu_decode:
-            frames = group_squares([[square_crop(f) for f in decode(jpegs)] for jpegs in frames])
+            frames = group_squares([[square_crop(f) for f in decode(jpegs)] for jpegs in frames], make)
         return ShardItem(split, shard, rows, path, frames)
 
 
@@ -76,11 +85,12 @@ def gpu_decoded(position: int, share: float) -> bool:
     return int((position + 1) * share) > int(position * share)
 
 
-def group_squares(videos: list[list[torch.Tensor]]) -> Groups:
+def group_squares(videos: list[list[torch.Tensor]], make=empty_for_handover) -> Groups:
     """Stack videos of square frames [3, s, s] by crop side s, each group in one tensor (channels last).
 
-    Inside a loader worker the groups are made in shared memory, so this is the only copy of the
-    decoded pixels: a tensor made elsewhere is copied again into shared memory when it is sent.
+    Inside a loader worker the groups are made in shared memory (`make`: a pool slot or a segment of
+    their own), so this is the only copy of the decoded pixels: a tensor made elsewhere is copied
+    again into shared memory when it is sent.
     """
     by_side: dict[int, list[int]] = {}
     for i, v in enumerate(videos):
@@ -89,8 +99,8 @@ def group_squares(videos: list[list[torch.Tensor]]) -> Groups:
     for idx in by_side.values():
         first = videos[idx[0]][0]
         shape = (len(idx), len(videos[idx[0]]), *first.shape)
-        make = empty_for_handover if first.device.type == "cpu" else partial(torch.empty, dtype=torch.uint8, device=first.device)
-        out = channels_last_empty(shape, make)
+        alloc = make if first.device.type == "cpu" else partial(torch.empty, dtype=torch.uint8, device=first.device)
+        out = channels_last_empty(shape, alloc)
         for k, i in enumerate(idx):
             stack_channels_last(videos[i], out=out[k])
         groups.append((idx, out))
@@ -120,17 +130,29 @@ def _worker_init(_: int) -> None:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
-def make_loader(jobs: list, num_frames: int, gpu_share: float, num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """Shards in, one ShardItem per shard out; workers take every n-th shard (-1: as many as the CPUs allow)."""
+def make_loader(jobs: list, num_frames: int, gpu_share: float, num_workers: int, pin_memory: bool = False,
+                device: torch.device | None = None, shard_bytes: int = 0):
+    """Shards in, one ShardItem per shard out; workers take every n-th shard (-1: as many as the CPUs allow).
+
+    With `device` and `shard_bytes` (room for one shard's crops), workers write into a page-locked
+    pool and the crops come out on `device`, copied on the stream that `prepare` uses; otherwise
+    they come in shared-memory segments (pinned on request) for `prepare` to copy.
+    """
     workers = min(loader_workers(num_workers, TEACHER_RESERVE), len(jobs))
+    pooled = device is not None and shard_bytes > 0 and workers > 0
     dataset = ShardFrames(jobs, num_frames, gpu_share)
-    # Two shards in flight per worker keep the GPU fed; more only adds memory (~90 MB a shard).
-    return DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
-                      worker_init_fn=_worker_init, pin_memory=pin_memory and torch.cuda.is_available(),
-                      prefetch_factor=2 if workers else None, persistent_workers=False,
-                      # its own generator: creating a loader must not advance the global RNG that
-                      # dropout draws from, or a resumed run would drift from an uninterrupted one
-                      generator=torch.Generator().manual_seed(0))
+    # Two shards in flight per worker keep the GPU fed; more only adds memory (~100 MB a shard).
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
+                        worker_init_fn=_worker_init, pin_memory=pin_memory and not pooled and torch.cuda.is_available(),
+                        prefetch_factor=2 if workers else None, persistent_workers=False,
+                        multiprocessing_context="fork" if pooled else None,
+                        # its own generator: creating a loader must not advance the global RNG that
+                        # dropout draws from, or a resumed run would drift from an uninterrupted one
+                        generator=torch.Generator().manual_seed(0))
+    if not pooled:
+        return loader
+    stream = _side_stream(device) if device.type == "cuda" else None
+    return SlotLoader(loader, workers * 2 + 4, shard_bytes, device, stream)
 
 
 def prepare(item: ShardItem, size: int, device: torch.device):

@@ -91,7 +91,7 @@ _LAG = 2  # shards queued for the hand-over thread; with the GPU's own queue thi
 
 def _loop(cfg: Config, teacher: Teacher, device: torch.device, jobs: list, writer: ProcessWriter, summary: TeacherSummary) -> None:
     loader = make_loader(jobs, cfg.teacher.num_frames, gpu_share(cfg.teacher, device), cfg.teacher.num_workers,
-                         cfg.teacher.pin_memory)
+                         cfg.teacher.pin_memory, device, shard_bytes(cfg) if cfg.teacher.batch_pool else 0)
     encode = make_encoder(teacher, cfg.teacher, device)
     progress = Progress("teacher shards", len(jobs), cfg.teacher.progress_every_s, log)
     store = str(cfg.paths.teacher_cache)
@@ -122,6 +122,11 @@ def _loop(cfg: Config, teacher: Teacher, device: torch.device, jobs: list, write
     finally:
         handed.close()
     summary.compute_seconds = time.monotonic() - loop_start
+
+
+def shard_bytes(cfg: Config) -> int:
+    """Room for one shard's square crops as the shards stage makes them (a larger shard is sent the old way)."""
+    return cfg.shards.videos_per_shard * cfg.teacher.num_frames * 3 * cfg.shards.short_side**2
 
 
 def gpu_share(cfg: TeacherConfig, device: torch.device) -> float:

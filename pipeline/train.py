@@ -223,7 +223,7 @@ class _Loop:
         shards, _ = split_shards(cfg, "train")
         cache = CacheSource(cfg.paths.teacher_cache, "train") if cfg.loss.mode == "distill" else None
         dataset = ShardClips(shards, spec, env.rank, env.world_size, self.per_rank, cache, self.flip_pairs, state.step_in_epoch)
-        loader = make_loader(dataset, train_workers(cfg, env), self.device.type == "cuda")
+        loader = make_loader(dataset, train_workers(cfg, env), self.device, cfg.train.batch_pool)
         meters = {k: AverageMeter() for k in ("total", "feature", "response", "task", "top1", "top5")}
         tick, clips = time.monotonic(), 0
         for batch in loader:
