@@ -54,16 +54,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def nchw_groups(videos):
+def nchw_groups(videos, make=None):
     """The loader's grouping before it stacked crops channels last: [n, F, 3, s, s] contiguous in shared memory."""
     from pipeline.shm import empty_for_handover
 
+    make = make or empty_for_handover
     by_side: dict[int, list[int]] = {}
     for i, v in enumerate(videos):
         by_side.setdefault(v[0].shape[-1], []).append(i)
     groups = []
     for idx in by_side.values():
-        out = empty_for_handover((len(idx), len(videos[idx[0]]), *videos[idx[0]][0].shape))
+        out = make((len(idx), len(videos[idx[0]]), *videos[idx[0]][0].shape))
         for k, i in enumerate(idx):
             torch.stack(videos[i], out=out[k])
         groups.append((idx, out))
@@ -103,7 +104,9 @@ def main() -> None:
     parser.add_argument("--num-frames", type=int, default=8)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--writers", type=int, default=2)
-    parser.add_argument("--pin-memory", type=int, nargs="+", default=[0], help="0 and/or 1: loader pins host memory")
+    parser.add_argument("--pin-memory", type=int, nargs="+", default=[0], help="0 and/or 1: loader pins host memory (without the batch pool)")
+    parser.add_argument("--batch-pool", type=int, nargs="+", default=[1], choices=[0, 1],
+                        help="1: workers write into the page-locked pool (the stage's default), 0: a segment per shard")
     parser.add_argument("--decode", nargs="+", default=["auto:0.25", "gpu", "cpu"] if cuda else ["cpu"],
                         help="cpu, gpu, or auto:SHARE (SHARE of the shards decoded on the GPU, the rest on the CPU)")
     parser.add_argument("--precision", default="bf16")
@@ -127,24 +130,25 @@ def main() -> None:
     from pipeline import teacher_data
 
     stage_groups = teacher_data.group_squares
-    for mode, pin, copy in [(m, p, c) for m in args.decode for p in args.pin_memory for c in args.crop_layout]:
+    for mode, pin, copy, pool in [(m, p, c, b) for m in args.decode for p in args.pin_memory for c in args.crop_layout
+                                  for b in args.batch_pool]:
         teacher_data.group_squares = stage_groups if copy == "channels_last" else nchw_groups  # workers fork after this
         cfg.teacher.decode, _, share = mode.partition(":")
-        cfg.teacher.gpu_decode_share, cfg.teacher.pin_memory = float(share or 0), bool(pin)
+        cfg.teacher.gpu_decode_share, cfg.teacher.pin_memory, cfg.teacher.batch_pool = float(share or 0), bool(pin), bool(pool)
         summary = end_to_end(cfg)
         e2e, steady, frames = summary.frames / summary.compute_seconds, summary.steady_frames_per_s, summary.frames
-        print(f"{mode} decode, pin {pin}, {copy} crops: loop {summary.compute_seconds:.1f} s, waited {summary.wait_input_s:.1f} s "
+        print(f"{mode} decode, pin {pin}, {copy} crops, batch pool {pool}: loop {summary.compute_seconds:.1f} s, waited {summary.wait_input_s:.1f} s "
               f"for input, {summary.wait_output_s:.1f} s for output; hand-over waited {summary.wait_gpu_s:.1f} s for the GPU, "
               f"{summary.wait_write_s:.1f} s for the writers (busy {summary.write_busy_s:.1f} s)")
-        key = f"{mode}/{copy}"
-        stores[key] = cfg.paths.teacher_cache.with_name(f"cache_{mode.replace(':', '_')}_{pin}_{copy}.zarr")
+        key = f"{mode}/{copy}/pool {pool}"
+        stores[key] = cfg.paths.teacher_cache.with_name(f"cache_{mode.replace(':', '_')}_{pin}_{copy}_{pool}.zarr")
         shutil.rmtree(stores[key], ignore_errors=True)
         cfg.paths.teacher_cache.rename(stores[key])
         rates = forward_only(cfg, iters=max(3, min(50, frames // (args.batch_videos * args.num_frames))))
         fwd = rates.get("graph", rates["eager"])  # the forward the stage itself runs
-        figures.append(dict(decode=mode, pin=pin, precision=args.precision if device.type == "cuda" else "fp32", end_to_end=e2e, steady=steady, forward=fwd,
+        figures.append(dict(decode=mode, pin=pin, batch_pool=pool, precision=args.precision if device.type == "cuda" else "fp32", end_to_end=e2e, steady=steady, forward=fwd,
                             forward_eager=rates["eager"], batch=args.batch_videos * args.num_frames, model=args.model, device=name))
-        rows.append(f"| {args.model} | {name} | {args.batch_videos * args.num_frames} | {mode}{', pinned' if pin else ''}{', ' + copy + ' crops' if len(args.crop_layout) > 1 else ''} | {e2e:.0f} | {steady:.0f} "
+        rows.append(f"| {args.model} | {name} | {args.batch_videos * args.num_frames} | {mode}{', pinned' if pin else ''}{', ' + copy + ' crops' if len(args.crop_layout) > 1 else ''}{', batch pool' if pool else ', a segment per shard'} | {e2e:.0f} | {steady:.0f} "
                     f"| {rates['eager']:.0f} | {rates.get('graph', float('nan')):.0f} | {e2e / fwd:.0%} | {steady / fwd:.0%} |")
     precision = args.precision if device.type == "cuda" else "fp32"
     print(f"\n{args.model}, {name}, batch {args.batch_videos * args.num_frames} frames ({args.batch_videos} videos x "

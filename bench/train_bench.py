@@ -94,11 +94,11 @@ def _quiet():
 
 
 def measure(cfg, device, arch: str, frames: int, batch: int, workers: int, warmup: int, steps: int,
-            with_loader: bool = True, online: bool = False, extra_workers: dict | None = None) -> tuple[float, float, float]:
+            with_loader: bool = True, online: bool = False, variants: dict | None = None) -> tuple[float, float, float]:
     """(synthetic clips/s, real-loader clips/s, peak GPU memory GiB with synthetic input) for one model,
     frame count and batch size; with `online`, the teacher runs in every step instead of coming from the cache;
-    `extra_workers` {count: None} gets the real-loader clips/s with those numbers of workers too."""
-    extra_workers = {} if extra_workers is None else extra_workers
+    `variants` {(workers, batch_pool): None} gets the real-loader clips/s of those loaders too (same compiled step)."""
+    variants = {} if variants is None else variants
     cfg.student.arch, cfg.student.num_frames, cfg.train.batch_size = arch, frames, batch
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -123,27 +123,36 @@ def measure(cfg, device, arch: str, frames: int, batch: int, workers: int, warmu
     spec = ClipSpec(frames, size, batch, train=True, seed=0, shuffle_buffer=cfg.train.shuffle_buffer)
     dataset = ShardClips(shards, spec, 0, 1, warmup + steps, CacheSource(cfg.paths.teacher_cache, "train"),
                          flip_pairs(class_names(load_labels(LABELS_FILE))))
-    loader = make_loader(dataset, workers, device.type == "cuda")
+    loader = make_loader(dataset, workers, device, cfg.train.batch_pool)
     real = _timed(step, (to_device(b, device) for b in loader), warmup, device)
-    for more in extra_workers:  # the same compiled step with other loader sizes
-        dataset.num_batches = warmup + steps
-        extra_workers[more] = _timed(step, (to_device(b, device) for b in make_loader(dataset, more, device.type == "cuda")), warmup, device)
+    for n, pool in variants:  # the same compiled step with other loaders
+        loader = make_loader(dataset, n, device, pool)
+        variants[(n, pool)] = _timed(step, (to_device(b, device) for b in loader), warmup, device)
     return synthetic, real, peak
 
 
-def loader_rate(cfg, frames: int, batch: int, workers: int, batches: int, pin: bool = False) -> float:
-    """Clips/s of the training loader alone over `batches` batches (after the first of each worker);
-    with `pin`, through the pin-memory thread as in training on a GPU."""
+LOADER_MODES = {"segments": "a shared-memory segment per batch, left on the host",
+                "segments+pin": "segments, pinned by the pin-memory thread, copied to the GPU (batch_pool=false)",
+                "pool": "written into the page-locked pool, copied to the GPU (batch_pool=true)"}
+
+
+def loader_rate(cfg, frames: int, batch: int, workers: int, batches: int, mode: str = "segments") -> float:
+    """Clips/s of the training loader alone over `batches` batches (after the first of each worker),
+    in one of LOADER_MODES (the last two as in training on a GPU)."""
     shards, _ = split_shards(cfg, "train")
     spec = ClipSpec(frames, cfg.student.image_size, batch, train=True, seed=0, shuffle_buffer=cfg.train.shuffle_buffer)
     dataset = ShardClips(shards, spec, 0, 1, batches + workers, CacheSource(cfg.paths.teacher_cache, "train"),
                          flip_pairs(class_names(load_labels(LABELS_FILE))))
-    it = iter(make_loader(dataset, workers, pin))
+    device = pick_device("auto") if mode != "segments" else torch.device("cpu")
+    it = iter(make_loader(dataset, workers, device, batch_pool=mode == "pool"))
     for _ in range(workers):  # worker start-up is not part of the rate
         next(it)
     start, clips = time.perf_counter(), 0
     for b in it:
+        b = to_device(b, device)
         clips += b.clips.shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return clips / (time.perf_counter() - start)
 
 
@@ -166,6 +175,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--loader-only", action="store_true", help="time the training loader alone (no model), clips/s")
     parser.add_argument("--loader-workers", type=int, nargs="+", default=None, help="--loader-only: these worker counts; otherwise also time the real loader with these")
+    parser.add_argument("--batch-pool", type=int, nargs="+", default=[1], choices=[0, 1],
+                        help="1: the loader writes into the page-locked pool (the trainer's default), 0: a segment per batch; "
+                             "the first is the table's real loader, the others are timed beside it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = args.work or Path(tempfile.mkdtemp(prefix="train_bench_"))
@@ -178,30 +190,35 @@ def main() -> None:
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     if args.loader_only:
         print(f"\nthe training loader alone, image {args.image_size}, {name}\n")
-        print("| workers | pinned | frames | batch | clips/s | frames/s |")
+        print("| workers | batches | frames | batch | clips/s | frames/s |")
         print("| --- | --- | --- | --- | --- | --- |")
         for workers in args.loader_workers or [args.workers]:
-            for pin in ([False, True] if cuda else [False]):
+            for mode in (LOADER_MODES if cuda else ["segments", "pool"]):
                 for config in args.configs:
                     _, frames, batch = config.split(":")
-                    rate = loader_rate(cfg, int(frames), int(batch), workers, args.steps + args.warmup, pin)
-                    print(f"| {workers} | {'yes' if pin else 'no'} | {frames} | {batch} | {rate:.1f} | {rate * int(frames):.0f} |")
+                    rate = loader_rate(cfg, int(frames), int(batch), workers, args.steps + args.warmup, mode)
+                    print(f"| {workers} | {mode} | {frames} | {batch} | {rate:.1f} | {rate * int(frames):.0f} |")
         return
     configs = [(arch, int(frames), int(batch)) for arch, frames, batch in (c.split(":") for c in args.configs)]
     cfg.train.compile = args.compile
+    cfg.train.batch_pool = bool(args.batch_pool[0])
     warm = args.warmup + (10 if args.compile else 0)  # compilation happens in the first steps
     precision = cfg.train.precision if cuda else "fp32"
     print(f"\n{name}, {precision}, image {args.image_size}, {'compiled' if args.compile else 'eager'} student (channels_last on CUDA), "
-          f"distillation loss, SGD (fused on CUDA), {args.workers} loader workers, {args.steps} timed steps after {warm}\n")
+          f"distillation loss, SGD (fused on CUDA), {args.workers} loader workers "
+          f"({'batch pool' if cfg.train.batch_pool else 'a segment per batch'}), {args.steps} timed steps after {warm}\n")
     figures: dict = {"device": name, "compile": args.compile, "loader": [], "online": [], "levers": []}
     if not args.online:
         print("| model | frames | batch | synthetic input clips/s | real loader clips/s | real / synthetic |")
         print("| --- | --- | --- | --- | --- | --- |")
         for arch, frames, batch in configs:
-            extra = dict.fromkeys(args.loader_workers or [])
-            synthetic, real, _ = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps, extra_workers=extra)
-            figures["loader"].append(dict(arch=arch, frames=frames, batch=batch, synthetic=synthetic, real=real, other_workers=extra))
-            others = "".join(f" ({n} workers: {r:.1f}, {r / synthetic:.0%})" for n, r in extra.items())
+            extra = dict.fromkeys([(n, cfg.train.batch_pool) for n in args.loader_workers or []]
+                                  + [(args.workers, bool(p)) for p in args.batch_pool[1:]])
+            synthetic, real, _ = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps, variants=extra)
+            others = {f"{n} workers, {'pool' if p else 'segments'}": r for (n, p), r in extra.items()}
+            figures["loader"].append(dict(arch=arch, frames=frames, batch=batch, synthetic=synthetic, real=real,
+                                          batch_pool=cfg.train.batch_pool, other_loaders=others))
+            others = "".join(f" ({k}: {r:.1f}, {r / synthetic:.0%})" for k, r in others.items())
             print(f"| {arch} | {frames} | {batch} | {synthetic:.1f} | {real:.1f} | {real / synthetic:.0%}{others} |")
     else:
         print("| model | frames | batch | cached teacher, synthetic input | online teacher, synthetic input | step speed-up "
