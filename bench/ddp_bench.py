@@ -1,9 +1,12 @@
 """DDP scaling of the student step: clips/s on 1 GPU and on N GPUs of one host, in one run.
 
-    python -m bench.ddp_bench [--gpus 1 2] [--configs mobilevit_xxs:8:64 tsm_r50:8:32]
+    python -m bench.ddp_bench [--gpus 1 2] [--configs mobilevit_xxs:8:64 tsm_r50:8:32] [--real-loader]
 
 Each count runs under torchrun (NCCL, NVLink multicast off), through the trainer's own process-group
 set-up (`pipeline.dist`) and step, on synthetic input kept on each GPU; clips/s counts all ranks.
+With --real-loader, each configuration is also timed with every rank reading its share of JPEG
+shards and a teacher cache (built first, without ffmpeg) through the trainer's loader, with the
+trainer's automatic worker count (the node's CPUs shared between the ranks).
 """
 from __future__ import annotations
 
@@ -12,12 +15,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 
-def worker(configs: list[str], steps: int, warmup: int) -> None:
-    """One rank: time every configuration, rank 0 prints one JSON line per configuration."""
+def worker(configs: list[str], steps: int, warmup: int, data: Path | None) -> None:
+    """One rank: time every configuration (with `data`, a config file: also with the real loader),
+    rank 0 prints one JSON line per configuration and input."""
     import torch
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -32,7 +37,7 @@ def worker(configs: list[str], steps: int, warmup: int) -> None:
     device = torch.device("cuda", env.local_rank)
     torch.cuda.set_device(device)
     dist.init(env, device)
-    cfg = config.Config()
+    cfg = config.load(data) if data else config.Config()
     for item in configs:
         arch, frames, batch = item.split(":")
         cfg.student.arch, cfg.student.num_frames, cfg.train.batch_size = arch, int(frames), int(batch)
@@ -48,16 +53,52 @@ def worker(configs: list[str], steps: int, warmup: int) -> None:
         fake = ClipBatch(pixels,  # channels last in memory, like the loader's batches
                          torch.randint(0, 174, (b,), device=device), torch.randn(b, 512, device=device),
                          torch.randn(b, 174, device=device), [])
-        for i in range(warmup + steps):
-            if i == warmup:
-                torch.cuda.synchronize()
-                start = time.perf_counter()
-            train_step(wrapped, model, optimizer, scheduler, scaler, norm, dtype, cfg, fake)
-        torch.cuda.synchronize()
-        rate = b * steps * env.world_size / (time.perf_counter() - start)
-        if env.is_main:
-            print(json.dumps({"config": item, "gpus": env.world_size, "clips_per_s": rate}), flush=True)
+        step = lambda batch: train_step(wrapped, model, optimizer, scheduler, scaler, norm, dtype, cfg, batch)  # noqa: E731
+        inputs = {"synthetic": [fake] * (warmup + steps)}
+        if data:
+            inputs["real"] = _real_batches(cfg, env, device, warmup + steps)
+        for name, batches in inputs.items():
+            rate = _timed(step, batches, warmup, b * env.world_size)
+            if env.is_main:
+                print(json.dumps({"config": item, "input": name, "gpus": env.world_size, "clips_per_s": rate}), flush=True)
     dist.shutdown()
+
+
+def _timed(step, batches, warmup: int, clips_per_step: int) -> float:
+    import torch
+
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+        step(batch)
+    torch.cuda.synchronize()
+    return clips_per_step * (i + 1 - warmup) / (time.perf_counter() - start)
+
+
+def _real_batches(cfg, env, device, count: int):
+    """This rank's batches from the trainer's loader over the built shards and cache, on the device."""
+    from pipeline.evaluate import split_shards, to_device
+    from pipeline.train_data import CacheSource, ClipSpec, ShardClips, make_loader, train_workers
+
+    shards, _ = split_shards(cfg, "train")
+    spec = ClipSpec(cfg.student.num_frames, cfg.student.image_size, cfg.train.batch_size, train=True)
+    dataset = ShardClips(shards, spec, env.rank, env.world_size, count, CacheSource(cfg.paths.teacher_cache, "train"), {})
+    return (to_device(b, device) for b in make_loader(dataset, train_workers(cfg, env), device, cfg.train.batch_pool))
+
+
+def _build_data(work: Path, videos: int, frames: int) -> Path:
+    """JPEG shards and a teacher cache under `work`; returns the config file that points at them."""
+    from bench.jpeg_shards import build
+    from pipeline import teacher_run
+    from pipeline.config import dump
+
+    cfg = build(work / "ssv2", work / "run", videos, frames, frames,
+                ["teacher.model=clip-tiny", "teacher.pretrained=random", "shards.videos_per_shard=64", "teacher.progress_every_s=1000"])
+    teacher_run.run(cfg)
+    path = work / "config.yaml"
+    path.write_text(dump(cfg))
+    return path
 
 
 def main() -> None:
@@ -68,33 +109,43 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--real-loader", action="store_true", help="also time the trainer's loader over JPEG shards and a cache")
+    parser.add_argument("--videos", type=int, default=4096, help="--real-loader: videos to build")
+    parser.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.configs, args.steps, args.warmup)
+        worker(args.configs, args.steps, args.warmup, args.data)
         return
+    data = []
+    if args.real_loader:
+        frames = max(int(c.split(":")[1]) for c in args.configs)
+        data = ["--data", str(_build_data(Path(tempfile.mkdtemp(prefix="ddp_bench_")), args.videos, frames))]
     env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
     rates: dict[tuple[str, int], float] = {}
     for gpus in args.gpus:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "--master_port=29561",
                "-m", "bench.ddp_bench", "--worker", "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--configs", *args.configs]
+               "--configs", *args.configs, *data]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"torchrun with {gpus} GPU(s) failed:\n{out.stderr[-3000:]}")
         for line in out.stdout.splitlines():
             if line.startswith("{"):
                 record = json.loads(line)
-                rates[(record["config"], record["gpus"])] = record["clips_per_s"]
+                rates[(record["config"], record["input"], record["gpus"])] = record["clips_per_s"]
     base, top = min(args.gpus), max(args.gpus)
-    print(f"\n| model:frames:batch per GPU | {base} GPU clips/s | {top} GPUs clips/s | scaling |")
-    print("| --- | --- | --- | --- |")
+    inputs = ["synthetic", "real"] if args.real_loader else ["synthetic"]
+    print(f"\n| model:frames:batch per GPU | input | {base} GPU clips/s | {top} GPUs clips/s | scaling |")
+    print("| --- | --- | --- | --- | --- |")
+    records = []
     for item in args.configs:
-        one, many = rates[(item, base)], rates[(item, top)]
-        print(f"| {item} | {one:.1f} | {many:.1f} | {many / one:.2f}x |")
+        for name in inputs:
+            one, many = rates[(item, name, base)], rates[(item, name, top)]
+            print(f"| {item} | {name} | {one:.1f} | {many:.1f} | {many / one:.2f}x |")
+            records.append({"config": item, "input": name, "base": base, "top": top, "one": one, "many": many})
     if args.json:
-        args.json.write_text(json.dumps([{"config": c, "base": base, "top": top, "one": rates[(c, base)], "many": rates[(c, top)]}
-                                         for c in args.configs], indent=1))
+        args.json.write_text(json.dumps(records, indent=1))
 
 
 if __name__ == "__main__":

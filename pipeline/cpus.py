@@ -4,10 +4,11 @@ from __future__ import annotations
 import os
 
 # CPUs left to everything but the loader workers when the count is automatic. Training: the step
-# thread, the pin-memory thread and the driver's threads; on a 16-CPU H200 host, compiled
-# MobileViT-XXS with the real loader ran at 94% of its synthetic rate with 10 workers and at
-# 75-88% with 14 (docs/benchmarks.md). The teacher stage runs its prep and hand-over threads and
-# two writer processes beside its workers.
+# thread, the batch pool's give-back thread and the driver's threads. On a 16-CPU H200 host
+# compiled MobileViT-XXS with the real loader ran at 98-100% of its synthetic rate with 10 or 14
+# workers through the batch pool; with per-batch segments and the pin-memory thread, 14 workers
+# starved the main process (75-88%, against 94% with 10; docs/benchmarks.md). The teacher stage
+# runs its prep and hand-over threads and two writer processes beside its workers.
 TRAIN_RESERVE = 6
 TEACHER_RESERVE = 2
 

@@ -208,3 +208,23 @@ def test_missing_shards_give_a_clear_error(synth_root, tmp_path):
     cfg = _cfg(synth_root, tmp_path)
     with pytest.raises(FileNotFoundError, match="run `make shards`"):
         teacher_run.run(cfg)
+
+
+@pytest.mark.parametrize("room", ["whole shards", "too small"])
+def test_pooled_teacher_loader_gives_the_segment_loader_frames(cached, room):
+    # the batch pool hands each shard's crops over in a slot; a shard larger than a slot goes the old way
+    from pipeline import teacher_data
+
+    cfg, _ = cached
+    jobs = teacher_run.all_shards(cfg)
+    shard_bytes = teacher_run.shard_bytes(cfg) if room == "whole shards" else 4096
+    cpu = torch.device("cpu")
+    pooled = teacher_data.make_loader(jobs, cfg.teacher.num_frames, 0.0, 2, device=cpu, shard_bytes=shard_bytes)
+    plain = teacher_data.make_loader(jobs, cfg.teacher.num_frames, 0.0, 2)
+    assert type(pooled).__name__ == "SlotLoader" and type(plain).__name__ == "DataLoader"
+    count = 0
+    for a, b in zip(pooled, plain, strict=True):
+        assert (a.split, a.shard, a.rows) == (b.split, b.shard, b.rows)
+        assert torch.equal(teacher_data.to_device(a, 32, cpu), teacher_data.to_device(b, 32, cpu))
+        count += 1
+    assert count == len(jobs)
