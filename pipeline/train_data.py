@@ -235,7 +235,7 @@ def _worker_init(_: int) -> None:
 
 
 # Batches each worker may have ready. With the batch pool every one of them is a page-locked slot
-# held for the whole run (4 x workers + 4 slots: 3.4 GiB a GPU at 8 frames, batch 64, 224 px), the
+# held for the whole run (4 x workers + 4 slots: 3.4 GB a GPU at 8 frames, batch 64, 224 px), the
 # same memory the per-batch segments and their pinned copies take while the loader runs.
 _PREFETCH = 4
 
