@@ -7,15 +7,11 @@ STAMP := $(VENV)/.installed
 CONFIG ?= pipeline.yaml
 ARGS ?=
 SMOKE_DIR ?= runs/smoke
-# The smoke run: the tiny synthetic set and small settings, so it runs on a laptop CPU in minutes.
-SMOKE_ARGS := paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR) shards.videos_per_shard=8 shards.cpus_per_task=2 \
-	teacher.model=clip-tiny teacher.pretrained=random teacher.num_workers=2 \
-	student.arch=tsm_tiny student.image_size=64 student.num_frames=8 train.epochs=2 train.batch_size=4 \
-	train.num_workers=2 train.log_every_steps=4 train.eval_frame_counts=[4,8] slurm.executor=local \
-	slurm.shards.cpus_per_task=2 slurm.teacher_cache.gpus_per_node=0 slurm.teacher_cache.cpus_per_task=2 \
-	slurm.train_student.gpus_per_node=0 slurm.train_student.tasks_per_node=1 slurm.train_student.cpus_per_task=2
+# The smoke run: configs/smoke.yaml (small settings, also the tests' base) over the config, on the
+# tiny synthetic set under SMOKE_DIR, so it runs on a laptop CPU in minutes.
+SMOKE_ARGS := --config $(CONFIG) --config configs/smoke.yaml paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR)
 
-.PHONY: help venv smoke test shards teacher-cache train-student all report status slurm-up slurm-down synthetic bench-shards clean-smoke
+.PHONY: help venv smoke test test-fast lint format shards teacher-cache train-student all report status slurm-up slurm-down synthetic bench-shards clean-smoke
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -29,12 +25,23 @@ $(STAMP): requirements.txt
 	touch $@
 
 smoke: $(STAMP) ## Run every stage on the embedded tiny synthetic data set (CPU, a few minutes)
-	$(PY) -m stages.synthetic --config $(CONFIG) $(SMOKE_ARGS)
-	$(PY) -m slurm.launch all --config $(CONFIG) $(SMOKE_ARGS) $(ARGS)
-	$(PY) -m stages.report --config $(CONFIG) $(SMOKE_ARGS) $(ARGS)
+	$(PY) -m stages.synthetic $(SMOKE_ARGS)
+	$(PY) -m slurm.launch all $(SMOKE_ARGS) $(ARGS)
+	$(PY) -m stages.report $(SMOKE_ARGS) $(ARGS)
 
-test: $(STAMP) ## Run the test suite
+test: $(STAMP) ## Run the whole test suite (what CI runs): unit, integration and real-SLURM tests
 	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP) ## Run the unit tier only (no stage runs, no SLURM): under a minute
+	$(PY) -m pytest -q -m unit tests
+
+lint: $(STAMP) ## ruff: lint and format check of the whole tree
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP) ## ruff: apply the formatter and the safe lint fixes
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 synthetic: $(STAMP) ## Write the synthetic SSv2-format set to paths.ssv2_root
 	$(PY) -m stages.synthetic --config $(CONFIG) $(ARGS)

@@ -26,12 +26,13 @@ def worker(configs: list[str], steps: int, warmup: int, data: Path | None) -> No
     import torch
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from pipeline import config, dist
-    from pipeline.device import autocast_dtype
-    from pipeline.frames import IMAGENET_MEAN, IMAGENET_STD, normalizer
-    from pipeline.models import build_student
-    from pipeline.train import _cosine, make_optimizer, prepare_model, train_step
-    from pipeline.train_data import ClipBatch
+    from pipeline import config
+    from pipeline.runtime import dist
+    from pipeline.runtime.device import autocast_dtype
+    from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD, normalizer
+    from pipeline.student.data import ClipBatch
+    from pipeline.student.models import build_student
+    from pipeline.student.train import _cosine, make_optimizer, prepare_model, train_step
 
     env = dist.from_environment()
     device = torch.device("cuda", env.local_rank)
@@ -78,8 +79,8 @@ def _timed(step, batches, warmup: int, clips_per_step: int) -> float:
 
 def _real_batches(cfg, env, device, count: int):
     """This rank's batches from the trainer's loader over the built shards and cache, on the device."""
-    from pipeline.evaluate import split_shards, to_device
-    from pipeline.train_data import CacheSource, ClipSpec, ShardClips, make_loader, train_workers
+    from pipeline.student.data import CacheSource, ClipSpec, ShardClips, make_loader, train_workers
+    from pipeline.student.evaluate import split_shards, to_device
 
     shards, _ = split_shards(cfg, "train")
     spec = ClipSpec(cfg.student.num_frames, cfg.student.image_size, cfg.train.batch_size, train=True)
@@ -90,8 +91,8 @@ def _real_batches(cfg, env, device, count: int):
 def _build_data(work: Path, videos: int, frames: int) -> Path:
     """JPEG shards and a teacher cache under `work`; returns the config file that points at them."""
     from bench.jpeg_shards import build
-    from pipeline import teacher_run
     from pipeline.config import dump
+    from pipeline.teacher import run as teacher_run
 
     cfg = build(work / "ssv2", work / "run", videos, frames, frames,
                 ["teacher.model=clip-tiny", "teacher.pretrained=random", "shards.videos_per_shard=64", "teacher.progress_every_s=1000"])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.cpus import TEACHER_RESERVE, TRAIN_RESERVE, loader_workers
+from pipeline.runtime.cpus import TEACHER_RESERVE, TRAIN_RESERVE, loader_workers
 
 # SSv2 sizes: the shards and the teacher cache cover train + validation (data.splits); an epoch is train.
 SSV2_TRAIN, SSV2_VALIDATION = 168_913, 24_777

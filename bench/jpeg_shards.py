@@ -12,9 +12,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline import config, shards, synthetic
-from pipeline.ffmpeg_io import DecodedVideo
-from pipeline.ssv2 import VideoEntry
+from pipeline import config
+from pipeline.shards import build as shards
+from pipeline.shards.ffmpeg import DecodedVideo
+from pipeline.ssv2 import synthetic
+from pipeline.ssv2.annotations import VideoEntry
 
 
 def rendering_decoder(videos: list[synthetic.SyntheticVideo], cfg: config.SyntheticConfig, quality: int = 90):

@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 
 from bench.jpeg_shards import build
-from pipeline import teacher_data, teacher_run
-from pipeline.device import pick_device
-from pipeline.evaluate import split_shards, to_device
-from pipeline.train_data import ClipSpec, ShardClips, make_loader
+from pipeline.runtime.device import pick_device
+from pipeline.student.data import ClipSpec, ShardClips, make_loader
+from pipeline.student.evaluate import split_shards, to_device
+from pipeline.teacher import data as teacher_data
+from pipeline.teacher import run as teacher_run
 
 
 def training_batches(cfg, device, workers: int, pool: bool) -> list:

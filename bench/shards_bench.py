@@ -18,8 +18,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pipeline import config, shards, synthetic
-from pipeline.ffmpeg_io import ffmpeg_exe
+from pipeline import config
+from pipeline.runtime.tools import ffmpeg_exe
+from pipeline.shards import build as shards
+from pipeline.ssv2 import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import config, shards, synthetic, teacher_run
+from pipeline import config
+from pipeline.shards import build as shards
+from pipeline.ssv2 import synthetic
+from pipeline.teacher import run as teacher_run
 from slurm import launch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from bench.jpeg_shards import build
-from pipeline import teacher_run
-from pipeline.clip_teacher import load_teacher
-from pipeline.device import autocast_dtype, pick_device
-from pipeline.ssv2 import LABELS_FILE, class_names, load_labels
+from pipeline.runtime.device import pick_device
+from pipeline.ssv2.annotations import LABELS_FILE, class_names, load_labels
+from pipeline.teacher import run as teacher_run
+from pipeline.teacher.clip import load_teacher
 
 
 def forward_only(cfg, iters: int) -> dict[str, float]:
@@ -56,7 +56,7 @@ def _sync(device: torch.device) -> None:
 
 def nchw_groups(videos, make=None):
     """The loader's grouping before it stacked crops channels last: [n, F, 3, s, s] contiguous in shared memory."""
-    from pipeline.shm import empty_for_handover
+    from pipeline.accel.shm import empty_for_handover
 
     make = make or empty_for_handover
     by_side: dict[int, list[int]] = {}
@@ -127,7 +127,7 @@ def main() -> None:
     device = pick_device(cfg.teacher.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     rows, stores, figures = [], {}, []
-    from pipeline import teacher_data
+    from pipeline.teacher import data as teacher_data
 
     stage_groups = teacher_data.group_squares
     for mode, pin, copy, pool in [(m, p, c, b) for m in args.decode for p in args.pin_memory for c in args.crop_layout

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline import config, teacher_data, teacher_run
-from pipeline.clip_teacher import load_teacher
-from pipeline.device import pick_device
-from pipeline.ssv2 import LABELS_FILE, class_names, load_labels
+from pipeline import config
+from pipeline.runtime.device import pick_device
+from pipeline.ssv2.annotations import LABELS_FILE, class_names, load_labels
+from pipeline.teacher import data as teacher_data
+from pipeline.teacher import run as teacher_run
+from pipeline.teacher.clip import load_teacher
 
 
 def cpu_facts() -> str:

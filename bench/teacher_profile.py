@@ -12,11 +12,13 @@ from pathlib import Path
 
 import torch
 
-from pipeline import config, teacher_data, teacher_run
-from pipeline.clip_teacher import load_teacher
-from pipeline.device import pick_device
-from pipeline.frames import decode
-from pipeline.ssv2 import LABELS_FILE, class_names, load_labels
+from pipeline import config
+from pipeline.runtime.device import pick_device
+from pipeline.ssv2.annotations import LABELS_FILE, class_names, load_labels
+from pipeline.ssv2.frames import decode
+from pipeline.teacher import data as teacher_data
+from pipeline.teacher import run as teacher_run
+from pipeline.teacher.clip import load_teacher
 
 
 def timed(fn, device, reps: int = 5) -> float:
@@ -65,7 +67,8 @@ def main() -> None:
         "forward (bf16 autocast, CUDA graph)": lambda: graphed(on_gpu),
     }
     import zarr
-    from pipeline.teacher_cache import create_store, expected_attrs
+
+    from pipeline.teacher.store import create_store, expected_attrs
 
     store = args.work / "profile_store.zarr"
     import shutil

@@ -26,16 +26,16 @@ from pathlib import Path
 import torch
 
 from bench.jpeg_shards import build
-from pipeline import teacher_run
-from pipeline.clip_teacher import load_teacher
-from pipeline.cpus import TRAIN_RESERVE, loader_workers
-from pipeline.device import autocast_dtype, pick_device
-from pipeline.evaluate import split_shards, to_device
-from pipeline.frames import IMAGENET_MEAN, IMAGENET_STD, channels_last_empty, normalizer
-from pipeline.models import build_student
-from pipeline.ssv2 import LABELS_FILE, class_names, load_labels
-from pipeline.train import _cosine, make_optimizer, prepare_model, train_step
-from pipeline.train_data import CacheSource, ClipBatch, ClipSpec, ShardClips, flip_pairs, make_loader
+from pipeline.runtime.cpus import TRAIN_RESERVE, loader_workers
+from pipeline.runtime.device import autocast_dtype, pick_device
+from pipeline.ssv2.annotations import LABELS_FILE, class_names, load_labels
+from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD, channels_last_empty, normalizer
+from pipeline.student.data import CacheSource, ClipBatch, ClipSpec, ShardClips, flip_pairs, make_loader
+from pipeline.student.evaluate import split_shards, to_device
+from pipeline.student.models import build_student
+from pipeline.student.train import _cosine, make_optimizer, prepare_model, train_step
+from pipeline.teacher import run as teacher_run
+from pipeline.teacher.clip import load_teacher
 
 
 def _setup(cfg, device):

@@ -6,8 +6,8 @@ import logging
 import signal
 import sys
 
-from .config import Config, ConfigError, load
-from .progress import setup_logging
+from pipeline.config import Config, ConfigError, load
+from pipeline.runtime.progress import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +33,31 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """`--config FILE` (repeatable: later files override earlier ones) and dotted overrides."""
+    parser.add_argument("--config", action="append", default=None,
+                        help="a pipeline config; give it again to layer another file on top (default: pipeline.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. shards.videos_per_shard=64")
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The config the parsed arguments name; exits with a one-line message when it does not fit."""
+    try:
+        return load(args.config or ["pipeline.yaml"], args.overrides)
+    except (ConfigError, OSError) as e:
+        sys.exit(f"config error: {e}")
+
+
 def parse(description: str, argv: list[str] | None = None, tasks: bool = False) -> tuple[Config, argparse.Namespace]:
     """Parse a stage's command line; exits with a one-line message on a bad config."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", default="pipeline.yaml", help="the pipeline config (default: pipeline.yaml)")
     if tasks:
         parser.add_argument("--task-id", type=int, default=0, help="this task's index in the array")
         parser.add_argument("--num-tasks", type=int, default=1, help="how many tasks share the work")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. shards.videos_per_shard=64")
-    args = parser.parse_args(argv)
+    add_config_args(parser)
+    args = parser.parse_intermixed_args(argv)
     setup_logging()
-    try:
-        cfg = load(args.config, args.overrides)
-    except (ConfigError, OSError) as e:
-        sys.exit(f"config error: {e}")
+    cfg = load_config(args)
     if tasks and not 0 <= args.task_id < args.num_tasks:
         sys.exit(f"--task-id must be in [0, {args.num_tasks}), got {args.task_id}")
     return cfg, args

@@ -76,14 +76,11 @@ class TeacherConfig:
         default_factory=lambda: ["a video of {}.", "a photo of a person {}.", "a video of a person {}."]
     )
     batch_videos: int = 64  # videos per forward (x num_frames frames); a shard is never split across two
-    num_workers: int = -1  # loader processes (read, JPEG decode, crop); -1: the task's CPUs less two (pipeline/cpus.py)
+    num_workers: int = -1  # loader processes (read, JPEG decode, crop); -1: the task's CPUs less two (runtime/cpus.py)
     writers: int = 2  # processes writing finished shards to Zarr
-    batch_pool: bool = True  # workers write shards' frames into one pool of shared memory, page-locked on CUDA (pipeline/slots.py)
-    pin_memory: bool = False  # batch_pool=false on CUDA: pin each shard's frames (measured slower: see docs/benchmarks.md)
     device: str = "auto"  # auto: cuda, else mps, else cpu
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast on CUDA
-    decode: Literal["auto", "cpu", "gpu"] = "auto"  # where JPEGs are decoded; auto: see gpu_decode_share
-    gpu_decode_share: float = 0.0  # decode=auto on CUDA: this share of the shards goes to nvjpeg, the rest to the CPU workers
+    gpu_decode_share: float = 0.0  # CUDA: this share of the shards is decoded by nvjpeg, the rest by the CPU workers (1: all)
     cuda_graphs: bool = True  # replay the image tower as one CUDA graph per batch (CUDA only)
     progress_every_s: float = 10.0
 
@@ -125,8 +122,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast on CUDA; fp16 with a grad scaler
     device: str = "auto"
-    num_workers: int = -1  # loader processes per rank; -1: the rank's CPUs less six (see pipeline/cpus.py)
-    batch_pool: bool = True  # workers write batches into one pool of shared memory, page-locked on CUDA (pipeline/slots.py)
+    num_workers: int = -1  # loader processes per rank; -1: the rank's CPUs less six (see runtime/cpus.py)
     shuffle_buffer: int = 256  # samples mixed across shards within a worker
     seed: int = 0
     flip: bool = False  # horizontal flip, always with left/right label swaps
@@ -134,8 +130,8 @@ class TrainConfig:
     log_every_steps: int = 50
     eval_frame_counts: list[int] = field(default_factory=lambda: [4, 8, 16])
     max_steps: int = 0  # stop after this many steps in total (0: train all epochs)
-    channels_last: bool = True  # CUDA: NHWC convolutions (2.7x for MobileViT-XXS, 1.3x for TSM-R50 on an H200)
-    compile: bool = False  # CUDA: torch.compile the student (another ~2x; not yet validated under multi-GPU DDP)
+    channels_last: bool = True  # CUDA: NHWC convolutions, faster for both students (docs/benchmarks.md)
+    compile: bool = False  # CUDA: torch.compile the student (faster again; not yet validated under multi-GPU DDP)
 
 
 @dataclass
@@ -183,6 +179,14 @@ class SyntheticConfig:
 
 
 @dataclass
+class ExperimentalConfig:
+    """Switches kept for benchmarks and debugging; the defaults are what the stages were measured with."""
+
+    batch_pool: bool = True  # loader workers write into one page-locked pool (accel/batch_pool.py); false: a segment per batch
+    pin_memory: bool = False  # batch_pool=false on CUDA: pin each teacher shard's frames in the loader's thread
+
+
+@dataclass
 class Config:
     """The whole pipeline's configuration."""
 
@@ -195,20 +199,36 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    experimental: ExperimentalConfig = field(default_factory=ExperimentalConfig)
 
 
-def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load `path` (YAML) onto the defaults, then apply `key.sub=value` overrides."""
+def load(path: str | Path | list[str | Path] | None = None, overrides: list[str] | None = None) -> Config:
+    """Load `path` (YAML; a list: each file over the ones before it) onto the defaults, then apply
+    `key.sub=value` overrides."""
     raw: dict[str, Any] = {}
-    if path is not None:
-        text = Path(path).read_text()
-        raw = yaml.safe_load(text) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else path
+    for one in paths:
+        _merge(raw, _read_yaml(Path(one)))
     for item in overrides or []:
         key, value = _parse_override(item)
         _set_dotted(raw, key, value)
     return _build(Config, raw, prefix="")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return raw
+
+
+def _merge(into: dict[str, Any], more: dict[str, Any]) -> None:
+    """Deep-merge `more` into `into`: sections merge, values replace."""
+    for key, value in more.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

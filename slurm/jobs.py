@@ -41,13 +41,13 @@ class TrainJob:
             self._record("resumed", str(latest), env, summary.resumed_from_step)
         if summary.stopped_early:
             self.saved_to = str(latest)
-            self._record("saved", self.saved_to, env, summary.state.step)
+            self._record("saved", self.saved_to, env, summary.progress.step)
             if env.global_rank == 0:
                 if callable(submitit_handler):
                     submitit_handler(signal.SIGUSR2, None)  # checkpoint() + requeue + exit
             else:
                 time.sleep(3600)  # the other ranks wait to be ended by the requeue
-        return {"step": summary.state.step, "epoch": summary.state.epoch, "best_top1": summary.state.best_top1}
+        return {"step": summary.progress.step, "epoch": summary.progress.epoch, "best_top1": summary.progress.best_top1}
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         """What submitit resubmits: this job, which resumes from the latest.pt it saved."""

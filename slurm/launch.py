@@ -15,10 +15,11 @@ from pathlib import Path
 
 import submitit
 
-from pipeline import shards as shards_lib
-from pipeline import teacher_run
-from pipeline.config import Config, ConfigError, load
-from pipeline.progress import setup_logging
+from pipeline import cli
+from pipeline.config import Config
+from pipeline.runtime.progress import setup_logging
+from pipeline.shards import build as shards_lib
+from pipeline.teacher import run as teacher_run
 from slurm.executor import executor_kind, make_executor, max_array_size, submission_folder
 from slurm.jobs import TrainJob
 from slurm.status import status_report
@@ -34,21 +35,26 @@ def groups(positions: list[int], max_tasks: int) -> list[list[int]]:
     return [positions[i::n] for i in range(n)]
 
 
-def submit_array(cfg: Config, stage: str, fn, task_args: list[tuple], dependency: str | None = None) -> tuple[list, Path]:
+def _run_after(executor, cfg: Config, resources, after: list | None) -> None:
+    """Make the executor's jobs wait for `after` to succeed (SLURM afterok; the local executor runs in order)."""
+    if after and executor_kind(cfg) == "slurm":
+        extra = dict(i.split("=", 1) for i in resources.extra)
+        executor.update_parameters(slurm_additional_parameters={**extra, "dependency": "afterok:" + ":".join(j.job_id for j in after)})
+
+
+def submit_array(cfg: Config, stage: str, fn, task_args: list[tuple], after: list | None = None) -> tuple[list, Path]:
     """Submit fn over task_args as one or more arrays (split at MaxArraySize); returns jobs and log folder."""
     resources = cfg.slurm.shards if stage == "shards" else cfg.slurm.teacher_cache
     folder = submission_folder(cfg, stage)
     executor = make_executor(cfg, stage, resources, folder)
-    if dependency and executor_kind(cfg) == "slurm":
-        executor.update_parameters(slurm_additional_parameters={**dict(i.split("=", 1) for i in resources.extra),
-                                                                "dependency": dependency})
+    _run_after(executor, cfg, resources, after)
     limit = max_array_size() if executor_kind(cfg) == "slurm" else len(task_args)
     jobs = []
     for start in range(0, len(task_args), limit):
         chunk = task_args[start : start + limit]
         jobs += executor.map_array(fn, *zip(*chunk))
     for job, args in zip(jobs, task_args):
-        job._pipeline_args = _describe(args)  # what the task owned, for failure reports
+        job.pipeline_args = _describe(args)  # what the task owned, for failure reports
     record = [{"job_id": j.job_id, "args": _describe(a)} for j, a in zip(jobs, task_args)]
     _record(folder, cfg, stage, record)
     return jobs, folder
@@ -98,22 +104,20 @@ def submit_teacher(cfg: Config, after: list | None = None) -> tuple[list, Path |
         # The shards are not written yet: each task takes a stride and skips shards already done.
         n = cfg.slurm.teacher_cache.array_tasks
         task_args = [(cfg, None, t, n) for t in range(n)]
-        dependency = "afterok:" + ":".join(j.job_id for j in after)
     else:
         todo = teacher_run.missing(cfg)
         if not todo:
             log.info("teacher-cache: every shard is cached, nothing to submit")
             return [], None
         task_args = [(cfg, g, 0, 1) for g in groups(todo, cfg.slurm.teacher_cache.array_tasks)]
-        dependency = None
-    jobs, folder = submit_array(cfg, "teacher_cache", teacher_stage.run_task, task_args, dependency)
+    jobs, folder = submit_array(cfg, "teacher_cache", teacher_stage.run_task, task_args, after)
     log.info("teacher-cache: submitted %d tasks (logs in %s)", len(jobs), folder)
     return jobs, folder
 
 
 def training_complete(cfg: Config) -> bool:
     """latest.pt is past the last epoch and the frame-count evaluation is written."""
-    from pipeline import checkpoint
+    from pipeline.student import checkpoint
 
     saved = checkpoint.load(cfg.paths.student_dir / "latest.pt")
     done = saved is not None and saved["state"]["epoch"] >= cfg.train.epochs
@@ -128,9 +132,7 @@ def submit_train(cfg: Config, after: list | None = None) -> tuple[list, Path | N
     folder = submission_folder(cfg, "train_student")
     resources = cfg.slurm.train_student
     executor = make_executor(cfg, "train_student", resources, folder)
-    if after and executor_kind(cfg) == "slurm":
-        executor.update_parameters(slurm_additional_parameters={**dict(i.split("=", 1) for i in resources.extra),
-                                                                "dependency": "afterok:" + ":".join(j.job_id for j in after)})
+    _run_after(executor, cfg, resources, after)
     job = executor.submit(TrainJob(cfg))
     _record(folder, cfg, "train_student", [{"job_id": job.job_id}])
     log.info("train-student: submitted job %s (%d node(s) x %d task(s); logs in %s)", job.job_id, resources.nodes,
@@ -147,7 +149,7 @@ def wait(jobs: list, stage: str) -> bool:
         except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
             ok = False
             log.error("%s task %s FAILED (log: %s)%s: %s", stage, job.job_id, job.paths.stderr,
-                      _owned(getattr(job, "_pipeline_args", None)), _error_line(e))
+                      _owned(getattr(job, "pipeline_args", None)), _error_line(e))
     totals: dict = {}
     for result in results:
         for key, value in (result or {}).items():
@@ -162,15 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and submit (and by default wait for) the asked stage."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=["shards", "teacher-cache", "train-student", "all", "status"])
-    parser.add_argument("--config", default="pipeline.yaml")
     parser.add_argument("--no-wait", action="store_true", help="submit and return")
-    parser.add_argument("overrides", nargs="*")
+    cli.add_config_args(parser)
     args = parser.parse_intermixed_args(argv)
     setup_logging()
-    try:
-        cfg = load(args.config, args.overrides)
-    except (ConfigError, OSError) as e:
-        sys.exit(f"config error: {e}")
+    cfg = cli.load_config(args)
     if args.stage == "status":
         print(status_report(cfg))
         return 0

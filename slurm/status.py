@@ -5,9 +5,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from pipeline import checkpoint
 from pipeline.config import Config
-from pipeline.shard_plan import plan_all
+from pipeline.shards.plan import plan_all
+from pipeline.student import checkpoint
 
 
 def _job_states(job_ids: list[str]) -> dict[str, str]:
@@ -56,7 +56,7 @@ def _submissions(cfg: Config, stage: str) -> list[str]:
 
 
 def _shards_progress(cfg: Config) -> str:
-    from pipeline.shards import missing
+    from pipeline.shards.build import missing
 
     try:
         total = len(plan_all(cfg))

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from pipeline import cli, report
+from pipeline import cli
+from pipeline.report import write as report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import sys
 
-from pipeline import cli, shards
+from pipeline import cli
 from pipeline.config import Config
+from pipeline.shards import build as shards
 
 
 def run_task(cfg: Config, shard_positions: list[int]) -> dict:

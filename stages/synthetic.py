@@ -5,7 +5,8 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline import cli, synthetic
+from pipeline import cli
+from pipeline.ssv2 import synthetic
 
 log = logging.getLogger("stages.synthetic")
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import sys
 
-from pipeline import cli, teacher_run
-from pipeline.clip_teacher import TeacherWeightsError
+from pipeline import cli
 from pipeline.config import Config
-from pipeline.teacher_cache import CacheMismatchError
+from pipeline.teacher import run as teacher_run
+from pipeline.teacher.clip import TeacherWeightsError
+from pipeline.teacher.store import CacheMismatchError
 
 
 def run_task(cfg: Config, shard_positions: list[int] | None, task_id: int = 0, num_tasks: int = 1) -> dict:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from pipeline import cli, train
+from pipeline import cli
 from pipeline.config import Config
-from pipeline.models.base import WeightsError
-from pipeline.teacher_cache import CacheMismatchError
+from pipeline.student import train
+from pipeline.student.models.base import WeightsError
+from pipeline.teacher.store import CacheMismatchError
 
 
 def run_task(cfg: Config, should_stop: Callable[[], bool] | None = None) -> train.TrainSummary:

@@ -3,8 +3,9 @@ import hashlib
 import json
 import sys
 
-from pipeline import config, train
-from pipeline.dist import from_environment
+from pipeline import config
+from pipeline.runtime.dist import from_environment
+from pipeline.student import train
 
 if __name__ == "__main__":
     out, overrides = sys.argv[1], sys.argv[2:]
@@ -14,4 +15,4 @@ if __name__ == "__main__":
     for name, tensor in sorted(summary.model.state_dict().items()):
         digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
     with open(f"{out}/rank{env.rank}.json", "w") as f:
-        json.dump({"digest": digest.hexdigest(), "steps": summary.state.step, "epoch": summary.state.epoch}, f)
+        json.dump({"digest": digest.hexdigest(), "steps": summary.progress.step, "epoch": summary.progress.epoch}, f)

@@ -4,7 +4,7 @@ import pytest
 
 from pipeline import config
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, SMOKE_YAML
 
 
 def test_pipeline_yaml_loads_and_matches_defaults():
@@ -30,7 +30,7 @@ def test_overrides_are_typed_and_take_precedence():
         ("data.splits=train", "config key data.splits: expected a list"),
         ("shards=3", "config key shards: expected a section"),
         ("shards.videos_per_shard", "not of the form"),
-        ("teacher.decode=nvjpeg", "config key teacher.decode: expected one of auto, cpu, gpu, got 'nvjpeg'"),
+        ("teacher.precision=fp8", "config key teacher.precision: expected one of bf16, fp16, fp32, got .fp8."),
         ("loss.mode=distil", "config key loss.mode: expected one of distill, vanilla"),
     ],
 )
@@ -54,7 +54,7 @@ def test_dump_round_trips(tmp_path):
 
 
 def test_automatic_loader_workers_follow_the_ranks_cpus(monkeypatch):
-    from pipeline import cpus
+    from pipeline.runtime import cpus
 
     monkeypatch.setattr(cpus.os, "cpu_count", lambda: 64)
     monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda _: set(range(16)))  # SLURM bound this task to 16
@@ -65,3 +65,10 @@ def test_automatic_loader_workers_follow_the_ranks_cpus(monkeypatch):
     assert cpus.loader_workers(-1, cpus.TEACHER_RESERVE) == 62
     monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda _: {0, 1})
     assert cpus.loader_workers(-1, cpus.TRAIN_RESERVE) == 1  # never none
+
+
+def test_later_config_files_override_earlier_ones_section_by_section():
+    cfg = config.load([REPO / "pipeline.yaml", SMOKE_YAML], ["train.epochs=3"])
+    assert cfg.teacher.model == "clip-tiny" and cfg.student.arch == "tsm_tiny"  # from the smoke file
+    assert cfg.teacher.prompts == config.load(REPO / "pipeline.yaml").teacher.prompts  # untouched keys survive
+    assert cfg.train.epochs == 3  # overrides come last

@@ -1,10 +1,9 @@
 """The launcher with submitit's local executor (no cluster needed)."""
 import json
 
-from pipeline import shards
+from pipeline.shards import build as shards
 from slurm import launch
-
-from conftest import make_config
+from tests.helpers import make_config
 
 LOCAL = ["slurm.executor=local", "slurm.teacher_cache.gpus_per_node=0", "slurm.teacher_cache.array_tasks=2",
          "slurm.train_student.gpus_per_node=0", "slurm.train_student.tasks_per_node=1"]

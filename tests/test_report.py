@@ -3,14 +3,15 @@ import re
 
 import numpy as np
 import pytest
-import torch
 import zarr
 from PIL import Image
 
-from pipeline import report, shards, teacher_run, train
-from pipeline.shard_format import read_shard
-
-from conftest import make_config
+from pipeline.report import write as report
+from pipeline.shards import build as shards
+from pipeline.ssv2.records import read_shard
+from pipeline.student import train
+from pipeline.teacher import run as teacher_run
+from tests.helpers import make_config
 
 SMALL = ("teacher.model=clip-tiny", "teacher.pretrained=random", "teacher.num_workers=0",
          "student.arch=tsm_tiny", "student.image_size=48", "student.num_frames=4", "train.epochs=2",

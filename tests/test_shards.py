@@ -8,12 +8,11 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from pipeline import shards
-from pipeline.ffmpeg_io import encode_vp9
-from pipeline.shard_format import read_shard, select_frames
-from pipeline.shard_plan import index_path, manifest_path, plan_all
-
-from conftest import make_config, read_annotations
+from pipeline.shards import build as shards
+from pipeline.shards.plan import index_path, manifest_path, plan_all
+from pipeline.ssv2.records import read_shard, select_frames
+from pipeline.ssv2.synthetic import encode_vp9
+from tests.helpers import make_config, read_annotations
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +195,7 @@ def test_task_split_covers_every_shard_once(synth_root, tmp_path):
 def test_ffmpeg_killed_by_a_signal_aborts_the_shard_instead_of_rejecting(synth_root, tmp_path, monkeypatch):
     import subprocess as sp
 
-    from pipeline import ffmpeg_io
+    from pipeline.shards import ffmpeg as ffmpeg_io
 
     real_run = sp.run
     calls = {"n": 0}

@@ -1,7 +1,6 @@
 """Against a real single-node SLURM cluster that these tests start (root on Debian only)."""
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -10,10 +9,12 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline import config, shards, synthetic, teacher_run
+from pipeline import config
+from pipeline.shards import build as shards
+from pipeline.ssv2 import synthetic
+from pipeline.teacher import run as teacher_run
 from slurm import launch
-
-from conftest import REPO
+from tests.helpers import REPO
 
 ROOT_ON_DEBIAN = os.geteuid() == 0 and Path("/etc/debian_version").exists()
 pytestmark = [
@@ -106,7 +107,7 @@ def test_killed_array_task_then_rerun_equals_an_uninterrupted_run(cluster, bigge
     jobs, _ = launch.submit_shards(cfg)
     assert len(jobs) == 2
     victim = jobs[0]
-    first_shard = shards.plan_all(cfg)[victim._pipeline_args[0][0]].name
+    first_shard = shards.plan_all(cfg)[victim.pipeline_args[0][0]].name
     deadline = time.time() + 120
     while not list(cfg.paths.shards_dir.glob(f".{first_shard}.tmp-*")):  # caught mid-shard
         assert time.time() < deadline, "the task never started writing"

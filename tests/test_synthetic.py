@@ -3,11 +3,11 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline import config, synthetic
-from pipeline.ffmpeg_io import decode_video
-from pipeline.ssv2 import load_labels, load_split
-
-from conftest import read_annotations
+from pipeline import config
+from pipeline.shards.ffmpeg import decode_video
+from pipeline.ssv2 import synthetic
+from pipeline.ssv2.annotations import load_labels, load_split
+from tests.helpers import read_annotations
 
 
 def _object_track(root, vid):

@@ -5,15 +5,17 @@ import pytest
 import torch
 import zarr
 
-from pipeline import shards, teacher_run
-from pipeline.clip_teacher import TeacherWeightsError, load_teacher
-from pipeline.frames import decode, normalize, resize_by_products, resize_crop
-from pipeline.sampling import segment_centres
-from pipeline.shard_format import read_shard, select_frames
-from pipeline.ssv2 import LABELS_FILE, class_names, load_labels
-from pipeline.teacher_cache import CacheMismatchError, CacheReader, open_checked
-
-from conftest import make_config, read_annotations
+from pipeline.accel.gpu_resize import resize_by_products
+from pipeline.accel.pool_loader import PoolKeeper
+from pipeline.shards import build as shards
+from pipeline.ssv2.annotations import LABELS_FILE, class_names, load_labels
+from pipeline.ssv2.frames import decode, normalize, resize_crop
+from pipeline.ssv2.records import read_shard, select_frames
+from pipeline.ssv2.sampling import segment_centres
+from pipeline.teacher import run as teacher_run
+from pipeline.teacher.clip import TeacherWeightsError, load_teacher
+from pipeline.teacher.store import CacheMismatchError, CacheReader, open_checked
+from tests.helpers import make_config, read_annotations
 
 TINY = ("teacher.model=clip-tiny", "teacher.pretrained=random", "teacher.num_workers=2", "teacher.batch_videos=3")
 
@@ -68,26 +70,27 @@ def test_cache_reader_keeps_recent_shards_and_serves_the_same_rows(cached):
     for r in order:
         feature, _ = reader.get(r, str(ids[r]))
         np.testing.assert_array_equal(feature, features[r])
-    assert list(reader._rows) == [1, 0]  # the two most recent shards; 2 was evicted by the later 1 and 0
+    assert reader.kept_shards == [1, 0]  # the two most recent shards; 2 was evicted by the later 1 and 0
 
 
 def test_shards_left_for_gpu_decoding_give_the_same_frames(cached):
-    # decode=auto hands a share of the shards to nvjpeg as raw JPEGs; on the CPU the same path
+    # gpu_decode_share hands a share of the shards to nvjpeg as raw JPEGs; on the CPU the same path
     # decodes them here, so both kinds of item must turn into the same model input
-    from pipeline import teacher_data
+    from pipeline.teacher import data as teacher_data
 
     cfg, _ = cached
     jobs = teacher_run.all_shards(cfg)
     left_raw = [teacher_data.gpu_decoded(i, 0.25) for i in range(len(jobs) * 4)]
     assert sum(left_raw) == len(jobs)  # one in four, whatever the count
-    cpu = teacher_data.ShardFrames(jobs, cfg.teacher.num_frames, 0.0)
-    mixed = teacher_data.ShardFrames(jobs, cfg.teacher.num_frames, 0.5)
+    cpu = teacher_data.ShardFrames(jobs, cfg.teacher.num_frames, gpu_share=0.0)
+    mixed = teacher_data.ShardFrames(jobs, cfg.teacher.num_frames, gpu_share=0.5)
+    prep = teacher_data.FramePrep(32, torch.device("cpu"))
     kinds = set()
     for a, b in zip(cpu, mixed, strict=True):
-        kinds.add(isinstance(b.frames[0], tuple))
+        kinds.add(type(b).__name__)
         assert a.rows == b.rows
-        assert torch.equal(teacher_data.to_device(a, 32, torch.device("cpu")), teacher_data.to_device(b, 32, torch.device("cpu")))
-    assert kinds == {True, False}  # both kinds of item were compared
+        assert torch.equal(prep(a)[1], prep(b)[1])
+    assert kinds == {"ShardCrops", "ShardJpegs"}  # both kinds of item were compared
 
 
 @pytest.mark.parametrize("side", [240, 256])
@@ -213,18 +216,20 @@ def test_missing_shards_give_a_clear_error(synth_root, tmp_path):
 @pytest.mark.parametrize("room", ["whole shards", "too small"])
 def test_pooled_teacher_loader_gives_the_segment_loader_frames(cached, room):
     # the batch pool hands each shard's crops over in a slot; a shard larger than a slot goes the old way
-    from pipeline import teacher_data
+    from pipeline.teacher import data as teacher_data
 
     cfg, _ = cached
     jobs = teacher_run.all_shards(cfg)
     shard_bytes = teacher_run.shard_bytes(cfg) if room == "whole shards" else 4096
     cpu = torch.device("cpu")
-    pooled = teacher_data.make_loader(jobs, cfg.teacher.num_frames, 0.0, 2, device=cpu, shard_bytes=shard_bytes)
-    plain = teacher_data.make_loader(jobs, cfg.teacher.num_frames, 0.0, 2)
-    assert type(pooled).__name__ == "SlotLoader" and type(plain).__name__ == "DataLoader"
+    prep = teacher_data.FramePrep(32, cpu)
+    pooled = teacher_data.make_loader(jobs, cfg.teacher.num_frames, num_workers=2, prep=prep, keeper=PoolKeeper(),
+                                      shard_bytes=shard_bytes)
+    plain = teacher_data.make_loader(jobs, cfg.teacher.num_frames, num_workers=2)
+    assert type(pooled).__name__ == "PooledLoader" and type(plain).__name__ == "DataLoader"
     count = 0
     for a, b in zip(pooled, plain, strict=True):
-        assert (a.split, a.shard, a.rows) == (b.split, b.shard, b.rows)
-        assert torch.equal(teacher_data.to_device(a, 32, cpu), teacher_data.to_device(b, 32, cpu))
+        assert (a.job, a.rows) == (b.job, b.rows)
+        assert torch.equal(prep(a)[1], prep(b)[1])
         count += 1
     assert count == len(jobs)

@@ -2,21 +2,21 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import checkpoint, shards, teacher_run, train
 from pipeline.config import LossConfig
-from pipeline.distill_loss import distill_loss
-from pipeline.models.tsm import temporal_shift
-from pipeline.ssv2 import LABELS_FILE, class_names, load_labels
-from pipeline.teacher_cache import CacheMismatchError
-from pipeline.train_data import check_shards_feed, flip_pairs
-
-from conftest import REPO, make_config
+from pipeline.shards import build as shards
+from pipeline.ssv2.annotations import LABELS_FILE, class_names, load_labels
+from pipeline.student import checkpoint, train
+from pipeline.student.data import check_shards_feed, flip_pairs
+from pipeline.student.loss import distill_loss
+from pipeline.student.models.tsm import temporal_shift
+from pipeline.teacher import run as teacher_run
+from pipeline.teacher.store import CacheMismatchError
+from tests.helpers import REPO, make_config
 
 SMALL = ("teacher.model=clip-tiny", "teacher.pretrained=random", "teacher.num_workers=0",
          "student.arch=tsm_tiny", "student.image_size=48", "student.num_frames=4",
@@ -118,15 +118,15 @@ def test_stopped_and_resumed_run_ends_with_the_same_weights(synth_root, prepared
     full = train.run(_cfg(synth_root, prepared, tmp_path / "full"))
     cfg = _cfg(synth_root, prepared, tmp_path / "split")
     first = train.run(cfg, stop_after_steps=5)  # 8 steps per epoch: stopped mid-epoch 0
-    assert first.stopped_early and first.state.step == 5
+    assert first.stopped_early and first.progress.step == 5
     saved = checkpoint.load(cfg.paths.student_dir / "latest.pt")
     assert saved["state"]["step"] == 5 and saved["state"]["step_in_epoch"] == 5
     assert set(saved) >= {"model", "optimizer", "scheduler", "scaler", "rng", "config", "state"}
     second = train.run(cfg)
-    assert second.resumed_from_step == 5 and second.state.step == full.state.step == 16
+    assert second.resumed_from_step == 5 and second.progress.step == full.progress.step == 16
     for (name, a), b in zip(full.model.state_dict().items(), second.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
-    assert second.state.best_top1 == pytest.approx(full.state.best_top1)
+    assert second.progress.best_top1 == pytest.approx(full.progress.best_top1)
     table = (cfg.paths.student_dir / "eval_frames.md").read_text()
     assert "| 4 (trained) |" in table and "| 2 |" in table
     records = [json.loads(x) for x in (cfg.paths.student_dir / "metrics.jsonl").read_text().splitlines()]
@@ -155,7 +155,8 @@ def test_two_process_gloo_ddp_with_unequal_shards_agrees_on_weights(synth_root, 
 
 
 def test_tsm_learns_the_temporal_classes_on_cpu(tmp_path):
-    from pipeline import config, synthetic
+    from pipeline import config
+    from pipeline.ssv2 import synthetic
 
     root = tmp_path / "ssv2"
     synthetic.generate(root, config.SyntheticConfig(num_videos=160))
@@ -166,7 +167,7 @@ def test_tsm_learns_the_temporal_classes_on_cpu(tmp_path):
     shards.run(cfg)
     summary = train.run(cfg)
     # 4 classes in 2 time-reversed pairs: chance is 0.25 and a model blind to frame order gets at most 0.5.
-    assert summary.state.best_top1 >= 0.7, summary.state.history
+    assert summary.progress.best_top1 >= 0.7, summary.progress.history
 
 
 def test_a_cache_from_another_teacher_config_is_refused(synth_root, prepared, tmp_path):
@@ -181,7 +182,7 @@ def test_vanilla_mode_needs_no_cache_and_mobilevit_trains(synth_root, tmp_path):
     shards.run(cfg)
     summary = train.run(cfg)
     assert not cfg.paths.teacher_cache.exists()
-    assert summary.state.epoch == 1 and set(summary.frame_counts) == {2, 4}
+    assert summary.progress.epoch == 1 and set(summary.frame_counts) == {2, 4}
 
 
 def test_too_few_shards_for_ranks_and_workers_is_a_clear_error():
@@ -206,7 +207,7 @@ def test_clips_are_cropped_like_plain_tensors_and_batched_channels_last():
     import numpy as np
     import torchvision.transforms.v2.functional as TF
 
-    from pipeline.train_data import collate, crop_box, multiscale_crop
+    from pipeline.student.data import collate, crop_box, multiscale_crop
 
     gen = torch.Generator().manual_seed(0)
     hwc = [torch.randint(0, 256, (60, 100, 3), dtype=torch.uint8, generator=gen) for _ in range(4)]
@@ -227,10 +228,10 @@ def test_training_on_shards_without_videos_is_a_clear_error_not_a_hang(tmp_path)
     # every video of a shard can be rejected as broken; cycling over nothing used to spin for ever
     import tarfile
 
-    from pipeline.train_data import ClipSpec, ShardClips
+    from pipeline.student.data import ClipSource, ClipSpec, ShardClips
 
     empty = tmp_path / "train-000000.tar"
     tarfile.open(empty, "w").close()
-    clips = ShardClips([str(empty)], ClipSpec(4, 32, 2, train=True), 0, 1, 3, None, {})
+    clips = ShardClips(ClipSource([str(empty)], ClipSpec(4, 32, 2, train=True), 0, 1, 3, None, {}))
     with pytest.raises(ValueError, match="hold no videos: .*train-000000.tar"):
         next(iter(clips))

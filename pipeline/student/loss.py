@@ -1,0 +1,51 @@
+"""The distillation loss, with each component kept for logging."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import LossConfig
+
+
+class LossParts(NamedTuple):
+    """The total and its weighted parts: feature (MSE), response (KL) and task (CE)."""
+
+    total: torch.Tensor
+    feature: torch.Tensor
+    response: torch.Tensor
+    task: torch.Tensor
+
+
+def distill_loss(
+    cfg: LossConfig,
+    logits: torch.Tensor,
+    feature: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None = None,
+    teacher_feature: torch.Tensor | None = None,
+) -> LossParts:
+    """alpha * MSE(normalised features) + beta * KL(teacher_T || student_T) * T^2 + gamma * CE.
+
+    Vanilla mode is CE alone (weight 1): the parts that need a teacher are zero.
+    """
+    logits = logits.float()
+    ce = F.cross_entropy(logits, labels)
+    zero = ce.new_zeros(())
+    if cfg.mode == "vanilla":
+        return LossParts(ce, zero, zero, ce)
+    if cfg.mode != "distill":
+        raise ValueError(f"loss.mode must be distill or vanilla, got {cfg.mode!r}")
+    s = F.normalize(feature.float(), dim=-1)
+    t = F.normalize(teacher_feature.float(), dim=-1)
+    mse = F.mse_loss(s, t)
+    temp = cfg.temperature
+    kl = F.kl_div(
+        F.log_softmax(logits / temp, dim=-1),
+        F.log_softmax(teacher_logits.float() / temp, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    ) * temp**2
+    parts = (cfg.alpha * mse, cfg.beta * kl, cfg.gamma * ce)
+    return LossParts(sum(parts), *parts)

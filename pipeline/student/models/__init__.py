@@ -1,0 +1,22 @@
+"""Students by name: each builder takes the StudentConfig and returns a VideoStudent."""
+from __future__ import annotations
+
+from typing import Callable
+
+from pipeline.config import StudentConfig
+from pipeline.student.models.base import VideoStudent
+from pipeline.student.models.mobilevit import build_mobilevit_xxs
+from pipeline.student.models.tsm import build_tsm
+
+BUILDERS: dict[str, Callable[[StudentConfig, int], VideoStudent]] = {
+    "tsm_r50": lambda cfg, n: build_tsm(cfg, n, depth=50),
+    "tsm_tiny": lambda cfg, n: build_tsm(cfg, n, depth=10),  # tests and smoke runs
+    "mobilevit_xxs": build_mobilevit_xxs,
+}
+
+
+def build_student(cfg: StudentConfig, num_classes: int) -> VideoStudent:
+    """The student named by `cfg.arch`."""
+    if cfg.arch not in BUILDERS:
+        raise ValueError(f"student.arch={cfg.arch!r} is not one of {', '.join(BUILDERS)}")
+    return BUILDERS[cfg.arch](cfg, num_classes)

@@ -1,0 +1,85 @@
+"""TSM: a ResNet whose blocks shift 1/8 of the channels one frame back and 1/8 one frame forward.
+
+The shift sits at the start of each block's residual branch (before its first conv), so the
+identity path keeps the frame's own features. Ends are zero-padded; the shift makes a new tensor
+(no in-place update). Frame logits are averaged over time (average consensus).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+
+from pipeline.config import StudentConfig
+from pipeline.student.models.base import StudentOutput, VideoStudent, load_backbone_weights
+
+
+def temporal_shift(x: torch.Tensor, num_frames: int, fold_div: int = 8) -> torch.Tensor:
+    """[N*T, C, H, W] -> same shape, channels [0, C/8) taken from t+1, [C/8, C/4) from t-1."""
+    nt, c, h, w = x.shape
+    x = x.view(nt // num_frames, num_frames, c, h, w)
+    fold = c // fold_div
+    out = torch.zeros_like(x)
+    out[:, :-1, :fold] = x[:, 1:, :fold]  # each frame sees the next frame's first fold
+    out[:, 1:, fold : 2 * fold] = x[:, :-1, fold : 2 * fold]  # and the previous frame's second
+    out[:, :, 2 * fold :] = x[:, :, 2 * fold :]
+    return out.view(nt, c, h, w)
+
+
+class TemporalShift(nn.Module):
+    """Shift, then the wrapped conv; `num_frames` is set by the model for each forward."""
+
+    def __init__(self, conv: nn.Module, fold_div: int = 8):
+        super().__init__()
+        self.conv, self.fold_div, self.num_frames = conv, fold_div, 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(temporal_shift(x, self.num_frames, self.fold_div))
+
+
+class TSM(VideoStudent):
+    """ResNet with temporal shift, average consensus, a classifier and a feature projection."""
+
+    def __init__(self, backbone: resnet.ResNet, num_classes: int, feature_dim: int, dropout: float):
+        super().__init__()
+        width = backbone.fc.in_features
+        backbone.fc = nn.Identity()
+        self.backbone = backbone
+        self.shifts = [m for m in backbone.modules() if isinstance(m, TemporalShift)]
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(width, num_classes)
+        self.proj = nn.Linear(width, feature_dim)
+
+    def forward(self, clips: torch.Tensor) -> StudentOutput:
+        """clips [B, T, 3, H, W] -> logits [B, C], feature [B, D]."""
+        b, t = clips.shape[:2]
+        for shift in self.shifts:
+            shift.num_frames = t
+        frames = self.backbone(self.frames(clips))  # [B*T, width]
+        pooled = frames.view(b, t, -1).mean(1)  # average consensus (equal to averaging frame logits)
+        return StudentOutput(self.fc(self.dropout(pooled)), self.proj(pooled))
+
+
+def add_shifts(net: resnet.ResNet, fold_div: int = 8) -> resnet.ResNet:
+    """Wrap the first conv of every residual block's branch with a temporal shift."""
+    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        for block in layer:
+            block.conv1 = TemporalShift(block.conv1, fold_div)
+    return net
+
+
+def _imagenet_state(tag: str) -> dict:
+    if tag != "imagenet":
+        raise ValueError(f"unknown tag {tag!r} (only 'imagenet')")
+    return resnet.ResNet50_Weights.IMAGENET1K_V2.get_state_dict(progress=False)
+
+
+def build_tsm(cfg: StudentConfig, num_classes: int, depth: int) -> TSM:
+    """TSM on ResNet-50 (depth 50) or a one-block-per-stage ResNet-10 (depth 10, for tests)."""
+    if depth == 50:
+        net = resnet.ResNet(resnet.Bottleneck, [3, 4, 6, 3])
+    else:
+        net = resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1])
+    # Weights are loaded before the shifts wrap conv1, so torchvision/timm keys match.
+    load_backbone_weights(net, cfg.pretrained, _imagenet_state)
+    return TSM(add_shifts(net), num_classes, cfg.feature_dim, cfg.dropout)

@@ -1,0 +1,378 @@
+"""Stage 3 work: train a student with DDP from the shards and the cached teacher outputs.
+
+Reads top to bottom like the recipe: set up the process group and the data, build the student and
+its optimiser, resume from `latest.pt` if there is one, then train epoch by epoch with validation,
+checkpoints and metrics, and finish with an evaluation at several frame counts.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from pipeline.accel.pool_loader import PoolKeeper
+from pipeline.config import Config, dump, to_dict
+from pipeline.runtime import dist
+from pipeline.runtime.atomic import write_text
+from pipeline.runtime.device import autocast_dtype, pick_device
+from pipeline.runtime.dist import DistEnv
+from pipeline.runtime.progress import format_duration
+from pipeline.ssv2.annotations import class_names, labels_path, load_labels
+from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD, normalizer
+from pipeline.student import checkpoint
+from pipeline.student.data import (
+    CacheSource,
+    ClipSource,
+    ClipSpec,
+    check_shards_feed,
+    flip_pairs,
+    make_loader,
+    split_shards,
+    to_device,
+    train_workers,
+)
+from pipeline.student.evaluate import EvalResult, evaluate, write_frame_count_eval, write_predictions
+from pipeline.student.loss import distill_loss
+from pipeline.student.metrics import AverageMeter, MetricsLog, topk_accuracy
+from pipeline.student.models import build_student
+from pipeline.teacher.store import open_checked
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainProgress:
+    """Where training is: what `latest.pt` records besides the weights and optimiser."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    step: int = 0
+    best_top1: float = -1.0
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class TrainState:
+    """Everything a training step changes, passed around as one."""
+
+    model: torch.nn.Module  # the plain module: what is saved and evaluated
+    wrapped: torch.nn.Module  # what the step calls: the model, compiled and/or in DDP
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    progress: TrainProgress = field(default_factory=TrainProgress)
+
+
+@dataclass
+class TrainSummary:
+    """What a call of `run` did."""
+
+    progress: TrainProgress
+    resumed_from_step: int
+    stopped_early: bool
+    val: EvalResult | None
+    frame_counts: dict[int, EvalResult]
+    seconds: float
+    clips_per_s: float
+    model: torch.nn.Module = field(repr=False, default=None)  # this rank's trained (unwrapped) model
+
+
+def run(cfg: Config, env: DistEnv | None = None, stop_after_steps: int | None = None,
+        should_stop: Callable[[], bool] | None = None) -> TrainSummary:
+    """Train (or resume) the configured student; `stop_after_steps`/`should_stop` end the call early
+    after a checkpoint, as a preemption would."""
+    start = time.monotonic()
+    env = env or dist.from_environment()
+    device = _device(cfg, env)
+    dist.init(env, device)
+    out = cfg.paths.student_dir
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", dump(cfg))
+        checkpoint.clean_tmp(out)
+    names = class_names(load_labels(labels_path(cfg)))
+    if cfg.loss.mode == "distill":
+        open_checked(cfg)  # refuses a cache built from other shards or another teacher
+    train_shards, train_videos = split_shards(cfg, "train")
+    check_shards_feed(len(train_shards), env.world_size, train_workers(cfg, env) or 1, "train")
+    per_rank = train_videos // (env.world_size * cfg.train.batch_size)
+    if per_rank == 0:
+        raise ValueError(f"{train_videos} training videos are fewer than one batch per rank")
+    total_steps = cfg.train.epochs * per_rank
+
+    state = build_state(cfg, device, num_classes=len(names), total_steps=total_steps)
+    _resume(out / "latest.pt", state, env)
+    resumed_from = state.progress.step
+    if env.world_size > 1:
+        # CE alone leaves the feature projection out of the loss; DDP must be told.
+        state.wrapped = DDP(state.wrapped, device_ids=[device.index] if device.type == "cuda" else None,
+                            find_unused_parameters=cfg.loss.mode == "vanilla")
+    trainer = Trainer(cfg, env=env, device=device, names=names, per_rank=per_rank, total_steps=total_steps)
+    try:
+        stopped = trainer.train(state, stop_after_steps, should_stop)
+        val, counts = None, {}
+        if not stopped:
+            history = state.progress.history
+            val = EvalResult(**history[-1]["val"]) if history else None
+            dist.broadcast_buffers(state.model)
+            counts = trainer.frame_counts(state.model)
+            if env.is_main:
+                write_frame_count_eval(out, counts, cfg.student.num_frames)
+    finally:
+        trainer.close()
+    summary = TrainSummary(state.progress, resumed_from, stopped, val, counts, time.monotonic() - start,
+                           trainer.clips_per_s, state.model)
+    if env.is_main:
+        log.info(_summary_paragraph(cfg, summary, env, total_steps))
+    return summary
+
+
+def _device(cfg: Config, env: DistEnv) -> torch.device:
+    device = pick_device(cfg.train.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def build_state(cfg: Config, device: torch.device, *, num_classes: int, total_steps: int) -> TrainState:
+    """A fresh student with its optimiser, schedule and grad scaler (same weights on every rank)."""
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank and in every rerun
+    model = prepare_model(build_student(cfg.student, num_classes), cfg, device)
+    optimizer = make_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(cfg.train.warmup_steps, total_steps))
+    scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and cfg.train.precision == "fp16")
+    wrapped = torch.compile(model) if cfg.train.compile and device.type == "cuda" else model
+    return TrainState(model, wrapped, optimizer, scheduler, scaler)
+
+
+def prepare_model(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.nn.Module:
+    """The student on `device`, in channels-last layout when asked for on CUDA."""
+    model = model.to(device)
+    if cfg.train.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        model.channels_last = True
+    return model
+
+
+def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW over every parameter, as `train.optimizer` says."""
+    t = cfg.train
+    fused = {"fused": True} if next(model.parameters()).is_cuda else {}
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, **fused)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, **fused)
+    raise ValueError(f"train.optimizer must be sgd or adamw, got {t.optimizer!r}")
+
+
+def cosine_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    """The lr factor at each step: linear warm-up over `warmup` steps, then cosine to 0 at `total`."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _resume(path: Path, state: TrainState, env: DistEnv) -> None:
+    saved = checkpoint.load(path)
+    if saved is None:
+        return
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    state.scaler.load_state_dict(saved["scaler"])
+    checkpoint.set_rng_state(saved["rng"][min(env.rank, len(saved["rng"]) - 1)])
+    state.progress = TrainProgress(**saved["state"])
+    p = state.progress
+    if env.is_main:
+        log.info("resumed from %s: epoch %d, step %d (%d into the epoch)", path, p.epoch, p.step, p.step_in_epoch)
+
+
+def train_step(state: TrainState, batch, *, cfg: Config, norm, dtype: torch.dtype | None) -> tuple[list, tuple]:
+    """One optimisation step on a batch already on the device; returns (loss parts, (top-1, top-5)) as tensors."""
+    # forward
+    with torch.autocast(batch.clips.device.type, dtype=dtype, enabled=dtype is not None):
+        out = state.wrapped(norm(batch.clips))
+    parts = distill_loss(cfg.loss, out.logits, out.feature, batch.labels, batch.teacher_logits, batch.teacher_feature)
+    # backward, clip, update
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(parts.total).backward()
+    state.scaler.unscale_(state.optimizer)
+    torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.train.grad_clip)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    return [p.detach() for p in parts], topk_accuracy(out.logits.detach(), batch.labels)
+
+
+class Trainer:
+    """The epoch loop: data per epoch, steps, logs, validation and checkpoints."""
+
+    def __init__(self, cfg: Config, *, env: DistEnv, device: torch.device, names: list[str], per_rank: int,
+                 total_steps: int):
+        self.cfg, self.env, self.device = cfg, env, device
+        self.per_rank, self.total_steps = per_rank, total_steps
+        self.flip_pairs = flip_pairs(names)
+        self.norm = normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
+        self.dtype = autocast_dtype(device, cfg.train.precision)
+        self.pools = PoolKeeper() if cfg.experimental.batch_pool else None
+        self.metrics = MetricsLog(cfg.paths.student_dir, enabled=env.is_main)
+        self.clips_per_s = 0.0
+
+    def close(self) -> None:
+        """Flush the metrics and release the loader pool."""
+        self.metrics.close()
+        if self.pools is not None:
+            self.pools.close()
+
+    def train(self, state: TrainState, stop_after: int | None, should_stop) -> bool:
+        """Run the remaining epochs; True if stopped early (after writing latest.pt)."""
+        cfg, p = self.cfg, state.progress
+        max_steps = cfg.train.max_steps or self.total_steps
+        while p.epoch < cfg.train.epochs and p.step < max_steps:
+            for _ in self._epoch(state):
+                done_here = stop_after is not None and p.step >= stop_after
+                if done_here or self._agreed(should_stop):
+                    self._save(state, "latest.pt")
+                    return True
+                if p.step >= max_steps:
+                    break
+            if p.step_in_epoch >= self.per_rank:
+                self._end_epoch(state)
+        if p.step_in_epoch:  # max_steps ended it mid-epoch: keep where it is
+            self._save(state, "latest.pt")
+        return False
+
+    def _agreed(self, should_stop) -> bool:
+        """Whether any rank was asked to stop (all ranks must stop at the same step)."""
+        if should_stop is None:
+            return False
+        flag = 1.0 if should_stop() else 0.0
+        return dist.all_reduce_sum([flag], self.device)[0] > 0
+
+    def _loader(self, progress: TrainProgress):
+        cfg, env = self.cfg, self.env
+        spec = ClipSpec(cfg.student.num_frames, cfg.student.image_size, cfg.train.batch_size, train=True,
+                        flip=cfg.train.flip, shuffle_buffer=cfg.train.shuffle_buffer, seed=cfg.train.seed,
+                        epoch=progress.epoch)
+        shards, _ = split_shards(cfg, "train")
+        cache = CacheSource(cfg.paths.teacher_cache, "train") if cfg.loss.mode == "distill" else None
+        source = ClipSource(shards, spec, env.rank, env.world_size, self.per_rank, cache, self.flip_pairs,
+                            skip_batches=progress.step_in_epoch)
+        return make_loader(source, workers=train_workers(cfg, env), device=self.device, keeper=self.pools)
+
+    def _epoch(self, state: TrainState):
+        cfg, env, p = self.cfg, self.env, state.progress
+        meters = {k: AverageMeter() for k in ("total", "feature", "response", "task", "top1", "top5")}
+        tick, clips = time.monotonic(), 0
+        for batch in self._loader(p):
+            parts, (top1, top5) = train_step(state, to_device(batch, self.device), cfg=cfg, norm=self.norm, dtype=self.dtype)
+            n = len(batch.labels)
+            for key, value in zip(("total", "feature", "response", "task", "top1", "top5"), (*parts, top1, top5)):
+                meters[key].update(value, n)  # device tensors: no sync until the log line reads them
+            p.step += 1
+            p.step_in_epoch += 1
+            clips += n * env.world_size
+            if p.step % cfg.train.log_every_steps == 0 or p.step_in_epoch == self.per_rank:
+                tick, clips = self._log(state, meters, tick, clips)
+            if p.step % cfg.train.checkpoint_every_steps == 0:
+                self._save(state, "latest.pt")
+            yield p.step
+
+    def _log(self, state: TrainState, meters, tick: float, clips: int) -> tuple[float, int]:
+        p = state.progress
+        now = time.monotonic()
+        rate = clips / max(now - tick, 1e-9)
+        self.clips_per_s = rate
+        lr = state.optimizer.param_groups[0]["lr"]
+        left = (self.total_steps - p.step) * self.cfg.train.batch_size * self.env.world_size / max(rate, 1e-9)
+        v = {k: m.avg for k, m in meters.items()}
+        self.metrics.write("train", p.step, epoch=p.epoch, lr=lr, clips_per_s=rate,
+                           loss=v["total"], loss_feature=v["feature"], loss_response=v["response"],
+                           loss_task=v["task"], top1=v["top1"], top5=v["top5"])
+        if self.env.is_main:
+            log.info("epoch %d step %d/%d: loss %.4f (feature %.4f, response %.4f, task %.4f), top-1 %.3f, lr %.5f, "
+                     "%.1f clips/s, ETA %s", p.epoch, p.step, self.total_steps, v["total"], v["feature"], v["response"],
+                     v["task"], v["top1"], lr, rate, format_duration(left))
+        return now, 0
+
+    def evaluate(self, model: torch.nn.Module, num_frames: int, *, collect: bool = False) -> EvalResult:
+        """Validation of `model` at `num_frames` frames, through this trainer's loader pool."""
+        return evaluate(self.cfg, model, env=self.env, device=self.device, num_frames=num_frames,
+                        collect=collect, pools=self.pools)
+
+    def _end_epoch(self, state: TrainState) -> None:
+        cfg, env, p = self.cfg, self.env, state.progress
+        dist.broadcast_buffers(state.model)
+        val = self.evaluate(state.model, cfg.student.num_frames)
+        self.metrics.write("val", p.step, epoch=p.epoch, loss=val.loss, top1=val.top1, top5=val.top5, videos=val.videos)
+        if env.is_main:
+            log.info("epoch %d validation: loss %.4f, top-1 %.4f, top-5 %.4f over %d videos",
+                     p.epoch, val.loss, val.top1, val.top5, val.videos)
+        p.history.append({"epoch": p.epoch, "step": p.step, "val": vars(val)})
+        improved = val.top1 > p.best_top1
+        p.best_top1 = max(p.best_top1, val.top1)
+        p.epoch += 1
+        p.step_in_epoch = 0
+        if improved:
+            self._save(state, "best.pt")
+        self._save(state, "latest.pt")
+
+    def frame_counts(self, model: torch.nn.Module) -> dict[int, EvalResult]:
+        """Validation at every `train.eval_frame_counts`; the trained count's predictions are written."""
+        cfg, results = self.cfg, {}
+        trained = cfg.student.num_frames
+        for frames in sorted(set(cfg.train.eval_frame_counts) | {trained}):
+            result = self.evaluate(model, frames, collect=frames == trained)
+            if frames == trained and self.env.is_main:
+                write_predictions(cfg.paths.student_dir, result, frames)  # per-video logits, for the report
+            if frames not in cfg.train.eval_frame_counts:
+                continue
+            results[frames] = result
+            if self.env.is_main:
+                log.info("evaluation at %d frames: top-1 %.4f, top-5 %.4f", frames, result.top1, result.top5)
+        return results
+
+    def _save(self, state: TrainState, name: str) -> None:
+        rngs = [None] * self.env.world_size
+        mine = checkpoint.rng_state()
+        if self.env.world_size > 1:
+            torch.distributed.all_gather_object(rngs, mine)
+        else:
+            rngs = [mine]
+        if self.env.is_main:
+            p = state.progress
+            checkpoint.save(self.cfg.paths.student_dir / name, {
+                "model": state.model.state_dict(),
+                "optimizer": state.optimizer.state_dict(),
+                "scheduler": state.scheduler.state_dict(),
+                "scaler": state.scaler.state_dict(),
+                "state": vars(p) | {"history": list(p.history)},
+                "rng": rngs,
+                "config": to_dict(self.cfg),
+            })
+        dist.barrier()
+
+
+def _summary_paragraph(cfg: Config, s: TrainSummary, env: DistEnv, total_steps: int) -> str:
+    how = "stopped early after saving latest.pt" if s.stopped_early else "finished"
+    val = f"last validation top-1 {s.val.top1:.4f} / top-5 {s.val.top5:.4f}" if s.val else "no validation yet"
+    counts = ", ".join(f"{k} frames {r.top1:.4f}" for k, r in sorted(s.frame_counts.items())) or "not run"
+    resumed = f"resumed from step {s.resumed_from_step}, " if s.resumed_from_step else ""
+    p = s.progress
+    return (
+        f"Training {how} in {format_duration(s.seconds)}: {cfg.student.arch} ({cfg.loss.mode}), {resumed}now at "
+        f"epoch {p.epoch}/{cfg.train.epochs}, step {p.step}/{total_steps}, {env.world_size} process(es) x "
+        f"{cfg.train.batch_size} clips, {s.clips_per_s:.1f} clips/s at the last log; {val}; best top-1 "
+        f"{p.best_top1:.4f}; top-1 at {counts}; outputs in {cfg.paths.student_dir}."
+    )

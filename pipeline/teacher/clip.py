@@ -1,0 +1,130 @@
+"""The frozen CLIP teacher: open_clip image tower per frame, zero-shot head from its text tower."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import TeacherConfig
+from pipeline.runtime.paths import looks_like_path
+
+log = logging.getLogger(__name__)
+TINY_CONFIG = Path(__file__).parent / "resources" / "clip-tiny.json"
+open_clip.add_model_config(TINY_CONFIG)  # registers "clip-tiny": a small random model for tests
+
+
+class TeacherWeightsError(RuntimeError):
+    """The configured teacher weights cannot be had here; the message says which setting to change."""
+
+
+@dataclass
+class Teacher:
+    """A frozen open_clip model plus its zero-shot classifier over the class names."""
+
+    model: torch.nn.Module
+    classifier: torch.Tensor  # [num_classes, dim], L2-normalised text embeddings
+    logit_scale: float
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    weights_sha256: str
+    prompt_texts: list[str]
+
+    @torch.no_grad()
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Normalised float frames [N, 3, S, S] -> per-frame embeddings [N, dim] in float32."""
+        return self.model.encode_image(frames).float()
+
+    def logits(self, video_features: torch.Tensor) -> torch.Tensor:
+        """Zero-shot logits of video features [B, dim]: scale * cos(feature, class text)."""
+        return self.logit_scale * F.normalize(video_features.float(), dim=-1) @ self.classifier.T
+
+
+def load_teacher(cfg: TeacherConfig, class_names: list[str], device: torch.device) -> Teacher:
+    """Build the frozen teacher on `device` with its zero-shot head for `class_names`."""
+    with _quiet_root_logger():
+        model = _create_model(cfg)
+    model = model.to(device).eval().requires_grad_(False)
+    pre = open_clip.get_model_preprocess_cfg(model)
+    size = pre["size"] if isinstance(pre["size"], int) else pre["size"][0]
+    prompts = prompt_texts(cfg.prompts, class_names)
+    classifier = _text_classifier(model, cfg.model, prompts, len(class_names), device)
+    return Teacher(
+        model=model,
+        classifier=classifier,
+        logit_scale=float(model.logit_scale.exp()),
+        image_size=int(size),
+        mean=tuple(pre["mean"]),
+        std=tuple(pre["std"]),
+        weights_sha256=weights_hash(model),
+        prompt_texts=prompts,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    # open_clip logs every creation step at INFO on the root logger
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _create_model(cfg: TeacherConfig) -> torch.nn.Module:
+    source = cfg.pretrained
+    if source == "random":
+        log.warning("teacher %s with RANDOM weights (teacher.pretrained=random): for tests and smoke runs only", cfg.model)
+        # Seeded, so every array task and every rerun builds the same teacher.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return open_clip.create_model(cfg.model, pretrained=None)
+    if looks_like_path(source):
+        if not Path(source).is_file():
+            raise TeacherWeightsError(
+                f"teacher.pretrained={source!r}: no such checkpoint file. Set teacher.pretrained to an existing "
+                "open_clip checkpoint, or to a pretrained tag on a machine with internet."
+            )
+        return open_clip.create_model(cfg.model, pretrained=source)
+    tags = open_clip.list_pretrained_tags_by_model(cfg.model)
+    if source not in tags:
+        raise TeacherWeightsError(f"teacher.pretrained={source!r} is not a known tag for {cfg.model} (known: {', '.join(tags) or 'none'})")
+    try:
+        return open_clip.create_model(cfg.model, pretrained=source)
+    except Exception as e:  # the hub client raises many types when offline
+        raise TeacherWeightsError(
+            f"could not download the {cfg.model} weights {source!r} ({type(e).__name__}: {str(e)[:200]}). "
+            "Without internet, download them elsewhere and set teacher.pretrained to the local file "
+            "(e.g. teacher.pretrained=/models/ViT-B-32-openai.pt)."
+        ) from e
+
+
+def prompt_texts(templates: list[str], class_names: list[str]) -> list[str]:
+    """Every prompt for every class, class-major: [c0p0, c0p1, ..., c1p0, ...]."""
+    return [t.format(name.lower()) for name in class_names for t in templates]
+
+
+@torch.no_grad()
+def _text_classifier(model, model_name: str, prompts: list[str], num_classes: int, device) -> torch.Tensor:
+    with _quiet_root_logger():
+        tokenizer = open_clip.get_tokenizer(model_name)
+    emb = F.normalize(model.encode_text(tokenizer(prompts).to(device)).float(), dim=-1)
+    emb = emb.view(num_classes, -1, emb.shape[-1]).mean(1)  # prompt ensemble: mean of unit vectors
+    return F.normalize(emb, dim=-1)
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer, in name order: what the cache was built from."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,28 @@
+"""What several test modules share: the repo's paths and configs pointed at a data set and a run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline import config
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE_YAML = REPO / "pipeline.yaml"
+SMOKE_YAML = REPO / "configs" / "smoke.yaml"
+
+
+def make_config(ssv2_root: Path, run_dir: Path, *overrides: str) -> config.Config:
+    """pipeline.yaml with the smoke settings (configs/smoke.yaml), pointed at a data set and a run folder."""
+    paths = [f"paths.ssv2_root={ssv2_root}", f"paths.run_dir={run_dir}"]
+    return config.load([PIPELINE_YAML, SMOKE_YAML], paths + list(overrides))
+
+
+def config_args(ssv2_root: Path, run_dir: Path, *overrides: str) -> list[str]:
+    """The command-line arguments that give a stage the same config as `make_config`."""
+    return ["--config", str(PIPELINE_YAML), "--config", str(SMOKE_YAML),
+            f"paths.ssv2_root={ssv2_root}", f"paths.run_dir={run_dir}", *overrides]
+
+
+def read_annotations(root: Path, split: str) -> list[dict]:
+    """A split's annotation list as written."""
+    return json.loads((Path(root) / "labels" / f"{split}.json").read_text())
