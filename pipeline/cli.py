@@ -1,4 +1,5 @@
 """The command line every stage shares: `--config FILE`, task placement, and dotted overrides."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,6 +28,7 @@ def stop_on_sigterm() -> None:
     Whatever the task was writing stays a temporary file, which the rerun drops; without this, a
     cancelled task could keep starting decodes for the seconds until the kill.
     """
+
     def stop(signum: int, _frame) -> None:
         raise TaskStopped(f"stopped by signal {signum} (scancel or the job's end); a rerun does what is left")
 
@@ -35,8 +37,12 @@ def stop_on_sigterm() -> None:
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     """`--config FILE` (repeatable: later files override earlier ones) and dotted overrides."""
-    parser.add_argument("--config", action="append", default=None,
-                        help="a pipeline config; give it again to layer another file on top (default: pipeline.yaml)")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        help="a pipeline config; give it again to layer another file on top (default: pipeline.yaml)",
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. shards.videos_per_shard=64")
 
 

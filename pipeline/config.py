@@ -3,6 +3,7 @@
 Precedence: dotted CLI overrides > the YAML file > the defaults here. Unknown keys and wrong
 types are errors that name the key. Runtime facts (rank, task id, job id) never live here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,7 +56,7 @@ class DataConfig:
 class ShardsConfig:
     """Stage 1: decode videos once into WebDataset tar shards."""
 
-    videos_per_shard: int = 64  # ~40 MB shards for SSv2: big enough to stream, small enough to redo
+    videos_per_shard: int = 64  # big enough to stream, small enough to redo
     short_side: int = 256  # frames are scaled down so the short side is at most this, never up
     jpeg_qscale: int = 3  # ffmpeg MJPEG qscale, 2 (best) .. 31; 3 is visually lossless at 240p
     min_frames: int = 8  # shorter videos are rejected: they cannot fill 8 temporal segments
@@ -72,9 +73,7 @@ class TeacherConfig:
     model: str = "ViT-B-32"  # an open_clip model name; "clip-tiny" is a small config for tests
     pretrained: str = "openai"  # an open_clip tag (needs internet), a local checkpoint file, or "random"
     num_frames: int = 8  # frames per video, at the centres of equal segments
-    prompts: list[str] = field(
-        default_factory=lambda: ["a video of {}.", "a photo of a person {}.", "a video of a person {}."]
-    )
+    prompts: list[str] = field(default_factory=lambda: ["a video of {}.", "a photo of a person {}.", "a video of a person {}."])
     batch_videos: int = 64  # videos per forward (x num_frames frames); a shard is never split across two
     num_workers: int = -1  # loader processes (read, JPEG decode, crop); -1: the task's CPUs less two (runtime/cpus.py)
     writers: int = 2  # processes writing finished shards to Zarr
@@ -267,9 +266,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     unknown = sorted(set(raw) - names)
     if unknown:
         where = prefix.rstrip(".") or "the top level"
-        raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]} (in {where}; known: {', '.join(sorted(names))})"
-        )
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (in {where}; known: {', '.join(sorted(names))})")
     kwargs = {}
     for name in names & set(raw):
         hint = hints[name]

@@ -1,4 +1,5 @@
 """A submitit executor for one stage, from the config: SLURM or local, with the stage's resources."""
+
 from __future__ import annotations
 
 import shutil
@@ -37,8 +38,13 @@ def make_executor(cfg: Config, stage: str, resources: SlurmStageConfig, folder: 
     kind = executor_kind(cfg)
     executor = submitit.AutoExecutor(folder=folder, cluster="local" if kind == "local" else "slurm")
     r = resources
-    params = dict(name=f"ssv2-{stage}", timeout_min=r.time_min, nodes=r.nodes, tasks_per_node=r.tasks_per_node,
-                  cpus_per_task=r.cpus_per_task)
+    params = dict(
+        name=f"ssv2-{stage}",
+        timeout_min=r.time_min,
+        nodes=r.nodes,
+        tasks_per_node=r.tasks_per_node,
+        cpus_per_task=r.cpus_per_task,
+    )
     if kind == "slurm":
         params.update(mem_gb=r.mem_gb, slurm_array_parallelism=r.array_parallelism)
         if r.gpus_per_node:

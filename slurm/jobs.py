@@ -1,4 +1,5 @@
 """The training job as a checkpointable callable: on preemption or time-out it saves and requeues."""
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ Array stages submit only the shards that are not done yet, in groups of one task
 the three stages with afterok dependencies; with --wait (the default for single stages) the command
 waits, names every failed task with its log and the shards it owned, and exits non-zero.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,9 @@ def _run_after(executor, cfg: Config, resources, after: list | None) -> None:
     """Make the executor's jobs wait for `after` to succeed (SLURM afterok; the local executor runs in order)."""
     if after and executor_kind(cfg) == "slurm":
         extra = dict(i.split("=", 1) for i in resources.extra)
-        executor.update_parameters(slurm_additional_parameters={**extra, "dependency": "afterok:" + ":".join(j.job_id for j in after)})
+        executor.update_parameters(
+            slurm_additional_parameters={**extra, "dependency": "afterok:" + ":".join(j.job_id for j in after)}
+        )
 
 
 def submit_array(cfg: Config, stage: str, fn, task_args: list[tuple], after: list | None = None) -> tuple[list, Path]:
@@ -61,7 +64,9 @@ def submit_array(cfg: Config, stage: str, fn, task_args: list[tuple], after: lis
 
 
 def _record(folder: Path, cfg: Config, stage: str, tasks: list[dict]) -> None:
-    (folder / "submission.json").write_text(json.dumps({"stage": stage, "executor": executor_kind(cfg), "tasks": tasks}, indent=1))
+    (folder / "submission.json").write_text(
+        json.dumps({"stage": stage, "executor": executor_kind(cfg), "tasks": tasks}, indent=1)
+    )
 
 
 def _describe(args: tuple) -> list:
@@ -135,8 +140,13 @@ def submit_train(cfg: Config, after: list | None = None) -> tuple[list, Path | N
     _run_after(executor, cfg, resources, after)
     job = executor.submit(TrainJob(cfg))
     _record(folder, cfg, "train_student", [{"job_id": job.job_id}])
-    log.info("train-student: submitted job %s (%d node(s) x %d task(s); logs in %s)", job.job_id, resources.nodes,
-             resources.tasks_per_node, folder)
+    log.info(
+        "train-student: submitted job %s (%d node(s) x %d task(s); logs in %s)",
+        job.job_id,
+        resources.nodes,
+        resources.tasks_per_node,
+        folder,
+    )
     return [job], folder
 
 
@@ -148,15 +158,26 @@ def wait(jobs: list, stage: str) -> bool:
             results.append(job.result())
         except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
             ok = False
-            log.error("%s task %s FAILED (log: %s)%s: %s", stage, job.job_id, job.paths.stderr,
-                      _owned(getattr(job, "pipeline_args", None)), _error_line(e))
+            log.error(
+                "%s task %s FAILED (log: %s)%s: %s",
+                stage,
+                job.job_id,
+                job.paths.stderr,
+                _owned(getattr(job, "pipeline_args", None)),
+                _error_line(e),
+            )
     totals: dict = {}
     for result in results:
         for key, value in (result or {}).items():
             totals[key] = totals.get(key, 0) + value if isinstance(value, int) else value
     if jobs:
-        log.info("%s: %d/%d job(s) succeeded; %s", stage, len(results), len(jobs),
-                 ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in totals.items()) or "no results")
+        log.info(
+            "%s: %d/%d job(s) succeeded; %s",
+            stage,
+            len(results),
+            len(jobs),
+            ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in totals.items()) or "no results",
+        )
     return ok
 
 
@@ -172,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "status":
         print(status_report(cfg))
         return 0
-    plan = {"shards": ["shards"], "teacher-cache": ["teacher"], "train-student": ["train"], "all": ["shards", "teacher", "train"]}[args.stage]
+    plan = {
+        "shards": ["shards"],
+        "teacher-cache": ["teacher"],
+        "train-student": ["train"],
+        "all": ["shards", "teacher", "train"],
+    }[args.stage]
     local = executor_kind(cfg) == "local"
     submitted: list[tuple[str, list]] = []
     previous: list = []

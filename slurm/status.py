@@ -1,4 +1,5 @@
 """`make status`: each stage's submissions and job states, and how much of its work is done."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,9 @@ def _job_states(job_ids: list[str]) -> dict[str, str]:
     if not job_ids:
         return {}
     try:
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                             capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)], capture_output=True, text=True, timeout=30
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return {}
     return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
@@ -84,15 +86,21 @@ def _train_progress(cfg: Config) -> str:
     if saved is None:
         return "no checkpoint yet"
     state = saved["state"]
-    return (f"epoch {state['epoch']}/{cfg.train.epochs}, step {state['step']}, best top-1 "
-            f"{state['best_top1']:.4f}" if state["best_top1"] >= 0 else f"epoch {state['epoch']}, step {state['step']}")
+    return (
+        f"epoch {state['epoch']}/{cfg.train.epochs}, step {state['step']}, best top-1 {state['best_top1']:.4f}"
+        if state["best_top1"] >= 0
+        else f"epoch {state['epoch']}, step {state['step']}"
+    )
 
 
 def status_report(cfg: Config) -> str:
     """A few lines per stage."""
     lines = [f"run folder {cfg.paths.run_dir}"]
-    for title, stage, progress in (("shards", "shards", _shards_progress), ("teacher-cache", "teacher_cache", _cache_progress),
-                                   ("train-student", "train_student", _train_progress)):
+    for title, stage, progress in (
+        ("shards", "shards", _shards_progress),
+        ("teacher-cache", "teacher_cache", _cache_progress),
+        ("train-student", "train_student", _train_progress),
+    ):
         lines.append(f"{title}: {progress(cfg)}")
         lines += _submissions(cfg, stage)
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """Write the run report: `<run_dir>/report/report.md` and PNG plots (`python -m stages.report [key=value ...]`)."""
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """Stage 1: SSv2 .webm videos -> WebDataset tar shards (`python -m stages.shards [key=value ...]`)."""
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """Write the tiny synthetic SSv2-format data set to `paths.ssv2_root` (`python -m stages.synthetic`)."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """Stage 2: frozen CLIP teacher over the shards -> Zarr cache (`python -m stages.teacher_cache [key=value ...]`)."""
+
 from __future__ import annotations
 
 import sys

@@ -2,10 +2,11 @@
 
 One process per GPU: start it under torchrun or as SLURM tasks; a single process trains alone.
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from pipeline import cli
 from pipeline.config import Config

@@ -1,4 +1,5 @@
 """Shared fixtures: the synthetic SSv2 set is generated once per test session with real ffmpeg."""
+
 from __future__ import annotations
 
 import shutil

@@ -1,4 +1,5 @@
 """Run by torchrun in test_train.py: train as one rank, then write this rank's weights digest."""
+
 import hashlib
 import json
 import sys

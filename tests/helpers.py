@@ -1,4 +1,5 @@
 """What several test modules share: the repo's paths and configs pointed at a data set and a run."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,15 @@ def make_config(ssv2_root: Path, run_dir: Path, *overrides: str) -> config.Confi
 
 def config_args(ssv2_root: Path, run_dir: Path, *overrides: str) -> list[str]:
     """The command-line arguments that give a stage the same config as `make_config`."""
-    return ["--config", str(PIPELINE_YAML), "--config", str(SMOKE_YAML),
-            f"paths.ssv2_root={ssv2_root}", f"paths.run_dir={run_dir}", *overrides]
+    return [
+        "--config",
+        str(PIPELINE_YAML),
+        "--config",
+        str(SMOKE_YAML),
+        f"paths.ssv2_root={ssv2_root}",
+        f"paths.run_dir={run_dir}",
+        *overrides,
+    ]
 
 
 def read_annotations(root: Path, split: str) -> list[dict]:

@@ -1,8 +1,10 @@
 """The batch pool: loader workers write batches into shared slots that the main process gives back."""
+
 import os
 import time
 from dataclasses import dataclass
 
+import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -43,15 +45,24 @@ def make_item(n: int, make, big_every: int = 0) -> Item:
     return Item(n, pixels, values, big)
 
 
-def _loader(count: int, *, workers: int, slots: int, slot_bytes: int, big_every: int = 0,
-            keeper: PoolKeeper | None = None) -> PooledLoader:
+def _loader(
+    count: int, *, workers: int, slots: int, slot_bytes: int, big_every: int = 0, keeper: PoolKeeper | None = None
+) -> PooledLoader:
     keeper = keeper or PoolKeeper()
     memory = keeper.memory(slots, slot_bytes)
-    loader = DataLoader(Numbered(count, memory, big_every), batch_size=None, num_workers=workers, collate_fn=lambda x: x,
-                        prefetch_factor=2, multiprocessing_context="fork", timeout=60)  # a slot never given back fails, not hangs
+    loader = DataLoader(
+        Numbered(count, memory, big_every),
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=lambda x: x,
+        prefetch_factor=2,
+        multiprocessing_context="fork",
+        timeout=60,
+    )  # a slot never given back fails, not hangs
     return PooledLoader(loader, memory, torch.device("cpu"), keeper=keeper)
 
 
+@pytest.mark.unit
 def test_items_come_back_intact_in_order_while_few_slots_are_reused():
     # 2 workers x 2 ready items need 4 slots; 40 items through 6 slots reuse each of them many times
     got = list(_loader(40, big_every=7, workers=2, slots=6, slot_bytes=4096))
@@ -65,6 +76,7 @@ def test_items_come_back_intact_in_order_while_few_slots_are_reused():
             assert torch.equal(item.big, want.big)
 
 
+@pytest.mark.unit
 def test_a_loader_left_early_stops_its_workers_and_the_pool_serves_the_next():
     import multiprocessing
 
@@ -79,6 +91,7 @@ def test_a_loader_left_early_stops_its_workers_and_the_pool_serves_the_next():
     assert [item.number for item in again] == list(range(10))
 
 
+@pytest.mark.unit
 def test_slot_refs_describe_tensors_a_forked_process_wrote():
     pool = BatchPool(slots=3, slot_bytes=1000)
     assert pool.slot_bytes == 4096  # rounded up to pages

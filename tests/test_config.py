@@ -1,10 +1,9 @@
-from pathlib import Path
-
 import pytest
 
 from pipeline import config
-
 from tests.helpers import REPO, SMOKE_YAML
+
+pytestmark = pytest.mark.unit  # every test here reads configs only
 
 
 def test_pipeline_yaml_loads_and_matches_defaults():

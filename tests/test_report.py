@@ -13,9 +13,19 @@ from pipeline.student import train
 from pipeline.teacher import run as teacher_run
 from tests.helpers import make_config
 
-SMALL = ("teacher.model=clip-tiny", "teacher.pretrained=random", "teacher.num_workers=0",
-         "student.arch=tsm_tiny", "student.image_size=48", "student.num_frames=4", "train.epochs=2",
-         "train.batch_size=4", "train.num_workers=1", "train.log_every_steps=2", "train.eval_frame_counts=[2,4]")
+SMALL = (
+    "teacher.model=clip-tiny",
+    "teacher.pretrained=random",
+    "teacher.num_workers=0",
+    "student.arch=tsm_tiny",
+    "student.image_size=48",
+    "student.num_frames=4",
+    "train.epochs=2",
+    "train.batch_size=4",
+    "train.num_workers=1",
+    "train.log_every_steps=2",
+    "train.eval_frame_counts=[2,4]",
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +65,11 @@ def test_numbers_trace_back_to_the_run_files(full_run):
     # The teacher's zero-shot top-1, recomputed here from the shard records and the Zarr logits.
     g = zarr.open_group(cfg.paths.teacher_cache, mode="r")["validation"]
     logits = g["logits"][:]
-    hits = [logits[r["row"]].argmax() == r["label"] for t in sorted(cfg.paths.shards_dir.glob("validation-*.tar"))
-            for r, _ in read_shard(str(t))]
+    hits = [
+        logits[r["row"]].argmax() == r["label"]
+        for t in sorted(cfg.paths.shards_dir.glob("validation-*.tar"))
+        for r, _ in read_shard(str(t))
+    ]
     assert _number(text, r"validation \(\d+ videos\): top-1 ([0-9.]+)") == pytest.approx(np.mean(hits), abs=1e-4)
     # Student-teacher agreement, recomputed from the saved predictions.
     with np.load(cfg.paths.student_dir / "val_predictions.npz") as z:

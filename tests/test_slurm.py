@@ -1,4 +1,5 @@
 """Against a real single-node SLURM cluster that these tests start (root on Debian only)."""
+
 import json
 import os
 import subprocess
@@ -21,13 +22,37 @@ pytestmark = [
     pytest.mark.slurm,
     pytest.mark.skipif(not ROOT_ON_DEBIAN, reason="the SLURM tests start a real cluster: they need root on Debian (as in CI)"),
 ]
-SLURM = ("slurm.executor=slurm", "slurm.shards.cpus_per_task=1", "slurm.shards.mem_gb=2", "slurm.shards.time_min=20",
-         "slurm.teacher_cache.gpus_per_node=0", "slurm.teacher_cache.cpus_per_task=2", "slurm.teacher_cache.mem_gb=3",
-         "slurm.teacher_cache.time_min=20", "slurm.teacher_cache.array_tasks=2", "slurm.shards.array_tasks=3", "slurm.train_student.gpus_per_node=0", "slurm.train_student.tasks_per_node=1",
-         "slurm.train_student.cpus_per_task=2", "slurm.train_student.mem_gb=4", "slurm.train_student.time_min=20")
-SMALL = ("teacher.model=clip-tiny", "teacher.pretrained=random", "teacher.num_workers=1", "teacher.writers=1",
-         "student.arch=tsm_tiny", "student.image_size=48", "student.num_frames=4", "train.epochs=2",
-         "train.batch_size=4", "train.num_workers=1", "train.eval_frame_counts=[4]", "train.log_every_steps=1")
+SLURM = (
+    "slurm.executor=slurm",
+    "slurm.shards.cpus_per_task=1",
+    "slurm.shards.mem_gb=2",
+    "slurm.shards.time_min=20",
+    "slurm.teacher_cache.gpus_per_node=0",
+    "slurm.teacher_cache.cpus_per_task=2",
+    "slurm.teacher_cache.mem_gb=3",
+    "slurm.teacher_cache.time_min=20",
+    "slurm.teacher_cache.array_tasks=2",
+    "slurm.shards.array_tasks=3",
+    "slurm.train_student.gpus_per_node=0",
+    "slurm.train_student.tasks_per_node=1",
+    "slurm.train_student.cpus_per_task=2",
+    "slurm.train_student.mem_gb=4",
+    "slurm.train_student.time_min=20",
+)
+SMALL = (
+    "teacher.model=clip-tiny",
+    "teacher.pretrained=random",
+    "teacher.num_workers=1",
+    "teacher.writers=1",
+    "student.arch=tsm_tiny",
+    "student.image_size=48",
+    "student.num_frames=4",
+    "train.epochs=2",
+    "train.batch_size=4",
+    "train.num_workers=1",
+    "train.eval_frame_counts=[4]",
+    "train.log_every_steps=1",
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +61,39 @@ def cluster():
     script = REPO / "slurm" / "dev-cluster"
     subprocess.run(["bash", str(script / "start.sh")], check=True, timeout=600)
     os.environ["PYTHONPATH"] = f"{REPO}:{os.environ.get('PYTHONPATH', '')}"  # jobs import the repo
-    yield
-    subprocess.run(["bash", str(script / "stop.sh")], check=False, timeout=120)
+    try:
+        yield
+        leftovers = _cancel_jobs_and_wait()
+    finally:
+        subprocess.run(["bash", str(script / "stop.sh")], check=False, timeout=120)
+    assert not leftovers, f"job processes outlived their jobs: {leftovers}"
+
+
+def _job_processes() -> list[str]:
+    """slurmstepd and srun processes on this machine (the dev cluster's jobs are all of them)."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    return [
+        line.strip()
+        for line in out.splitlines()
+        if line.split(maxsplit=1)[-1].startswith(("slurmstepd:", "srun ")) or line.rstrip().endswith(" srun")
+    ]
+
+
+def _cancel_jobs_and_wait(timeout_s: float = 60.0) -> list[str]:
+    """Cancel every job the tests left on the dev cluster and wait for their steps to end; what is still
+    running after `timeout_s` is killed and returned."""
+    subprocess.run(["scancel", "--full", "--user", "root"], check=False, timeout=30)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        queued = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True, timeout=30).stdout.split()
+        left = _job_processes()
+        if not queued and not left:
+            return []
+        time.sleep(1)
+    left = _job_processes()
+    for line in left:
+        subprocess.run(["kill", "-9", line.split()[0]], check=False)
+    return left
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +147,9 @@ def test_smoke_pipeline_end_to_end_through_sbatch(cluster, data, tmp_path):
     ids = ",".join(t["job_id"] for p in submissions for t in json.loads(p.read_text())["tasks"])
     deadline = time.time() + 60
     while True:  # sacct lags the jobs' own result files by a few seconds
-        report = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", ids], capture_output=True, text=True).stdout.split()
+        report = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "State", "-j", ids], capture_output=True, text=True
+        ).stdout.split()
         if (report and set(report) == {"COMPLETED"}) or time.time() > deadline:
             break
         time.sleep(2)

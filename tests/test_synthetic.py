@@ -1,6 +1,7 @@
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline import config
@@ -54,6 +55,7 @@ def test_layout_and_splits_match_the_real_download(synth_root):
     assert len(ids) == len(set(ids)) == config.SyntheticConfig().num_videos
 
 
+@pytest.mark.unit
 def test_twins_have_the_same_frames_in_reverse_order():
     cfg = config.SyntheticConfig()
     video = synthetic.plan(cfg)[0]
@@ -64,6 +66,7 @@ def test_twins_have_the_same_frames_in_reverse_order():
     assert not np.array_equal(a, b)
 
 
+@pytest.mark.unit
 def test_plan_is_deterministic_and_class_balanced():
     cfg = config.SyntheticConfig(num_videos=24, class_pairs=3)
     assert synthetic.plan(cfg) == synthetic.plan(cfg)

@@ -93,6 +93,7 @@ def test_shards_left_for_gpu_decoding_give_the_same_frames(cached):
     assert kinds == {"ShardCrops", "ShardJpegs"}  # both kinds of item were compared
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("side", [240, 256])
 def test_resize_by_matrix_products_equals_the_bicubic_kernel(side):
     # the CUDA path resizes by two products with weights read off torch's kernel; it must be that kernel
@@ -192,6 +193,7 @@ def test_rejected_rows_stay_invalid_and_are_never_served(synth_copy, tmp_path):
         CacheReader(open_checked(cfg), "validation").get(int(row), "990001")
 
 
+@pytest.mark.unit
 def test_missing_weights_give_a_clear_error(monkeypatch):
     import huggingface_hub.constants
 
@@ -223,8 +225,9 @@ def test_pooled_teacher_loader_gives_the_segment_loader_frames(cached, room):
     shard_bytes = teacher_run.shard_bytes(cfg) if room == "whole shards" else 4096
     cpu = torch.device("cpu")
     prep = teacher_data.FramePrep(32, cpu)
-    pooled = teacher_data.make_loader(jobs, cfg.teacher.num_frames, num_workers=2, prep=prep, keeper=PoolKeeper(),
-                                      shard_bytes=shard_bytes)
+    pooled = teacher_data.make_loader(
+        jobs, cfg.teacher.num_frames, num_workers=2, prep=prep, keeper=PoolKeeper(), shard_bytes=shard_bytes
+    )
     plain = teacher_data.make_loader(jobs, cfg.teacher.num_frames, num_workers=2)
     assert type(pooled).__name__ == "PooledLoader" and type(plain).__name__ == "DataLoader"
     count = 0

@@ -18,10 +18,20 @@ from pipeline.teacher import run as teacher_run
 from pipeline.teacher.store import CacheMismatchError
 from tests.helpers import REPO, make_config
 
-SMALL = ("teacher.model=clip-tiny", "teacher.pretrained=random", "teacher.num_workers=0",
-         "student.arch=tsm_tiny", "student.image_size=48", "student.num_frames=4",
-         "train.epochs=2", "train.batch_size=4", "train.num_workers=2", "train.log_every_steps=2",
-         "train.eval_frame_counts=[2,4]", "train.checkpoint_every_steps=1000")
+SMALL = (
+    "teacher.model=clip-tiny",
+    "teacher.pretrained=random",
+    "teacher.num_workers=0",
+    "student.arch=tsm_tiny",
+    "student.image_size=48",
+    "student.num_frames=4",
+    "train.epochs=2",
+    "train.batch_size=4",
+    "train.num_workers=2",
+    "train.log_every_steps=2",
+    "train.eval_frame_counts=[2,4]",
+    "train.checkpoint_every_steps=1000",
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +53,7 @@ def _cfg(synth_root, prepared, tmp_path, *extra):
     return make_config(synth_root, run_dir, *SMALL, *extra)
 
 
+@pytest.mark.unit
 def test_temporal_shift_matches_a_plain_loop():
     n, t, c = 2, 5, 16
     x = torch.randn(n * t, c, 3, 3)
@@ -62,6 +73,7 @@ def test_temporal_shift_matches_a_plain_loop():
     assert x.data_ptr() != temporal_shift(x, t).data_ptr()
 
 
+@pytest.mark.unit
 def test_loss_equals_the_formula_and_feature_term_vanishes_for_equal_features():
     torch.manual_seed(0)
     cfg = LossConfig()
@@ -86,22 +98,25 @@ def test_loss_equals_the_formula_and_feature_term_vanishes_for_equal_features():
     torch.testing.assert_close(vanilla.total, F.cross_entropy(logits, labels))
 
 
+@pytest.mark.unit
 def test_checkpoint_round_trip_restores_every_piece(tmp_path):
     torch.manual_seed(1)
     model = torch.nn.Linear(4, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
     model(torch.randn(2, 4)).sum().backward()
     opt.step()
     sched.step()
     rng = checkpoint.rng_state()
-    checkpoint.save(tmp_path / "latest.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                             "scheduler": sched.state_dict(), "rng": rng})
+    checkpoint.save(
+        tmp_path / "latest.pt",
+        {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng},
+    )
     expected_draw = torch.rand(3)
     loaded = checkpoint.load(tmp_path / "latest.pt")
     model2 = torch.nn.Linear(4, 3)
     opt2 = torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9)
-    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 0.5 ** s)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 0.5**s)
     model2.load_state_dict(loaded["model"])
     opt2.load_state_dict(loaded["optimizer"])
     sched2.load_state_dict(loaded["scheduler"])
@@ -138,15 +153,31 @@ def test_stopped_and_resumed_run_ends_with_the_same_weights(synth_root, prepared
 
 def test_two_process_gloo_ddp_with_unequal_shards_agrees_on_weights(synth_root, tmp_path):
     run_dir = tmp_path / "run"
-    overrides = [f"paths.ssv2_root={synth_root}", f"paths.run_dir={run_dir}", "shards.videos_per_shard=6",
-                 "data.splits=[train, validation]", "loss.mode=vanilla", *SMALL, "train.epochs=1", "train.num_workers=1"]
+    overrides = [
+        f"paths.ssv2_root={synth_root}",
+        f"paths.run_dir={run_dir}",
+        "shards.videos_per_shard=6",
+        "data.splits=[train, validation]",
+        "loss.mode=vanilla",
+        *SMALL,
+        "train.epochs=1",
+        "train.num_workers=1",
+    ]
     cfg = make_config(synth_root, run_dir, *overrides[2:])
     shards.run(cfg)
     sizes = [m["num_videos"] for m in json.loads((cfg.paths.shards_dir / "train.index.json").read_text())["shards"]]
     assert len(set(sizes)) > 1, sizes  # unequal shards: 6, 6, 6, 6, 6, 2
     env = {**os.environ, "MASTER_PORT": "29533", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        str(REPO / "tests" / "ddp_worker.py"),
+        str(tmp_path),
+        *overrides,
+    ]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -160,10 +191,23 @@ def test_tsm_learns_the_temporal_classes_on_cpu(tmp_path):
 
     root = tmp_path / "ssv2"
     synthetic.generate(root, config.SyntheticConfig(num_videos=160))
-    cfg = make_config(root, tmp_path / "run", "shards.videos_per_shard=16", "loss.mode=vanilla",
-                      "student.arch=tsm_tiny", "student.image_size=64", "student.num_frames=8", "student.dropout=0",
-                      "train.epochs=10", "train.batch_size=8", "train.num_workers=2", "train.optimizer=adamw",
-                      "train.lr=0.001", "train.weight_decay=0.0001", "train.eval_frame_counts=[8]")
+    cfg = make_config(
+        root,
+        tmp_path / "run",
+        "shards.videos_per_shard=16",
+        "loss.mode=vanilla",
+        "student.arch=tsm_tiny",
+        "student.image_size=64",
+        "student.num_frames=8",
+        "student.dropout=0",
+        "train.epochs=10",
+        "train.batch_size=8",
+        "train.num_workers=2",
+        "train.optimizer=adamw",
+        "train.lr=0.001",
+        "train.weight_decay=0.0001",
+        "train.eval_frame_counts=[8]",
+    )
     shards.run(cfg)
     summary = train.run(cfg)
     # 4 classes in 2 time-reversed pairs: chance is 0.25 and a model blind to frame order gets at most 0.5.
@@ -177,20 +221,23 @@ def test_a_cache_from_another_teacher_config_is_refused(synth_root, prepared, tm
 
 
 def test_vanilla_mode_needs_no_cache_and_mobilevit_trains(synth_root, tmp_path):
-    cfg = make_config(synth_root, tmp_path, *SMALL, "loss.mode=vanilla", "student.arch=mobilevit_xxs",
-                      "train.epochs=1", "student.image_size=64")
+    cfg = make_config(
+        synth_root, tmp_path, *SMALL, "loss.mode=vanilla", "student.arch=mobilevit_xxs", "train.epochs=1", "student.image_size=64"
+    )
     shards.run(cfg)
     summary = train.run(cfg)
     assert not cfg.paths.teacher_cache.exists()
     assert summary.progress.epoch == 1 and set(summary.frame_counts) == {2, 4}
 
 
+@pytest.mark.unit
 def test_too_few_shards_for_ranks_and_workers_is_a_clear_error():
     with pytest.raises(ValueError, match="3 train shards cannot feed 2 ranks x 2 loader workers"):
         check_shards_feed(3, 2, 2, "train")
     check_shards_feed(4, 2, 2, "train")
 
 
+@pytest.mark.unit
 def test_flip_swaps_left_and_right_classes():
     names = class_names(load_labels(LABELS_FILE))
     pairs = flip_pairs(names)
@@ -201,6 +248,7 @@ def test_flip_swaps_left_and_right_classes():
     assert all(pairs[pairs[i]] == i for i in pairs)
 
 
+@pytest.mark.unit
 def test_clips_are_cropped_like_plain_tensors_and_batched_channels_last():
     # the loader stacks decoded frames as they lie in memory ([H, W, 3]); the pixels must be those
     # of the plain [T, 3, H, W] crop and resize, and the batch must reach the model channels last
@@ -224,6 +272,7 @@ def test_clips_are_cropped_like_plain_tensors_and_batched_channels_last():
     assert batch.clips.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.unit
 def test_training_on_shards_without_videos_is_a_clear_error_not_a_hang(tmp_path):
     # every video of a shard can be rejected as broken; cycling over nothing used to spin for ever
     import tarfile

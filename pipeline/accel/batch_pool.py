@@ -20,6 +20,7 @@ A dataset writes its batches through a `BatchMemory` given to its constructor:
 `SegmentMemory` is the plain path (a shared-memory segment per tensor, nothing sealed);
 `PoolMemory` is the pool's.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,9 @@ import mmap
 import os
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -65,8 +67,9 @@ def map_tensors(obj: Any, fn: Callable[[Any], Any], kinds: tuple = (torch.Tensor
     if isinstance(obj, kinds):
         return fn(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: map_tensors(getattr(obj, f.name), fn, kinds)
-                                           for f in dataclasses.fields(obj) if f.init})
+        return dataclasses.replace(
+            obj, **{f.name: map_tensors(getattr(obj, f.name), fn, kinds) for f in dataclasses.fields(obj) if f.init}
+        )
     if isinstance(obj, (list, tuple)):
         return type(obj)(map_tensors(x, fn, kinds) for x in obj)
     return obj
@@ -96,8 +99,10 @@ class BatchPool:
         memory = self.memory()
         err = int(torch.cuda.cudart().cudaHostRegister(memory.data_ptr(), memory.numel(), 1))
         if err != 0:
-            raise RuntimeError(f"could not page-lock the {memory.numel() / 2**30:.1f} GiB loader pool (cudaError {err}); "
-                               f"lower the loader's workers or batch size")
+            raise RuntimeError(
+                f"could not page-lock the {memory.numel() / 2**30:.1f} GiB loader pool (cudaError {err}); "
+                f"lower the loader's workers or batch size"
+            )
         self.pinned = True
 
     def release(self) -> None:

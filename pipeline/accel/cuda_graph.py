@@ -4,9 +4,10 @@ The teacher's ViT forward is ~200 small kernel launches; with data loading and w
 the same process, each launch waits for the GIL and the GPU idles between them. A graph replay
 needs the GIL once.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -1,4 +1,5 @@
 """The antialiased bicubic resize of uint8 squares as two matrix products: the CUDA path."""
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Reusable host buffers for device-to-host copies."""
+
 from __future__ import annotations
 
 import torch

@@ -1,9 +1,11 @@
 """Overlap the stages of a GPU loop: prepare ahead in a thread, write behind in a process."""
+
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -92,8 +94,10 @@ class ProcessWriter:
 
         ctx = multiprocessing.get_context(start_method)
         self._tasks, self._errors = ctx.Queue(depth), ctx.Queue()
-        self._procs = [ctx.Process(target=_serve, args=(fn, self._tasks, self._errors), daemon=True, name=f"writer-{i}")
-                       for i in range(processes)]
+        self._procs = [
+            ctx.Process(target=_serve, args=(fn, self._tasks, self._errors), daemon=True, name=f"writer-{i}")
+            for i in range(processes)
+        ]
         for proc in self._procs:
             proc.start()
 

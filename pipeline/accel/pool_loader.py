@@ -11,6 +11,7 @@ new loader, so a `PoolKeeper` (one per stage run) keeps a pool across loaders.
     for item in PooledLoader(DataLoader(dataset, ...), memory, device):
         ...
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,8 @@ import queue
 import signal
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -66,8 +68,15 @@ class PoolKeeper:
 class PooledLoader:
     """Iterates `loader`, whose dataset writes its batches through `memory`."""
 
-    def __init__(self, loader: DataLoader, memory: PoolMemory, device: torch.device, *,
-                 keeper: PoolKeeper | None = None, stream: torch.cuda.Stream | None = None):
+    def __init__(
+        self,
+        loader: DataLoader,
+        memory: PoolMemory,
+        device: torch.device,
+        *,
+        keeper: PoolKeeper | None = None,
+        stream: torch.cuda.Stream | None = None,
+    ):
         self.loader, self.memory, self.device, self.keeper = loader, memory, device, keeper
         # With `stream`, the caller uses the tensors on that stream, so the copies go there; without,
         # they go on a stream of their own and the iterating thread's current stream waits for them.
@@ -81,8 +90,12 @@ class PooledLoader:
         if cuda and not pool.pinned:
             start = time.monotonic()
             pool.pin()
-            log.info("page-locked a loader pool of %d slots x %.0f MB in %.1f s", pool.slots, pool.slot_bytes / 2**20,
-                     time.monotonic() - start)
+            log.info(
+                "page-locked a loader pool of %d slots x %.0f MB in %.1f s",
+                pool.slots,
+                pool.slot_bytes / 2**20,
+                time.monotonic() - start,
+            )
         self.memory.refill()
         returner = SlotReturner(self.memory.free) if cuda else None
         copies = (self.stream or torch.cuda.Stream(self.device)) if cuda else None
@@ -164,8 +177,15 @@ def worker_loader(dataset, *, workers: int, prefetch: int, pin_memory: bool, for
     """A DataLoader over an iterable dataset that makes whole batches itself, `workers` processes each
     keeping up to `prefetch` ready; its own seeded generator, so creating it draws nothing from the
     global RNG that dropout uses (a resumed run would drift from an uninterrupted one)."""
-    return DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
-                      worker_init_fn=_worker_init, pin_memory=pin_memory,
-                      prefetch_factor=prefetch if workers else None, persistent_workers=False,
-                      multiprocessing_context="fork" if fork and workers else None,
-                      generator=torch.Generator().manual_seed(0))
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_identity,
+        worker_init_fn=_worker_init,
+        pin_memory=pin_memory,
+        prefetch_factor=prefetch if workers else None,
+        persistent_workers=False,
+        multiprocessing_context="fork" if fork and workers else None,
+        generator=torch.Generator().manual_seed(0),
+    )

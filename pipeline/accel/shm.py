@@ -1,4 +1,5 @@
 """Tensors made in shared memory inside loader workers, so handing them over copies nothing more."""
+
 from __future__ import annotations
 
 import math

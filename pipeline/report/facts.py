@@ -3,6 +3,7 @@
 Each gatherer returns None when its stage has not produced its files yet, so a partial run gives a
 partial report that says what is missing.
 """
+
 from __future__ import annotations
 
 import json
@@ -93,9 +94,13 @@ def teacher_facts(cfg: Config, data: DataFacts) -> TeacherFacts | None:
                 n = len(rows)
                 logits = dict(zip(rows.tolist(), table))
     attrs = dict(root.attrs)
-    built = {"model": attrs.get("teacher", {}).get("model"), "weights": attrs.get("teacher", {}).get("pretrained"),
-             "weights_sha256": attrs.get("weights_sha256", "")[:16], "frames": attrs.get("teacher", {}).get("num_frames"),
-             "prompts": attrs.get("teacher", {}).get("prompts")}
+    built = {
+        "model": attrs.get("teacher", {}).get("model"),
+        "weights": attrs.get("teacher", {}).get("pretrained"),
+        "weights_sha256": attrs.get("weights_sha256", "")[:16],
+        "frames": attrs.get("teacher", {}).get("num_frames"),
+        "prompts": attrs.get("teacher", {}).get("prompts"),
+    }
     return TeacherFacts(done, valid, top1, top5, n, built, logits)
 
 
@@ -128,8 +133,9 @@ def train_facts(cfg: Config) -> TrainFacts | None:
     if (folder / "val_predictions.npz").exists():
         with np.load(folder / "val_predictions.npz") as z:
             predictions = {k: z[k] for k in z.files}
-    return TrainFacts([r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "val"],
-                      best, counts, predictions)
+    return TrainFacts(
+        [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "val"], best, counts, predictions
+    )
 
 
 def names(cfg: Config) -> list[str]:
@@ -137,7 +143,9 @@ def names(cfg: Config) -> list[str]:
     return class_names(load_labels(labels_path(cfg)))
 
 
-def per_class_and_confusions(pred: dict, num_classes: int, top: int = 10) -> tuple[dict[int, tuple[int, int]], list[tuple[int, int, int]]]:
+def per_class_and_confusions(
+    pred: dict, num_classes: int, top: int = 10
+) -> tuple[dict[int, tuple[int, int]], list[tuple[int, int, int]]]:
     """(class -> (correct, total)), and the most frequent (true, predicted, count) mistakes."""
     labels, guess = pred["labels"], pred["logits"].astype(np.float32).argmax(1)
     per_class = {int(c): (int(((labels == c) & (guess == c)).sum()), int((labels == c).sum())) for c in np.unique(labels)}
@@ -147,7 +155,9 @@ def per_class_and_confusions(pred: dict, num_classes: int, top: int = 10) -> tup
 
 def agreement(pred: dict, teacher_logits: dict[int, np.ndarray], rows_by_id: dict[str, int]) -> tuple[float, float, int] | None:
     """(top-1 agreement, mean KL(teacher || student) at T=1, videos) over videos in both."""
-    pairs = [(teacher_logits[rows_by_id[i]], s) for i, s in zip(pred["ids"], pred["logits"]) if rows_by_id.get(i) in teacher_logits]
+    pairs = [
+        (teacher_logits[rows_by_id[i]], s) for i, s in zip(pred["ids"], pred["logits"]) if rows_by_id.get(i) in teacher_logits
+    ]
     if not pairs:
         return None
     t = np.stack([p[0] for p in pairs]).astype(np.float64)

@@ -1,4 +1,5 @@
 """The report's figures: headless matplotlib, one PNG per question, titled and labelled with units."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,8 +45,12 @@ def losses(train: list[dict], path: Path) -> str:
     """Loss components and learning rate over steps."""
     steps = [r["step"] for r in train]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, label in (("loss", "total"), ("loss_feature", "feature (0.5 MSE)"), ("loss_response", "response (KL T^2)"),
-                       ("loss_task", "task (0.1 CE)")):
+    for key, label in (
+        ("loss", "total"),
+        ("loss_feature", "feature (0.5 MSE)"),
+        ("loss_response", "response (KL T^2)"),
+        ("loss_task", "task (0.1 CE)"),
+    ):
         ax.plot(steps, [r[key] for r in train], label=label)
     ax.set(title="Training loss by component", xlabel="step", ylabel="loss (mean over the log interval)")
     ax2 = ax.twinx()
@@ -86,8 +91,13 @@ def frame_counts(results: dict[str, dict], trained: int, path: Path) -> str:
     ax.plot(counts, [results[str(c)]["top1"] for c in counts], "o-", label="validation top-1")
     ax.plot(counts, [results[str(c)]["top5"] for c in counts], "s--", label="validation top-5")
     ax.axvline(trained, color="grey", linestyle=":", label=f"trained at {trained} frames")
-    ax.set(title="Accuracy by frames per clip", xlabel="frames per clip at evaluation", ylabel="accuracy (fraction)",
-           xticks=counts, ylim=(0, 1.02))
+    ax.set(
+        title="Accuracy by frames per clip",
+        xlabel="frames per clip at evaluation",
+        ylabel="accuracy (fraction)",
+        xticks=counts,
+        ylim=(0, 1.02),
+    )
     ax.legend(fontsize=8)
     return _save(fig, path)
 

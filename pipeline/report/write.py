@@ -1,4 +1,5 @@
 """`make report`: one folder a person can open, `report.md` plus PNG plots, from the run's own files."""
+
 from __future__ import annotations
 
 import logging
@@ -30,11 +31,13 @@ def write_report(cfg: Config) -> Path:
     data = data_facts(cfg)
     teacher = teacher_facts(cfg, data)
     training = train_facts(cfg)
-    sections = [f"# Run report: {cfg.paths.run_dir}\n",
-                _data_section(data, class_names, folder),
-                _teacher_section(teacher, data.videos),
-                _training_section(training, cfg, folder),
-                _classes_section(training, teacher, data, class_names, folder)]
+    sections = [
+        f"# Run report: {cfg.paths.run_dir}\n",
+        _data_section(data, class_names, folder),
+        _teacher_section(teacher, data.videos),
+        _training_section(training, cfg, folder),
+        _classes_section(training, teacher, data, class_names, folder),
+    ]
     path = folder / "report.md"
     write_text(path, "\n".join(sections))
     log.info("report written to %s", path)
@@ -47,13 +50,18 @@ def _data_section(data: DataFacts, class_names: list[str], folder: Path) -> str:
         lines.append(f"Missing: no complete shard index for {', '.join(data.missing)} (run `make shards`).\n")
     if not data.videos:
         return "\n".join(lines)
-    lines += ["| split | videos | classes | frames per video (mean, min-max) | rejected | MB on disk | KiB per video |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "| split | videos | classes | frames per video (mean, min-max) | rejected | MB on disk | KiB per video |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for split, n in data.videos.items():
         f = data.frames[split]
         mean = sum(f) / len(f) if f else 0
-        lines.append(f"| {split} | {n} | {len(data.videos_per_class[split])} | {mean:.1f}, {min(f, default=0)}-{max(f, default=0)} "
-                     f"| {sum(data.rejected[split].values())} | {data.bytes[split] / 1e6:.1f} | {data.bytes[split] / max(1, n) / 1024:.0f} |")
+        lines.append(
+            f"| {split} | {n} | {len(data.videos_per_class[split])} | {mean:.1f}, {min(f, default=0)}-{max(f, default=0)} "
+            f"| {sum(data.rejected[split].values())} | {data.bytes[split] / 1e6:.1f} "
+            f"| {data.bytes[split] / max(1, n) / 1024:.0f} |"
+        )
     total = sum(data.bytes.values())
     lines.append(f"\nTotal on disk: {total / 1e6:.1f} MB for {sum(data.videos.values())} videos.\n")
     reasons = {}
@@ -61,7 +69,9 @@ def _data_section(data: DataFacts, class_names: list[str], folder: Path) -> str:
         for reason, n in per.items():
             reasons[reason] = reasons.get(reason, 0) + n
     lines.append("Rejected videos by reason: " + (", ".join(f"{r}: {n}" for r, n in sorted(reasons.items())) or "none") + "\n")
-    lines.append(f"![videos per class]({plots.class_counts(data.videos_per_class, class_names, folder / 'videos_per_class.png')})\n")
+    lines.append(
+        f"![videos per class]({plots.class_counts(data.videos_per_class, class_names, folder / 'videos_per_class.png')})\n"
+    )
     lines.append(f"![frames per video]({plots.frame_histogram(data.frames, folder / 'frames_per_video.png')})\n")
     return "\n".join(lines)
 
@@ -74,13 +84,17 @@ def _teacher_section(teacher: TeacherFacts | None, expected_videos: dict[str, in
         videos = f" of {expected_videos[split]} videos in the shards" if split in expected_videos else ""
         lines.append(f"- {split}: {done}/{expected} shards done, {teacher.valid_rows[split]} valid rows{videos}")
     b = teacher.built_with
-    lines.append(f"\nBuilt with {b['model']} (weights {b['weights']}, sha256 {b['weights_sha256']}...), "
-                 f"{b['frames']} frames per video, prompts {b['prompts']}.\n")
+    lines.append(
+        f"\nBuilt with {b['model']} (weights {b['weights']}, sha256 {b['weights_sha256']}...), "
+        f"{b['frames']} frames per video, prompts {b['prompts']}.\n"
+    )
     if teacher.top1 is None:
         lines.append("Zero-shot accuracy: no validation rows cached yet.\n")
     else:
-        lines.append(f"Teacher zero-shot accuracy on validation ({teacher.evaluated} videos): top-1 {teacher.top1:.4f}, "
-                     f"top-5 {teacher.top5:.4f}. This is how good the distillation targets are.\n")
+        lines.append(
+            f"Teacher zero-shot accuracy on validation ({teacher.evaluated} videos): top-1 {teacher.top1:.4f}, "
+            f"top-5 {teacher.top5:.4f}. This is how good the distillation targets are.\n"
+        )
     return "\n".join(lines)
 
 
@@ -89,11 +103,15 @@ def _training_section(training: TrainFacts | None, cfg: Config, folder: Path) ->
     if training is None or not training.train:
         return "\n".join(lines + ["Missing: no training metrics yet (run `make train-student`).\n"])
     last = training.train[-1]
-    lines.append(f"{cfg.student.arch}, {cfg.loss.mode}; last logged step {last['step']} (epoch {last['epoch']}), "
-                 f"last loss {last['loss']:.4f}, {last['clips_per_s']:.1f} clips/s.\n")
+    lines.append(
+        f"{cfg.student.arch}, {cfg.loss.mode}; last logged step {last['step']} (epoch {last['epoch']}), "
+        f"last loss {last['loss']:.4f}, {last['clips_per_s']:.1f} clips/s.\n"
+    )
     if training.best:
-        lines.append(f"Best checkpoint: `best.pt`, epoch {training.best['epoch']}, step {training.best['step']}, "
-                     f"validation top-1 {training.best['top1']:.4f}.\n")
+        lines.append(
+            f"Best checkpoint: `best.pt`, epoch {training.best['epoch']}, step {training.best['step']}, "
+            f"validation top-1 {training.best['top1']:.4f}.\n"
+        )
     if training.val:
         lines += ["| epoch | validation loss | top-1 | top-5 |", "| --- | --- | --- | --- |"]
         lines += [f"| {r['epoch']} | {r['loss']:.4f} | {r['top1']:.4f} | {r['top5']:.4f} |" for r in training.val]
@@ -115,8 +133,9 @@ def _training_section(training: TrainFacts | None, cfg: Config, folder: Path) ->
     return "\n".join(lines)
 
 
-def _classes_section(training: TrainFacts | None, teacher: TeacherFacts | None, data: DataFacts,
-                     class_names: list[str], folder: Path) -> str:
+def _classes_section(
+    training: TrainFacts | None, teacher: TeacherFacts | None, data: DataFacts, class_names: list[str], folder: Path
+) -> str:
     lines = ["## Classes and agreement with the teacher\n"]
     if training is None or training.predictions is None:
         return "\n".join(lines + ["Missing: no validation predictions yet (written when training finishes).\n"])
@@ -130,8 +149,10 @@ def _classes_section(training: TrainFacts | None, teacher: TeacherFacts | None, 
     if teacher is not None and teacher.logits:
         agree = agreement(pred, teacher.logits, data.rows_by_id.get("validation", {}))
         if agree:
-            lines.append(f"Student versus teacher on {agree[2]} validation videos: top-1 agreement {agree[0]:.4f}, "
-                         f"mean KL(teacher || student) {agree[1]:.4f} nats (temperature 1).\n")
+            lines.append(
+                f"Student versus teacher on {agree[2]} validation videos: top-1 agreement {agree[0]:.4f}, "
+                f"mean KL(teacher || student) {agree[1]:.4f} nats (temperature 1).\n"
+            )
     else:
         lines.append("Student-teacher agreement: no teacher logits for validation (vanilla run or no cache).\n")
     return "\n".join(lines)

@@ -1,14 +1,13 @@
 """How many loader processes a task runs when the config asks for -1 (as many as its CPUs allow)."""
+
 from __future__ import annotations
 
 import os
 
 # CPUs left to everything but the loader workers when the count is automatic. Training: the step
-# thread, the batch pool's give-back thread and the driver's threads. On a 16-CPU H200 host
-# compiled MobileViT-XXS with the real loader ran at 98-100% of its synthetic rate with 10 or 14
-# workers through the batch pool; with per-batch segments and the pin-memory thread, 14 workers
-# starved the main process (75-88%, against 94% with 10; docs/benchmarks.md). The teacher stage
-# runs its prep and hand-over threads and two writer processes beside its workers.
+# thread, the batch pool's slot-returner thread and the driver's threads, which starve (and slow the
+# step) when workers take every CPU. The teacher stage runs its prep and hand-over threads and two
+# writer processes beside its workers. Chosen from the loader-size runs in docs/benchmarks.md.
 TRAIN_RESERVE = 6
 TEACHER_RESERVE = 2
 

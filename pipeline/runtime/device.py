@@ -1,4 +1,5 @@
 """Where to run: CUDA, else MPS, else CPU."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Runtime facts of a distributed job (never part of the config) and process-group set-up."""
+
 from __future__ import annotations
 
 import os
@@ -27,11 +28,16 @@ def from_environment() -> DistEnv:
     """torchrun's RANK/WORLD_SIZE/LOCAL_RANK, else SLURM's task ids, else a single process."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
-                       int(env.get("LOCAL_WORLD_SIZE", 1)))
+        return DistEnv(
+            int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", 1))
+        )
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
-                       int(env.get("SLURM_NTASKS_PER_NODE", 1)))
+        return DistEnv(
+            int(env["SLURM_PROCID"]),
+            int(env["SLURM_NTASKS"]),
+            int(env.get("SLURM_LOCALID", 0)),
+            int(env.get("SLURM_NTASKS_PER_NODE", 1)),
+        )
     return DistEnv()
 
 
@@ -42,8 +48,9 @@ def init(env: DistEnv, device: torch.device) -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
     backend = "nccl" if device.type == "cuda" else "gloo"
-    torch_dist.init_process_group(backend, rank=env.rank, world_size=env.world_size,
-                                  device_id=device if device.type == "cuda" else None)
+    torch_dist.init_process_group(
+        backend, rank=env.rank, world_size=env.world_size, device_id=device if device.type == "cuda" else None
+    )
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

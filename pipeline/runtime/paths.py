@@ -1,4 +1,5 @@
 """Telling a file name from a name of something to download (weights tags)."""
+
 from __future__ import annotations
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")

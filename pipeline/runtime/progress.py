@@ -1,4 +1,5 @@
 """Logging set-up and a progress reporter (count, rate, ETA) for long jobs."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """External programs the stages run, found once per process."""
+
 from __future__ import annotations
 
 import functools

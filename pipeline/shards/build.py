@@ -1,12 +1,14 @@
 """Stage 1 work: decode SSv2 videos once and write them into WebDataset tar shards."""
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pipeline.config import Config, dump
 from pipeline.runtime import atomic
@@ -44,8 +46,9 @@ class ShardsSummary:
 Decoder = Callable[[VideoEntry], "DecodedVideo | str"]
 
 
-def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, decoder: Decoder | None = None,
-        only: list[int] | None = None) -> ShardsSummary:
+def run(
+    cfg: Config, task_id: int = 0, num_tasks: int = 1, decoder: Decoder | None = None, only: list[int] | None = None
+) -> ShardsSummary:
     """Build shards task_id, task_id + num_tasks, ... of the plan (or the plan positions in `only`),
     skipping those already done.
 
@@ -69,7 +72,9 @@ def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, decoder: Decoder | No
             log.info("%s: rebuilding (%s)", spec.name, reason)
         todo.append(spec)
     summary = ShardsSummary(shards_skipped=len(mine) - len(todo))
-    log.info("task %d/%d: %d shards, %d already done, %d to build", task_id, num_tasks, len(mine), summary.shards_skipped, len(todo))
+    log.info(
+        "task %d/%d: %d shards, %d already done, %d to build", task_id, num_tasks, len(mine), summary.shards_skipped, len(todo)
+    )
     progress = Progress("videos", sum(len(s.videos) for s in todo), cfg.shards.progress_every_s, log)
     with ThreadPoolExecutor(max(1, cfg.shards.cpus_per_task)) as pool:
         try:
@@ -125,7 +130,9 @@ def _checked(cfg: Config, decoder: Decoder, entry: VideoEntry) -> DecodedVideo |
     return video
 
 
-def _build_shard(cfg: Config, spec: ShardSpec, pool: ThreadPoolExecutor, decoder: Decoder, progress: Progress, summary: ShardsSummary) -> None:
+def _build_shard(
+    cfg: Config, spec: ShardSpec, pool: ThreadPoolExecutor, decoder: Decoder, progress: Progress, summary: ShardsSummary
+) -> None:
     out_dir = cfg.paths.shards_dir
     tar_path = out_dir / spec.name
     tmp = atomic.tmp_name(tar_path)

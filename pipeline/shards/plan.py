@@ -8,6 +8,7 @@ Done marker: `<shard>.manifest.json`, written after the tar is renamed into plac
 as done only if its manifest verifies: same videos and decode settings as the current plan and
 the tar's sha256 as recorded. The split index `<split>.index.json` is written once all are done.
 """
+
 from __future__ import annotations
 
 import json
@@ -124,8 +125,7 @@ def write_index_if_complete(out_dir: Path, cfg: Config, split: str, specs: list[
             return False
         manifests.append(read_manifest(manifest_path(out_dir, spec.name)))
     shards = [
-        {k: m[k] for k in ("name", "sha256", "bytes", "num_videos", "num_frames", "num_rejected", "first_row")}
-        for m in manifests
+        {k: m[k] for k in ("name", "sha256", "bytes", "num_videos", "num_frames", "num_rejected", "first_row")} for m in manifests
     ]
     index = {
         "split": split,

@@ -1,4 +1,5 @@
 """The SSv2 download's annotation files: labels.json (template -> index) and one JSON list per split."""
+
 from __future__ import annotations
 
 import json

@@ -1,8 +1,9 @@
 """JPEG frames to model input: decode (CPU or GPU), resize, crop, normalise."""
+
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -34,7 +35,7 @@ def stack_channels_last(frames: Sequence[torch.Tensor], out: torch.Tensor | None
     """Stack [..., 3, H, W] tensors into [N, ..., 3, H, W] whose memory is [N, ..., H, W, 3] (`out`: such a tensor).
 
     Decoded JPEGs are [H, W, 3] in memory, so this is a plain copy, where stacking them [N, 3, H, W]
-    contiguous transposes every pixel (measured 20x slower, more than half a CPU decode). The
+    contiguous transposes every pixel (many times slower: docs/benchmarks.md, channels-last loader). The
     antialiased uint8 resize and the students' channels_last convolutions want this layout too.
     """
     hwc = [f.movedim(-3, -1) for f in frames]

@@ -7,13 +7,15 @@ Two tar members per video, grouped by WebDataset under the key `<id>`:
   slices out only the frames it samples and decodes just those. One member per video rather than
   one per frame keeps the tar small (512-byte headers) and the reader fast (~45x fewer members).
 """
+
 from __future__ import annotations
 
 import io
 import json
 import tarfile
+from collections.abc import Iterable, Iterator
 from itertools import accumulate
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO
 
 RECORD_EXT = "json"
 FRAMES_EXT = "jpgs"

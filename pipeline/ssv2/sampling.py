@@ -1,4 +1,5 @@
 """Which frames of a video a model sees: T equal segments, the centre or a random frame of each."""
+
 from __future__ import annotations
 
 import numpy as np

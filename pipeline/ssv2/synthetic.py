@@ -5,6 +5,7 @@ of one class played backwards is a video of its twin, and every random choice (b
 where the path lies) is drawn independently of the class, so the two twins have the same
 distribution of frames: a model that ignores frame order is at chance between them.
 """
+
 from __future__ import annotations
 
 import json

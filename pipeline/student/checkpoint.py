@@ -1,4 +1,5 @@
 """Checkpoints that are complete or absent: `latest.pt` and `best.pt`, each written atomically."""
+
 from __future__ import annotations
 
 import os

@@ -9,14 +9,15 @@ until it has produced its share, so DDP never waits on a rank that ran out of da
 random is drawn from generators keyed by (seed, epoch, rank, worker, sample), so a run resumed
 mid-epoch (skipping the batches it already trained on) sees exactly the batches it would have.
 """
+
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -125,7 +126,7 @@ class ShardClips(IterableDataset):
                 rng = random.Random(f"{spec.seed}-{spec.epoch}-{self.source.rank}-{worker}-{passes}")
                 stream = wds.shuffle(spec.shuffle_buffer, initial=spec.shuffle_buffer, rng=rng)(stream)
             got = 0
-            for got, sample in enumerate(stream, 1):
+            for got, sample in enumerate(stream, 1):  # noqa: B007 (read after the loop)
                 yield sample
             if got == 0 and spec.train:  # cycling over shards that hold nothing would spin for ever
                 raise ValueError(f"loader worker {worker}: its shards hold no videos: {', '.join(shards)}")
@@ -247,8 +248,13 @@ def make_loader(source: ClipSource, *, workers: int, device: torch.device, keepe
     shared-memory segments (pinned by the pin-memory thread on CUDA) and the caller moves them."""
     pooled = keeper is not None and workers > 0
     memory = keeper.memory(workers * _PREFETCH + 4, batch_bytes(source.spec)) if pooled else None
-    loader = worker_loader(ShardClips(source, memory), workers=workers, prefetch=_PREFETCH,
-                           pin_memory=device.type == "cuda" and not pooled, fork=pooled)
+    loader = worker_loader(
+        ShardClips(source, memory),
+        workers=workers,
+        prefetch=_PREFETCH,
+        pin_memory=device.type == "cuda" and not pooled,
+        fork=pooled,
+    )
     # every ready batch, plus a few being copied to the GPU or being written
     return PooledLoader(loader, memory, device, keeper=keeper) if pooled else loader
 

@@ -1,4 +1,5 @@
 """Validation of a student: loss and top-1/top-5 over a split, at any number of frames."""
+
 from __future__ import annotations
 
 import io
@@ -32,8 +33,17 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(cfg: Config, model: torch.nn.Module, *, env: DistEnv, device: torch.device, num_frames: int,
-             split: str = "validation", collect: bool = False, pools: PoolKeeper | None = None) -> EvalResult:
+def evaluate(
+    cfg: Config,
+    model: torch.nn.Module,
+    *,
+    env: DistEnv,
+    device: torch.device,
+    num_frames: int,
+    split: str = "validation",
+    collect: bool = False,
+    pools: PoolKeeper | None = None,
+) -> EvalResult:
     """Loss (the training loss when the cache is there, else CE) and accuracy with centre clips;
     with `collect`, also every video's logits (gathered on rank 0). `pools` keeps the loader's
     page-locked pool between calls (none: batches in shared-memory segments)."""
@@ -70,24 +80,35 @@ def evaluate(cfg: Config, model: torch.nn.Module, *, env: DistEnv, device: torch
 
 
 def _gather(ids: list, labels: list, logits: list, env: DistEnv) -> dict | None:
-    mine = {"ids": ids, "labels": torch.cat(labels).numpy() if labels else [], "logits": torch.cat(logits).numpy() if logits else []}
+    mine = {
+        "ids": ids,
+        "labels": torch.cat(labels).numpy() if labels else [],
+        "logits": torch.cat(logits).numpy() if logits else [],
+    }
     parts = [mine]
     if env.world_size > 1:
         parts = [None] * env.world_size
         torch.distributed.all_gather_object(parts, mine)
     if not env.is_main:
         return None
-    return {"ids": [i for p in parts for i in p["ids"]],
-            "labels": np.concatenate([np.asarray(p["labels"]) for p in parts if len(p["labels"])]),
-            "logits": np.concatenate([np.asarray(p["logits"]) for p in parts if len(p["logits"])])}
+    return {
+        "ids": [i for p in parts for i in p["ids"]],
+        "labels": np.concatenate([np.asarray(p["labels"]) for p in parts if len(p["labels"])]),
+        "logits": np.concatenate([np.asarray(p["logits"]) for p in parts if len(p["logits"])]),
+    }
 
 
 def write_predictions(folder: Path, result: EvalResult, num_frames: int) -> None:
     """`val_predictions.npz`: ids, labels and float16 logits of every validation video."""
     p = result.predictions
     buffer = io.BytesIO()
-    np.savez(buffer, ids=np.asarray(p["ids"]), labels=p["labels"], logits=p["logits"].astype(np.float16),
-             num_frames=np.asarray(num_frames))
+    np.savez(
+        buffer,
+        ids=np.asarray(p["ids"]),
+        labels=p["labels"],
+        logits=p["logits"].astype(np.float16),
+        num_frames=np.asarray(num_frames),
+    )
     write_bytes(Path(folder) / "val_predictions.npz", buffer.getvalue())
 
 
@@ -103,8 +124,13 @@ def frame_count_table(results: dict[int, EvalResult], trained_at: int) -> str:
 def write_frame_count_eval(folder: Path, results: dict[int, EvalResult], trained_at: int) -> None:
     """eval_frames.json and eval_frames.md next to the checkpoints."""
 
-    write_json(Path(folder) / "eval_frames.json", {
-        "trained_num_frames": trained_at,
-        "results": {str(k): {f: getattr(v, f) for f in ("loss", "top1", "top5", "videos")} for k, v in sorted(results.items())},
-    })
+    write_json(
+        Path(folder) / "eval_frames.json",
+        {
+            "trained_num_frames": trained_at,
+            "results": {
+                str(k): {f: getattr(v, f) for f in ("loss", "top1", "top5", "videos")} for k, v in sorted(results.items())
+            },
+        },
+    )
     write_text(Path(folder) / "eval_frames.md", frame_count_table(results, trained_at))

@@ -1,4 +1,5 @@
 """The distillation loss, with each component kept for logging."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -41,11 +42,14 @@ def distill_loss(
     t = F.normalize(teacher_feature.float(), dim=-1)
     mse = F.mse_loss(s, t)
     temp = cfg.temperature
-    kl = F.kl_div(
-        F.log_softmax(logits / temp, dim=-1),
-        F.log_softmax(teacher_logits.float() / temp, dim=-1),
-        reduction="batchmean",
-        log_target=True,
-    ) * temp**2
+    kl = (
+        F.kl_div(
+            F.log_softmax(logits / temp, dim=-1),
+            F.log_softmax(teacher_logits.float() / temp, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * temp**2
+    )
     parts = (cfg.alpha * mse, cfg.beta * kl, cfg.gamma * ce)
     return LossParts(sum(parts), *parts)

@@ -1,4 +1,5 @@
 """Running means, top-k accuracy, and a metrics log (JSON lines plus TensorBoard scalars)."""
+
 from __future__ import annotations
 
 import json

@@ -4,14 +4,15 @@ Reads top to bottom like the recipe: set up the process group and the data, buil
 its optimiser, resume from `latest.pt` if there is one, then train epoch by epoch with validation,
 checkpoints and metrics, and finish with an evaluation at several frame counts.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -83,8 +84,9 @@ class TrainSummary:
     model: torch.nn.Module = field(repr=False, default=None)  # this rank's trained (unwrapped) model
 
 
-def run(cfg: Config, env: DistEnv | None = None, stop_after_steps: int | None = None,
-        should_stop: Callable[[], bool] | None = None) -> TrainSummary:
+def run(
+    cfg: Config, env: DistEnv | None = None, stop_after_steps: int | None = None, should_stop: Callable[[], bool] | None = None
+) -> TrainSummary:
     """Train (or resume) the configured student; `stop_after_steps`/`should_stop` end the call early
     after a checkpoint, as a preemption would."""
     start = time.monotonic()
@@ -111,8 +113,11 @@ def run(cfg: Config, env: DistEnv | None = None, stop_after_steps: int | None = 
     resumed_from = state.progress.step
     if env.world_size > 1:
         # CE alone leaves the feature projection out of the loss; DDP must be told.
-        state.wrapped = DDP(state.wrapped, device_ids=[device.index] if device.type == "cuda" else None,
-                            find_unused_parameters=cfg.loss.mode == "vanilla")
+        state.wrapped = DDP(
+            state.wrapped,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.loss.mode == "vanilla",
+        )
     trainer = Trainer(cfg, env=env, device=device, names=names, per_rank=per_rank, total_steps=total_steps)
     try:
         stopped = trainer.train(state, stop_after_steps, should_stop)
@@ -126,8 +131,9 @@ def run(cfg: Config, env: DistEnv | None = None, stop_after_steps: int | None = 
                 write_frame_count_eval(out, counts, cfg.student.num_frames)
     finally:
         trainer.close()
-    summary = TrainSummary(state.progress, resumed_from, stopped, val, counts, time.monotonic() - start,
-                           trainer.clips_per_s, state.model)
+    summary = TrainSummary(
+        state.progress, resumed_from, stopped, val, counts, time.monotonic() - start, trainer.clips_per_s, state.model
+    )
     if env.is_main:
         log.info(_summary_paragraph(cfg, summary, env, total_steps))
     return summary
@@ -174,6 +180,7 @@ def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer
 
 def cosine_schedule(warmup: int, total: int) -> Callable[[int], float]:
     """The lr factor at each step: linear warm-up over `warmup` steps, then cosine to 0 at `total`."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -218,8 +225,7 @@ def train_step(state: TrainState, batch, *, cfg: Config, norm, dtype: torch.dtyp
 class Trainer:
     """The epoch loop: data per epoch, steps, logs, validation and checkpoints."""
 
-    def __init__(self, cfg: Config, *, env: DistEnv, device: torch.device, names: list[str], per_rank: int,
-                 total_steps: int):
+    def __init__(self, cfg: Config, *, env: DistEnv, device: torch.device, names: list[str], per_rank: int, total_steps: int):
         self.cfg, self.env, self.device = cfg, env, device
         self.per_rank, self.total_steps = per_rank, total_steps
         self.flip_pairs = flip_pairs(names)
@@ -262,13 +268,21 @@ class Trainer:
 
     def _loader(self, progress: TrainProgress):
         cfg, env = self.cfg, self.env
-        spec = ClipSpec(cfg.student.num_frames, cfg.student.image_size, cfg.train.batch_size, train=True,
-                        flip=cfg.train.flip, shuffle_buffer=cfg.train.shuffle_buffer, seed=cfg.train.seed,
-                        epoch=progress.epoch)
+        spec = ClipSpec(
+            cfg.student.num_frames,
+            cfg.student.image_size,
+            cfg.train.batch_size,
+            train=True,
+            flip=cfg.train.flip,
+            shuffle_buffer=cfg.train.shuffle_buffer,
+            seed=cfg.train.seed,
+            epoch=progress.epoch,
+        )
         shards, _ = split_shards(cfg, "train")
         cache = CacheSource(cfg.paths.teacher_cache, "train") if cfg.loss.mode == "distill" else None
-        source = ClipSource(shards, spec, env.rank, env.world_size, self.per_rank, cache, self.flip_pairs,
-                            skip_batches=progress.step_in_epoch)
+        source = ClipSource(
+            shards, spec, env.rank, env.world_size, self.per_rank, cache, self.flip_pairs, skip_batches=progress.step_in_epoch
+        )
         return make_loader(source, workers=train_workers(cfg, env), device=self.device, keeper=self.pools)
 
     def _epoch(self, state: TrainState):
@@ -297,19 +311,42 @@ class Trainer:
         lr = state.optimizer.param_groups[0]["lr"]
         left = (self.total_steps - p.step) * self.cfg.train.batch_size * self.env.world_size / max(rate, 1e-9)
         v = {k: m.avg for k, m in meters.items()}
-        self.metrics.write("train", p.step, epoch=p.epoch, lr=lr, clips_per_s=rate,
-                           loss=v["total"], loss_feature=v["feature"], loss_response=v["response"],
-                           loss_task=v["task"], top1=v["top1"], top5=v["top5"])
+        self.metrics.write(
+            "train",
+            p.step,
+            epoch=p.epoch,
+            lr=lr,
+            clips_per_s=rate,
+            loss=v["total"],
+            loss_feature=v["feature"],
+            loss_response=v["response"],
+            loss_task=v["task"],
+            top1=v["top1"],
+            top5=v["top5"],
+        )
         if self.env.is_main:
-            log.info("epoch %d step %d/%d: loss %.4f (feature %.4f, response %.4f, task %.4f), top-1 %.3f, lr %.5f, "
-                     "%.1f clips/s, ETA %s", p.epoch, p.step, self.total_steps, v["total"], v["feature"], v["response"],
-                     v["task"], v["top1"], lr, rate, format_duration(left))
+            log.info(
+                "epoch %d step %d/%d: loss %.4f (feature %.4f, response %.4f, task %.4f), top-1 %.3f, lr %.5f, "
+                "%.1f clips/s, ETA %s",
+                p.epoch,
+                p.step,
+                self.total_steps,
+                v["total"],
+                v["feature"],
+                v["response"],
+                v["task"],
+                v["top1"],
+                lr,
+                rate,
+                format_duration(left),
+            )
         return now, 0
 
     def evaluate(self, model: torch.nn.Module, num_frames: int, *, collect: bool = False) -> EvalResult:
         """Validation of `model` at `num_frames` frames, through this trainer's loader pool."""
-        return evaluate(self.cfg, model, env=self.env, device=self.device, num_frames=num_frames,
-                        collect=collect, pools=self.pools)
+        return evaluate(
+            self.cfg, model, env=self.env, device=self.device, num_frames=num_frames, collect=collect, pools=self.pools
+        )
 
     def _end_epoch(self, state: TrainState) -> None:
         cfg, env, p = self.cfg, self.env, state.progress
@@ -317,8 +354,14 @@ class Trainer:
         val = self.evaluate(state.model, cfg.student.num_frames)
         self.metrics.write("val", p.step, epoch=p.epoch, loss=val.loss, top1=val.top1, top5=val.top5, videos=val.videos)
         if env.is_main:
-            log.info("epoch %d validation: loss %.4f, top-1 %.4f, top-5 %.4f over %d videos",
-                     p.epoch, val.loss, val.top1, val.top5, val.videos)
+            log.info(
+                "epoch %d validation: loss %.4f, top-1 %.4f, top-5 %.4f over %d videos",
+                p.epoch,
+                val.loss,
+                val.top1,
+                val.top5,
+                val.videos,
+            )
         p.history.append({"epoch": p.epoch, "step": p.step, "val": vars(val)})
         improved = val.top1 > p.best_top1
         p.best_top1 = max(p.best_top1, val.top1)
@@ -352,15 +395,18 @@ class Trainer:
             rngs = [mine]
         if self.env.is_main:
             p = state.progress
-            checkpoint.save(self.cfg.paths.student_dir / name, {
-                "model": state.model.state_dict(),
-                "optimizer": state.optimizer.state_dict(),
-                "scheduler": state.scheduler.state_dict(),
-                "scaler": state.scaler.state_dict(),
-                "state": vars(p) | {"history": list(p.history)},
-                "rng": rngs,
-                "config": to_dict(self.cfg),
-            })
+            checkpoint.save(
+                self.cfg.paths.student_dir / name,
+                {
+                    "model": state.model.state_dict(),
+                    "optimizer": state.optimizer.state_dict(),
+                    "scheduler": state.scheduler.state_dict(),
+                    "scaler": state.scaler.state_dict(),
+                    "state": vars(p) | {"history": list(p.history)},
+                    "rng": rngs,
+                    "config": to_dict(self.cfg),
+                },
+            )
         dist.barrier()
 
 

@@ -1,4 +1,5 @@
 """The frozen CLIP teacher: open_clip image tower per frame, zero-shot head from its text tower."""
+
 from __future__ import annotations
 
 import contextlib
@@ -96,7 +97,9 @@ def _create_model(cfg: TeacherConfig) -> torch.nn.Module:
         return open_clip.create_model(cfg.model, pretrained=source)
     tags = open_clip.list_pretrained_tags_by_model(cfg.model)
     if source not in tags:
-        raise TeacherWeightsError(f"teacher.pretrained={source!r} is not a known tag for {cfg.model} (known: {', '.join(tags) or 'none'})")
+        raise TeacherWeightsError(
+            f"teacher.pretrained={source!r} is not a known tag for {cfg.model} (known: {', '.join(tags) or 'none'})"
+        )
     try:
         return open_clip.create_model(cfg.model, pretrained=source)
     except Exception as e:  # the hub client raises many types when offline

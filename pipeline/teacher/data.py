@@ -3,6 +3,7 @@
 JPEGs are decoded either in the workers (CPU) or in one batched nvjpeg call on the GPU; frames are
 centre-cropped to squares so that one resize call per shard brings them to the model's size.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -72,8 +73,7 @@ class ShardFrames(IterableDataset):
     per shard for SSv2).
     """
 
-    def __init__(self, jobs: list[ShardJob], num_frames: int, *, gpu_share: float = 0.0,
-                 memory: BatchMemory | None = None):
+    def __init__(self, jobs: list[ShardJob], num_frames: int, *, gpu_share: float = 0.0, memory: BatchMemory | None = None):
         self.jobs, self.num_frames, self.gpu_share = jobs, num_frames, gpu_share
         self.memory = memory or SegmentMemory()
 
@@ -140,7 +140,7 @@ def resize_groups(groups: Groups, num_videos: int, size: int) -> torch.Tensor:
     return out
 
 
-# Shards each worker may have ready: two keep the GPU fed; more only add memory (~100 MB a shard).
+# Shards each worker may have ready: two keep the GPU fed; more only add memory.
 _PREFETCH = 2
 
 
@@ -170,9 +170,17 @@ class FramePrep:
             frames.record_stream(current)  # made on the side stream, used on this one
 
 
-def make_loader(jobs: list[ShardJob], num_frames: int, *, num_workers: int, gpu_share: float = 0.0,
-                prep: FramePrep | None = None, keeper: PoolKeeper | None = None, shard_bytes: int = 0,
-                pin_memory: bool = False):
+def make_loader(
+    jobs: list[ShardJob],
+    num_frames: int,
+    *,
+    num_workers: int,
+    gpu_share: float = 0.0,
+    prep: FramePrep | None = None,
+    keeper: PoolKeeper | None = None,
+    shard_bytes: int = 0,
+    pin_memory: bool = False,
+):
     """Shards in, one ShardItem per shard out; workers take every n-th shard (-1: as many as the CPUs allow).
 
     With `prep`, a pool `keeper` and `shard_bytes` (room for one shard's crops), workers write into
@@ -183,8 +191,13 @@ def make_loader(jobs: list[ShardJob], num_frames: int, *, num_workers: int, gpu_
     pooled = prep is not None and keeper is not None and shard_bytes > 0 and workers > 0
     memory = keeper.memory(workers * _PREFETCH + 4, shard_bytes) if pooled else None
     dataset = ShardFrames(jobs, num_frames, gpu_share=gpu_share, memory=memory)
-    loader = worker_loader(dataset, workers=workers, prefetch=_PREFETCH, fork=pooled,
-                           pin_memory=pin_memory and not pooled and torch.cuda.is_available())
+    loader = worker_loader(
+        dataset,
+        workers=workers,
+        prefetch=_PREFETCH,
+        fork=pooled,
+        pin_memory=pin_memory and not pooled and torch.cuda.is_available(),
+    )
     if not pooled:
         return loader
     return PooledLoader(loader, memory, prep.device, keeper=keeper, stream=prep.stream)

@@ -6,10 +6,11 @@ buffers, and a hand-over thread waits for them and passes them to writer process
 Zarr without taking this process's GIL. The launching thread itself never waits on the GPU. Every
 wait is timed into the task's summary, to tell which side bounds the task.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -24,10 +25,10 @@ _LAG = 2
 class ShardFlow:
     """Shards in (on the device, at the model's size) and outputs out (to the writers), overlapped.
 
-        with ShardFlow(loader, prep=prep, writer=writer, store=store, summary=summary) as flow:
-            for item, frames in flow:
-                ...
-                flow.write(item, [features, logits, frame_features])
+    with ShardFlow(loader, prep=prep, writer=writer, store=store, summary=summary) as flow:
+        for item, frames in flow:
+            ...
+            flow.write(item, [features, logits, frame_features])
     """
 
     def __init__(self, loader: Iterable, *, prep: FramePrep, writer: ProcessWriter, store: str, summary):

@@ -4,12 +4,13 @@ Per shard: load its frames (decoded, cropped, on the device at the model's size)
 frame with the image tower -> pool the frames into the video feature -> zero-shot logits -> write
 one chunk per array. How these steps overlap on the GPU is `flow.ShardFlow`'s business.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import zarr
@@ -57,8 +58,9 @@ class TeacherSummary:
         return (self.frames - first) / span if span > 0 else 0.0
 
 
-def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: int | None = None,
-        only: list[int] | None = None) -> TeacherSummary:
+def run(
+    cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: int | None = None, only: list[int] | None = None
+) -> TeacherSummary:
     """Compute the teacher outputs of shards task_id, task_id + num_tasks, ... (or the positions in
     `only` of `all_shards`) not yet done."""
     start = time.monotonic()
@@ -74,8 +76,15 @@ def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: in
         atomic.write_text(cfg.paths.teacher_cache.with_suffix(".config.yaml"), dump(cfg))
         jobs, summary.shards_skipped = _todo(cfg, root, task_id, num_tasks, only)
         jobs = jobs[:stop_after_shards] if stop_after_shards is not None else jobs
-        log.info("task %d/%d: %d shards to compute, %d already done (teacher %s on %s)",
-                 task_id, num_tasks, len(jobs), summary.shards_skipped, cfg.teacher.model, device)
+        log.info(
+            "task %d/%d: %d shards to compute, %d already done (teacher %s on %s)",
+            task_id,
+            num_tasks,
+            len(jobs),
+            summary.shards_skipped,
+            cfg.teacher.model,
+            device,
+        )
         _compute(cfg, teacher, device=device, jobs=jobs, writer=writer, summary=summary)
     finally:
         summary.write_busy_s = writer.close()
@@ -84,13 +93,21 @@ def run(cfg: Config, task_id: int = 0, num_tasks: int = 1, stop_after_shards: in
     return summary
 
 
-def _compute(cfg: Config, teacher: Teacher, *, device: torch.device, jobs: list[ShardJob], writer: ProcessWriter,
-             summary: TeacherSummary) -> None:
+def _compute(
+    cfg: Config, teacher: Teacher, *, device: torch.device, jobs: list[ShardJob], writer: ProcessWriter, summary: TeacherSummary
+) -> None:
     prep = FramePrep(teacher.image_size, device)
     pools = PoolKeeper() if cfg.experimental.batch_pool else None
-    loader = make_loader(jobs, cfg.teacher.num_frames, num_workers=cfg.teacher.num_workers,
-                         gpu_share=gpu_share(cfg.teacher, device), prep=prep, keeper=pools,
-                         shard_bytes=shard_bytes(cfg), pin_memory=cfg.experimental.pin_memory)
+    loader = make_loader(
+        jobs,
+        cfg.teacher.num_frames,
+        num_workers=cfg.teacher.num_workers,
+        gpu_share=gpu_share(cfg.teacher, device),
+        prep=prep,
+        keeper=pools,
+        shard_bytes=shard_bytes(cfg),
+        pin_memory=cfg.experimental.pin_memory,
+    )
     encode = make_encoder(teacher, cfg.teacher, device)
     progress = Progress("teacher shards", len(jobs), cfg.teacher.progress_every_s, log)
     try:
@@ -151,10 +168,15 @@ def _open_store(cfg: Config, teacher: Teacher, names: list[str]) -> zarr.Group:
     path = cfg.paths.teacher_cache
     if not path.exists():
         attrs = expected_attrs(cfg)
-        extra = {"weights_sha256": teacher.weights_sha256, "prompt_texts": teacher.prompt_texts,
-                 "class_names": names,
-                 "logit_scale": teacher.logit_scale, "image_size": teacher.image_size,
-                 "mean": list(teacher.mean), "std": list(teacher.std)}
+        extra = {
+            "weights_sha256": teacher.weights_sha256,
+            "prompt_texts": teacher.prompt_texts,
+            "class_names": names,
+            "logit_scale": teacher.logit_scale,
+            "image_size": teacher.image_size,
+            "mean": list(teacher.mean),
+            "std": list(teacher.std),
+        }
         dim = int(teacher.classifier.shape[1])
         create_store(path, {**attrs, **extra}, dim, len(names), cfg.teacher.num_frames)
     root = open_checked(cfg, mode="r+")
@@ -196,8 +218,10 @@ def missing(cfg: Config) -> list[int]:
 def _summary_paragraph(s: TeacherSummary, task_id: int, num_tasks: int, cfg: Config) -> str:
     rate = s.frames / s.compute_seconds if s.compute_seconds else 0.0
     steady = f", {s.steady_frames_per_s:.0f} once the pipeline is full" if len(s.shards_computed) > 1 else ""
-    waits = (f"; the loop waited {s.wait_input_s:.1f} s for input and {s.wait_output_s:.1f} s for output, which waited "
-             f"{s.wait_gpu_s:.1f} s for the GPU and {s.wait_write_s:.1f} s for the writers (busy {s.write_busy_s:.1f} s)")
+    waits = (
+        f"; the loop waited {s.wait_input_s:.1f} s for input and {s.wait_output_s:.1f} s for output, which waited "
+        f"{s.wait_gpu_s:.1f} s for the GPU and {s.wait_write_s:.1f} s for the writers (busy {s.write_busy_s:.1f} s)"
+    )
     return (
         f"Teacher cache task {task_id}/{num_tasks} finished in {format_duration(s.seconds)}: computed "
         f"{len(s.shards_computed)} shards and skipped {s.shards_skipped} already done; {s.videos} videos, "

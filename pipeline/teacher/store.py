@@ -11,6 +11,7 @@ shard's rows are exactly one chunk: array tasks working on different shards neve
     <split>/valid           [N]        bool     the row holds a video's outputs
     <split>/done            [S]        bool     shard s is complete
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -79,7 +80,9 @@ def create_store(path: Path, attrs: dict[str, Any], dim: int, num_classes: int, 
         g = root.create_group(split)
         g.create_array("features", shape=(n, dim), chunks=(per, dim), dtype="float32", fill_value=0.0)
         g.create_array("logits", shape=(n, num_classes), chunks=(per, num_classes), dtype="float32", fill_value=0.0)
-        g.create_array("frame_features", shape=(n, num_frames, dim), chunks=(per, num_frames, dim), dtype="float16", fill_value=0.0)
+        g.create_array(
+            "frame_features", shape=(n, num_frames, dim), chunks=(per, num_frames, dim), dtype="float16", fill_value=0.0
+        )
         g.create_array("ids", shape=(n,), chunks=(per,), dtype=str, fill_value="")
         g.create_array("valid", shape=(n,), chunks=(per,), dtype=bool, fill_value=False)
         g.create_array("done", shape=(len(fp["shards"]),), chunks=(1,), dtype=bool, fill_value=False)
@@ -101,7 +104,9 @@ def differences(found: dict[str, Any], expected: dict[str, Any], prefix: str = "
             out += differences(a, b, f"{prefix}{key}.")
         elif a != b:
             if key == "shards":
-                changed = [x[0] for x, y in zip(a, b) if x != y] + ([f"{abs(len(a) - len(b))} more/fewer"] if len(a) != len(b) else [])
+                changed = [x[0] for x, y in zip(a, b) if x != y] + (
+                    [f"{abs(len(a) - len(b))} more/fewer"] if len(a) != len(b) else []
+                )
                 out.append(f"{prefix}shards differ ({', '.join(changed[:5])}{'...' if len(changed) > 5 else ''})")
             else:
                 out.append(f"{prefix}{key}: cache has {a!r}, config/shards give {b!r}")
@@ -122,7 +127,8 @@ def open_checked(cfg: Config, mode: str = "r") -> zarr.Group:
     diffs = differences(found_core, expected)
     if diffs:
         raise CacheMismatchError(
-            f"teacher cache {path} does not match the current shards/config:\n  - " + "\n  - ".join(diffs)
+            f"teacher cache {path} does not match the current shards/config:\n  - "
+            + "\n  - ".join(diffs)
             + f"\nRebuild it: delete {path} and run `make teacher-cache` (or point paths.run_dir elsewhere)."
         )
     return root
@@ -152,8 +158,8 @@ class CacheReader:
     """O(1) lookup of a video's teacher outputs from its shard record's `row`, one chunk per shard.
 
     A training loader's shuffle buffer mixes the samples of several shards, so the last
-    `keep_shards` shards' rows are kept (about 180 KB each): measured on the CPU, re-reading the
-    chunks at every switch of shard cost 6 ms a clip, half the loader's time.
+    `keep_shards` shards' rows are kept: re-reading the chunks at every switch of shard cost the CPU
+    loader a large share of its time (docs/benchmarks.md).
     """
 
     def __init__(self, root: zarr.Group, split: str, keep_shards: int = 64):
@@ -201,8 +207,7 @@ class ShardRowsWriter:
             self._arrays[(store, split)] = {name: group[name] for name in group.array_keys()}
         return self._arrays[(store, split)]
 
-    def write(self, store: str, split: str, shard: int, rows: list[int], tar: str, features, logits,
-              frame_features) -> None:
+    def write(self, store: str, split: str, shard: int, rows: list[int], tar: str, features, logits, frame_features) -> None:
         """Write one shard's rows (one chunk per array), then its done flag."""
         group = self._open(store, split)
         per = group["features"].chunks[0]

@@ -1,7 +1,8 @@
 """Students by name: each builder takes the StudentConfig and returns a VideoStudent."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from pipeline.config import StudentConfig
 from pipeline.student.models.base import VideoStudent

@@ -1,4 +1,5 @@
 """What every student returns, and loading pretrained weights from a local file."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """MobileViT-XXS per frame (320-d) -> linear to 512 -> temporal attention over frames -> classifier."""
+
 from __future__ import annotations
 
 import timm

@@ -4,6 +4,7 @@ The shift sits at the start of each block's residual branch (before its first co
 identity path keeps the frame's own features. Ends are zero-padded; the shift makes a new tensor
 (no in-place update). Frame logits are averaged over time (average consensus).
 """
+
 from __future__ import annotations
 
 import torch
