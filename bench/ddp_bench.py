@@ -3,11 +3,13 @@
     python -m bench.ddp_bench [--gpus 1 2] [--configs mobilevit_xxs:8:64 tsm_r50:8:32] [--real-loader]
 
 Each count runs under torchrun (NCCL, NVLink multicast off), through the trainer's own process-group
-set-up (`pipeline.dist`) and step, on synthetic input kept on each GPU; clips/s counts all ranks.
+set-up (`pipeline.runtime.dist`), state (`pipeline.student.train.build_state`) and step, on synthetic
+input kept on each GPU; clips/s counts all ranks.
 With --real-loader, each configuration is also timed with every rank reading its share of JPEG
 shards and a teacher cache (built first, without ffmpeg) through the trainer's loader, with the
 trainer's automatic worker count (the node's CPUs shared between the ranks).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +33,7 @@ def worker(configs: list[str], steps: int, warmup: int, data: Path | None) -> No
     from pipeline.runtime.device import autocast_dtype
     from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD, normalizer
     from pipeline.student.data import ClipBatch
-    from pipeline.student.models import build_student
-    from pipeline.student.train import _cosine, make_optimizer, prepare_model, train_step
+    from pipeline.student.train import build_state, train_step
 
     env = dist.from_environment()
     device = torch.device("cuda", env.local_rank)
@@ -42,19 +43,21 @@ def worker(configs: list[str], steps: int, warmup: int, data: Path | None) -> No
     for item in configs:
         arch, frames, batch = item.split(":")
         cfg.student.arch, cfg.student.num_frames, cfg.train.batch_size = arch, int(frames), int(batch)
-        torch.manual_seed(0)
-        model = prepare_model(build_student(cfg.student, 174), cfg, device)
-        wrapped = DDP(model, device_ids=[device.index]) if env.world_size > 1 else model
-        optimizer = make_optimizer(cfg, model)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(0, 10_000))
-        scaler = torch.amp.GradScaler(enabled=False)
+        cfg.train.compile = False  # the eager student (build_state compiles when train.compile is set)
+        state = build_state(cfg, device, num_classes=174, total_steps=10_000)  # same seed, so same weights on every rank
+        if env.world_size > 1:
+            state.wrapped = DDP(state.wrapped, device_ids=[device.index])
         norm, dtype = normalizer(IMAGENET_MEAN, IMAGENET_STD, device), autocast_dtype(device, "bf16")
         b, t = int(batch), int(frames)
         pixels = torch.randint(0, 256, (b, t, 224, 224, 3), dtype=torch.uint8, device=device).movedim(-1, -3)
-        fake = ClipBatch(pixels,  # channels last in memory, like the loader's batches
-                         torch.randint(0, 174, (b,), device=device), torch.randn(b, 512, device=device),
-                         torch.randn(b, 174, device=device), [])
-        step = lambda batch: train_step(wrapped, model, optimizer, scheduler, scaler, norm, dtype, cfg, batch)  # noqa: E731
+        fake = ClipBatch(
+            pixels,  # channels last in memory, like the loader's batches
+            torch.randint(0, 174, (b,), device=device),
+            torch.randn(b, 512, device=device),
+            torch.randn(b, 174, device=device),
+            [],
+        )
+        step = lambda batch, state=state, norm=norm, dtype=dtype: train_step(state, batch, cfg=cfg, norm=norm, dtype=dtype)
         inputs = {"synthetic": [fake] * (warmup + steps)}
         if data:
             inputs["real"] = _real_batches(cfg, env, device, warmup + steps)
@@ -78,14 +81,21 @@ def _timed(step, batches, warmup: int, clips_per_step: int) -> float:
 
 
 def _real_batches(cfg, env, device, count: int):
-    """This rank's batches from the trainer's loader over the built shards and cache, on the device."""
-    from pipeline.student.data import CacheSource, ClipSpec, ShardClips, make_loader, train_workers
-    from pipeline.student.evaluate import split_shards, to_device
+    """This rank's batches from the trainer's loader over the built shards and cache, on the device
+    (through the batch pool when `experimental.batch_pool` is set, as in the trainer)."""
+    from pipeline.accel.pool_loader import PoolKeeper
+    from pipeline.student.data import CacheSource, ClipSource, ClipSpec, make_loader, split_shards, to_device, train_workers
 
     shards, _ = split_shards(cfg, "train")
     spec = ClipSpec(cfg.student.num_frames, cfg.student.image_size, cfg.train.batch_size, train=True)
-    dataset = ShardClips(shards, spec, env.rank, env.world_size, count, CacheSource(cfg.paths.teacher_cache, "train"), {})
-    return (to_device(b, device) for b in make_loader(dataset, train_workers(cfg, env), device, cfg.train.batch_pool))
+    source = ClipSource(shards, spec, env.rank, env.world_size, count, CacheSource(cfg.paths.teacher_cache, "train"), {})
+    keeper = PoolKeeper() if cfg.experimental.batch_pool else None
+    try:
+        for b in make_loader(source, workers=train_workers(cfg, env), device=device, keeper=keeper):
+            yield to_device(b, device)
+    finally:
+        if keeper is not None:
+            keeper.close()
 
 
 def _build_data(work: Path, videos: int, frames: int) -> Path:
@@ -94,8 +104,14 @@ def _build_data(work: Path, videos: int, frames: int) -> Path:
     from pipeline.config import dump
     from pipeline.teacher import run as teacher_run
 
-    cfg = build(work / "ssv2", work / "run", videos, frames, frames,
-                ["teacher.model=clip-tiny", "teacher.pretrained=random", "shards.videos_per_shard=64", "teacher.progress_every_s=1000"])
+    cfg = build(
+        work / "ssv2",
+        work / "run",
+        videos,
+        frames,
+        frames,
+        ["teacher.model=clip-tiny", "teacher.pretrained=random", "shards.videos_per_shard=64", "teacher.progress_every_s=1000"],
+    )
     teacher_run.run(cfg)
     path = work / "config.yaml"
     path.write_text(dump(cfg))
@@ -106,7 +122,9 @@ def main() -> None:
     """Run the worker under torchrun for each GPU count and print the Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--configs", nargs="+", default=["mobilevit_xxs:8:64", "mobilevit_xxs:16:64", "tsm_r50:8:32", "tsm_r50:16:16"])
+    parser.add_argument(
+        "--configs", nargs="+", default=["mobilevit_xxs:8:64", "mobilevit_xxs:16:64", "tsm_r50:8:32", "tsm_r50:16:16"]
+    )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -125,9 +143,23 @@ def main() -> None:
     env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
     rates: dict[tuple[str, int], float] = {}
     for gpus in args.gpus:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "--master_port=29561",
-               "-m", "bench.ddp_bench", "--worker", "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--configs", *args.configs, *data]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={gpus}",
+            "--master_port=29561",
+            "-m",
+            "bench.ddp_bench",
+            "--worker",
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--configs",
+            *args.configs,
+            *data,
+        ]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"torchrun with {gpus} GPU(s) failed:\n{out.stderr[-3000:]}")

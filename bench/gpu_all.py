@@ -10,6 +10,7 @@ Runs, each in its own process and each side of a ratio in the same run:
 The shards stage needs ffmpeg, which GPU machines here lack: its per-core rate comes from
 `make bench-shards` on a CPU machine and is passed in for the projection.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,26 +48,60 @@ def main() -> None:
     """Run every benchmark, then print the goals table and the projection."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="folder for each benchmark's JSON")
-    parser.add_argument("--shards-videos-per-core-s", type=float, default=26.6,
-                        help="the shards stage's videos/s per core with all cores busy (make bench-shards on a CPU machine)")
-    parser.add_argument("--teacher-videos", type=int, default=96000,
-                        help="about what each of the two default array tasks computes (SSv2 is 194k videos)")
+    parser.add_argument(
+        "--shards-videos-per-core-s",
+        type=float,
+        default=26.6,
+        help="the shards stage's videos/s per core with all cores busy (make bench-shards on a CPU machine)",
+    )
+    parser.add_argument(
+        "--teacher-videos",
+        type=int,
+        default=96000,
+        help="about what each of the two default array tasks computes (SSv2 is 194k videos)",
+    )
     parser.add_argument("--train-videos", type=int, default=4096)
-    parser.add_argument("--parts", nargs="+", default=["teacher", "online", "compiled", "ddp"],
-                        help="run only these parts (each writes DIR/<part>.json; parts not run are read from DIR if there)")
-    parser.add_argument("--batch-pool", nargs="+", default=["1", "0"], choices=["1", "0"],
-                        help="loaders with (1) and without (0) the page-locked batch pool; the first makes the goal rows")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["teacher", "online", "compiled", "ddp"],
+        help="run only these parts (each writes DIR/<part>.json; parts not run are read from DIR if there)",
+    )
+    parser.add_argument(
+        "--batch-pool",
+        nargs="+",
+        default=["1", "0"],
+        choices=["1", "0"],
+        help="loaders with (1) and without (0) the page-locked batch pool; the first makes the goal rows",
+    )
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="gpu_all_"))
     out.mkdir(parents=True, exist_ok=True)
     workers = {"teacher": str(loader_workers(-1, TEACHER_RESERVE)), "train": str(loader_workers(-1, TRAIN_RESERVE))}
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (a dry run: figures mean nothing here)"
     commands = {
-        "teacher": ("bench.teacher_bench", "--decode", "cpu", "--videos", str(args.teacher_videos), "--workers", workers["teacher"],
-                    "--batch-pool", *args.batch_pool),
+        "teacher": (
+            "bench.teacher_bench",
+            "--decode",
+            "cpu",
+            "--videos",
+            str(args.teacher_videos),
+            "--workers",
+            workers["teacher"],
+            "--batch-pool",
+            *args.batch_pool,
+        ),
         "online": ("bench.train_bench", "--online", "--videos", str(args.train_videos), "--workers", workers["train"]),
-        "compiled": ("bench.train_bench", "--compile", "--videos", str(args.train_videos), "--workers", workers["train"],
-                     "--batch-pool", *args.batch_pool),
+        "compiled": (
+            "bench.train_bench",
+            "--compile",
+            "--videos",
+            str(args.train_videos),
+            "--workers",
+            workers["train"],
+            "--batch-pool",
+            *args.batch_pool,
+        ),
         "ddp": ("bench.ddp_bench", "--gpus", "1", "2", "--real-loader", "--steps", "40", "--warmup", "14"),
     }
     if torch.cuda.device_count() < 2 and "ddp" in args.parts:
@@ -80,8 +115,9 @@ def main() -> None:
         sys.exit(f"no figures for {', '.join(missing)}: run those parts (into the same --out) first")
     teacher, online, compiled, ddp = got["teacher"][0], got["online"], got["compiled"], got["ddp"]
     rows = goal_rows(teacher, compiled, online, ddp, got["teacher"][1:])
-    print(f"\n{gpu} x{torch.cuda.device_count()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{time.strftime('%Y-%m-%d')}\n")
+    print(
+        f"\n{gpu} x{torch.cuda.device_count()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n"
+    )
     print("| goal | figure | measured | target | met |")
     print("| --- | --- | --- | --- | --- |")
     print("\n".join(rows))
@@ -93,29 +129,43 @@ def goal_rows(teacher: dict, compiled: dict, online: dict, ddp: list | None, tea
     rows = []
     ratio = teacher["end_to_end"] / teacher["forward"]
     others = "".join(f"; {_pool_name(t.get('batch_pool'))}: {t['end_to_end'] / t['forward']:.0%}" for t in teacher_others)
-    rows.append(f"| 1 | teacher cache end to end / forward only ({teacher['model']}, batch {teacher['batch']}, {teacher['precision']}, "
-                f"{_pool_name(teacher.get('batch_pool'))}) | {teacher['end_to_end']:.0f} / {teacher['forward']:.0f} frames/s = {ratio:.0%} "
-                f"(steady {teacher['steady'] / teacher['forward']:.0%}{others}) | >= 80% | {_met(ratio >= 0.8)} |")
+    rows.append(
+        f"| 1 | teacher cache end to end / forward only ({teacher['model']}, batch {teacher['batch']}, {teacher['precision']}, "
+        f"{_pool_name(teacher.get('batch_pool'))}) | {teacher['end_to_end']:.0f} / {teacher['forward']:.0f} frames/s "
+        f"= {ratio:.0%} "
+        f"(steady {teacher['steady'] / teacher['forward']:.0%}{others}) | >= 80% | {_met(ratio >= 0.8)} |"
+    )
     eager = {(r["arch"], r["frames"]): r["cached"][0] for r in online["online"]}
     for r in compiled["loader"]:
         if r["arch"] == "mobilevit_xxs":
             speed = r["synthetic"] / eager[(r["arch"], r["frames"])]
-            rows.append(f"| 2 | MobileViT-XXS {r['frames']} frames, batch {r['batch']}: compiled / eager step (synthetic input) "
-                        f"| {r['synthetic']:.0f} / {eager[(r['arch'], r['frames'])]:.0f} clips/s = {speed:.2f}x | >= 1.5x | {_met(speed >= 1.5)} |")
+            rows.append(
+                f"| 2 | MobileViT-XXS {r['frames']} frames, batch {r['batch']}: compiled / eager step (synthetic input) "
+                f"| {r['synthetic']:.0f} / {eager[(r['arch'], r['frames'])]:.0f} clips/s = {speed:.2f}x "
+                f"| >= 1.5x | {_met(speed >= 1.5)} |"
+            )
     for r in compiled["loader"]:
         share = r["real"] / r["synthetic"]
         others = "".join(f"; {k}: {v / r['synthetic']:.0%}" for k, v in r.get("other_loaders", {}).items())
-        rows.append(f"| 3 | {r['arch']} {r['frames']} frames, batch {r['batch']}, compiled: real loader ({_pool_name(r.get('batch_pool'))}) "
-                    f"/ synthetic | {r['real']:.0f} / {r['synthetic']:.0f} clips/s = {share:.1%}{others} | >= 90% | {_met(share >= 0.9)} |")
+        rows.append(
+            f"| 3 | {r['arch']} {r['frames']} frames, batch {r['batch']}, compiled: real loader "
+            f"({_pool_name(r.get('batch_pool'))}) / synthetic | {r['real']:.0f} / {r['synthetic']:.0f} clips/s "
+            f"= {share:.1%}{others} | >= 90% | {_met(share >= 0.9)} |"
+        )
     for r in online["online"]:
         (cs, cr, cm), (os_, or_, om) = r["cached"], r["online"]
-        rows.append(f"| 4 | {r['arch']} {r['frames']} frames, batch {r['batch']}: cached vs online teacher "
-                    f"| step {cs / os_:.2f}x ({cs:.0f} vs {os_:.0f} clips/s), epoch {cr / or_:.2f}x ({cr:.0f} vs {or_:.0f}), "
-                    f"{om - cm:.2f} GiB less GPU memory ({cm:.2f} vs {om:.2f}) | report | - |")
+        rows.append(
+            f"| 4 | {r['arch']} {r['frames']} frames, batch {r['batch']}: cached vs online teacher "
+            f"| step {cs / os_:.2f}x ({cs:.0f} vs {os_:.0f} clips/s), epoch {cr / or_:.2f}x ({cr:.0f} vs {or_:.0f}), "
+            f"{om - cm:.2f} GiB less GPU memory ({cm:.2f} vs {om:.2f}) | report | - |"
+        )
     for r in ddp or []:
         scale = r["many"] / r["one"]
-        rows.append(f"| 5 | DDP {r['config']} per GPU, {r.get('input', 'synthetic')} input: {r['top']} GPUs / {r['base']} | {r['many']:.0f} / {r['one']:.0f} clips/s "
-                    f"= {scale:.2f}x | >= 1.85x | {_met(scale >= 1.85)} |")
+        rows.append(
+            f"| 5 | DDP {r['config']} per GPU, {r.get('input', 'synthetic')} input: {r['top']} GPUs / {r['base']} "
+            f"| {r['many']:.0f} / {r['one']:.0f} clips/s "
+            f"= {scale:.2f}x | >= 1.85x | {_met(scale >= 1.85)} |"
+        )
     if ddp is None:
         rows.append("| 5 | DDP scaling | not run: this machine has one GPU (run this script on two) | >= 1.85x | - |")
     rows.append("| 6 | shards stage per core | CPU machine: `make bench-shards` (no ffmpeg here) | report | - |")
@@ -135,15 +185,21 @@ def projection(teacher: dict, compiled: dict, shards_per_core: float) -> str:
     lines = ["| SSv2 work | from | projection |", "| --- | --- | --- |"]
     node = 32 * shards_per_core
     videos = SSV2_TRAIN + SSV2_VALIDATION
-    lines.append(f"| shards, {videos} videos | {shards_per_core:.1f} videos/s per core (synthetic clips) "
-                 f"| {videos / node / 3600:.2f} h on one 32-core node |")
+    lines.append(
+        f"| shards, {videos} videos | {shards_per_core:.1f} videos/s per core (synthetic clips) "
+        f"| {videos / node / 3600:.2f} h on one 32-core node |"
+    )
     frames = (SSV2_TRAIN + SSV2_VALIDATION) * TEACHER_FRAMES
-    lines.append(f"| teacher cache, {frames} frames | {teacher['end_to_end']:.0f} frames/s end to end "
-                 f"| {frames / teacher['end_to_end'] / 60:.1f} GPU-minutes (+ ~1 min start-up per task) |")
+    lines.append(
+        f"| teacher cache, {frames} frames | {teacher['end_to_end']:.0f} frames/s end to end "
+        f"| {frames / teacher['end_to_end'] / 60:.1f} GPU-minutes (+ ~1 min start-up per task) |"
+    )
     for r in compiled["loader"]:
         rate = min(r["real"], r["synthetic"])
-        lines.append(f"| one student epoch, {r['arch']} {r['frames']} frames, batch {r['batch']}/GPU | {rate:.0f} clips/s "
-                     f"(compiled, real loader) | {SSV2_TRAIN / rate / 3600:.2f} GPU-hours |")
+        lines.append(
+            f"| one student epoch, {r['arch']} {r['frames']} frames, batch {r['batch']}/GPU | {rate:.0f} clips/s "
+            f"(compiled, real loader) | {SSV2_TRAIN / rate / 3600:.2f} GPU-hours |"
+        )
     return "\n".join(lines)
 
 

@@ -1,8 +1,9 @@
 """Shards of synthetic videos written without ffmpeg (for machines that have none, like the GPU box).
 
-The frames are rendered by `pipeline.synthetic` and JPEG-encoded with Pillow; everything else (plan,
+The frames are rendered by `pipeline.ssv2.synthetic` and JPEG-encoded with Pillow; everything else (plan,
 tar layout, manifests, index) is the real shards stage, through its pluggable decoder.
 """
+
 from __future__ import annotations
 
 import io

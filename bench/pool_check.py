@@ -2,14 +2,17 @@
 
     python -m bench.pool_check [--videos 512] [--workers 4]
 
-Both loaders (training clips and teacher shards) run twice over the same JPEG shards, with
-batch_pool on and off, and every tensor is compared bit for bit on the host. On CUDA this covers
+Both loaders (training clips and teacher shards) run twice over the same JPEG shards, with the
+batch pool (a PoolKeeper, what experimental.batch_pool=true gives) and without, and every tensor
+is compared bit for bit on the host. On CUDA this covers
 what the CPU tests cannot: the page-locked pool, the copies on a side stream and the slots given
 back after them. Exits non-zero on any difference.
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import tempfile
@@ -18,9 +21,9 @@ from pathlib import Path
 import torch
 
 from bench.jpeg_shards import build
+from pipeline.accel.pool_loader import PoolKeeper
 from pipeline.runtime.device import pick_device
-from pipeline.student.data import ClipSpec, ShardClips, make_loader
-from pipeline.student.evaluate import split_shards, to_device
+from pipeline.student.data import ClipSource, ClipSpec, make_loader, split_shards, to_device
 from pipeline.teacher import data as teacher_data
 from pipeline.teacher import run as teacher_run
 
@@ -28,23 +31,34 @@ from pipeline.teacher import run as teacher_run
 def training_batches(cfg, device, workers: int, pool: bool) -> list:
     """Every batch of one pass of the training loader, moved to the host."""
     files, _ = split_shards(cfg, "train")
-    dataset = ShardClips(files, ClipSpec(8, 224, 16, train=True, seed=3), 0, 1, 48, None, {})
+    source = ClipSource(files, ClipSpec(8, 224, 16, train=True, seed=3), 0, 1, 48, None, {})
     out = []
-    for b in make_loader(dataset, workers, device, pool):
-        b = to_device(b, device)
-        out.append((b.ids, b.labels.cpu(), b.clips.cpu()))
+    with contextlib.closing(PoolKeeper()) as keeper:
+        for b in make_loader(source, workers=workers, device=device, keeper=keeper if pool else None):
+            b = to_device(b, device)
+            out.append((b.ids, b.labels.cpu(), b.clips.cpu()))
     return out
 
 
 def teacher_items(cfg, device, workers: int, pool: bool) -> list:
-    """Every shard's model input from the teacher loader and `prepare`, moved to the host."""
+    """Every shard's model input from the teacher loader and its `FramePrep`, moved to the host."""
     jobs = teacher_run.all_shards(cfg)
-    loader = teacher_data.make_loader(jobs, 8, 0.0, workers, device=device, shard_bytes=teacher_run.shard_bytes(cfg) if pool else 0)
+    prep = teacher_data.FramePrep(224, device)
     out = []
-    for item in loader:
-        _, frames, ready = teacher_data.prepare(item, 224, device)
-        teacher_data.wait_ready(ready, frames, device)
-        out.append((item.rows, frames.cpu()))
+    with contextlib.closing(PoolKeeper()) as keeper:
+        loader = teacher_data.make_loader(
+            jobs,
+            8,
+            num_workers=workers,
+            gpu_share=0.0,
+            prep=prep,
+            keeper=keeper if pool else None,
+            shard_bytes=teacher_run.shard_bytes(cfg),
+        )
+        for item in loader:
+            _, frames, ready = prep(item)
+            prep.wait(ready, frames)
+            out.append((item.rows, frames.cpu()))
     return out
 
 
@@ -67,8 +81,11 @@ def main() -> None:
         pooled, segments = run(cfg, device, args.workers, True), run(cfg, device, args.workers, False)
         same = len(pooled) == len(segments) and all(_same(a, b) for a, b in zip(pooled, segments))
         failures += not same
-        print(f"{name} on {device}: {len(pooled)} batches with the pool, {len(segments)} without: "
-              f"{'identical' if same else 'DIFFERENT'}", flush=True)
+        print(
+            f"{name} on {device}: {len(pooled)} batches with the pool, {len(segments)} without: "
+            f"{'identical' if same else 'DIFFERENT'}",
+            flush=True,
+        )
     sys.exit(1 if failures else 0)
 
 

@@ -6,6 +6,7 @@ Both sides run one ffmpeg process per video with `-threads 1`, `workers` at a ti
 synthetic SSv2-like set (VP9, 12 fps, 240p, 30-60 frames); the stage's time includes writing and
 hashing the tars and the manifests. Rates are per core (divided by workers); best of `repeats`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 def bare_decode(videos: list[Path], workers: int) -> float:
     """Seconds to decode every video to `-f null`, `workers` at a time."""
+
     def one(path: Path) -> None:
-        cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1", "-i", str(path), "-an", "-f", "null", "-"]
+        cmd = [
+            ffmpeg_exe(),
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-threads",
+            "1",
+            "-i",
+            str(path),
+            "-an",
+            "-f",
+            "null",
+            "-",
+        ]
         subprocess.run(cmd, check=True)
 
     start = time.perf_counter()
@@ -41,9 +57,17 @@ def bare_decode(videos: list[Path], workers: int) -> float:
 def stage(root: Path, run_dir: Path, workers: int) -> tuple[float, shards.ShardsSummary]:
     """Seconds for the shards stage over the set from scratch, `workers` decodes at a time."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = config.load(REPO / "pipeline.yaml", [f"paths.ssv2_root={root}", f"paths.run_dir={run_dir}",
-                                               f"shards.cpus_per_task={workers}", "shards.videos_per_shard=32",
-                                               "data.splits=[train, validation, test]", "shards.progress_every_s=1000"])
+    cfg = config.load(
+        REPO / "pipeline.yaml",
+        [
+            f"paths.ssv2_root={root}",
+            f"paths.run_dir={run_dir}",
+            f"shards.cpus_per_task={workers}",
+            "shards.videos_per_shard=32",
+            "data.splits=[train, validation, test]",
+            "shards.progress_every_s=1000",
+        ],
+    )
     start = time.perf_counter()
     summary = shards.run(cfg)
     return time.perf_counter() - start, summary
@@ -70,10 +94,25 @@ def main() -> None:
             staged.append(seconds)
         frames = summary.frames
         b, s = min(bare), min(staged)
-        rows.append((workers, len(videos) / b / workers, frames / b / workers, len(videos) / s / workers,
-                     frames / s / workers, b / s, summary.bytes / summary.videos))
-    print(f"\n{len(videos)} videos, {frames} frames ({frames / len(videos):.1f} per video), best of {args.repeats}, {os.cpu_count()} cores\n")
-    print("| workers | bare decode videos/s/core | bare frames/s/core | stage videos/s/core | stage frames/s/core | stage / bare | KiB per video |")
+        rows.append(
+            (
+                workers,
+                len(videos) / b / workers,
+                frames / b / workers,
+                len(videos) / s / workers,
+                frames / s / workers,
+                b / s,
+                summary.bytes / summary.videos,
+            )
+        )
+    print(
+        f"\n{len(videos)} videos, {frames} frames ({frames / len(videos):.1f} per video), best of {args.repeats}, "
+        f"{os.cpu_count()} cores\n"
+    )
+    print(
+        "| workers | bare decode videos/s/core | bare frames/s/core | stage videos/s/core | stage frames/s/core | stage / bare "
+        "| KiB per video |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for w, bv, bf, sv, sf, ratio, size in rows:
         print(f"| {w} | {bv:.1f} | {bf:.0f} | {sv:.1f} | {sf:.0f} | {ratio:.0%} | {size / 1024:.0f} |")

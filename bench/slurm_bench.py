@@ -7,6 +7,7 @@ Both pipelines run `python -m slurm.launch all` on the same synthetic set in fre
 timed from the command's start to its end (waiting for every job). The requeue figure is the time
 from the preempted job writing latest.pt to the requeued job starting again (requeue.jsonl).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,14 +26,35 @@ from pipeline.teacher import run as teacher_run
 from slurm import launch
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["shards.videos_per_shard=8", "teacher.model=clip-tiny", "teacher.pretrained=random", "teacher.num_workers=1",
-         "teacher.writers=1", "student.arch=tsm_tiny", "student.image_size=48", "student.num_frames=4", "train.epochs=2",
-         "train.batch_size=4", "train.num_workers=1", "train.eval_frame_counts=[4]", "train.log_every_steps=1",
-         "slurm.shards.cpus_per_task=1", "slurm.shards.mem_gb=2", "slurm.shards.array_tasks=3", "slurm.shards.time_min=20",
-         "slurm.teacher_cache.gpus_per_node=0", "slurm.teacher_cache.cpus_per_task=2", "slurm.teacher_cache.mem_gb=3",
-         "slurm.teacher_cache.array_tasks=2", "slurm.teacher_cache.time_min=20", "slurm.train_student.gpus_per_node=0",
-         "slurm.train_student.tasks_per_node=1", "slurm.train_student.cpus_per_task=2", "slurm.train_student.mem_gb=4",
-         "slurm.train_student.time_min=20"]
+SMALL = [
+    "shards.videos_per_shard=8",
+    "teacher.model=clip-tiny",
+    "teacher.pretrained=random",
+    "teacher.num_workers=1",
+    "teacher.writers=1",
+    "student.arch=tsm_tiny",
+    "student.image_size=48",
+    "student.num_frames=4",
+    "train.epochs=2",
+    "train.batch_size=4",
+    "train.num_workers=1",
+    "train.eval_frame_counts=[4]",
+    "train.log_every_steps=1",
+    "slurm.shards.cpus_per_task=1",
+    "slurm.shards.mem_gb=2",
+    "slurm.shards.array_tasks=3",
+    "slurm.shards.time_min=20",
+    "slurm.teacher_cache.gpus_per_node=0",
+    "slurm.teacher_cache.cpus_per_task=2",
+    "slurm.teacher_cache.mem_gb=3",
+    "slurm.teacher_cache.array_tasks=2",
+    "slurm.teacher_cache.time_min=20",
+    "slurm.train_student.gpus_per_node=0",
+    "slurm.train_student.tasks_per_node=1",
+    "slurm.train_student.cpus_per_task=2",
+    "slurm.train_student.mem_gb=4",
+    "slurm.train_student.time_min=20",
+]
 
 
 def pipeline_seconds(root: Path, run_dir: Path, executor: str) -> float:
@@ -46,8 +68,17 @@ def pipeline_seconds(root: Path, run_dir: Path, executor: str) -> float:
 
 def requeue_seconds(root: Path, run_dir: Path) -> float:
     """Seconds from a preempted job saving latest.pt to its requeued run starting."""
-    cfg = config.load(REPO / "pipeline.yaml", [f"paths.ssv2_root={root}", f"paths.run_dir={run_dir}", "slurm.executor=slurm",
-                                               *SMALL, "train.epochs=4", "student.image_size=64"])
+    cfg = config.load(
+        REPO / "pipeline.yaml",
+        [
+            f"paths.ssv2_root={root}",
+            f"paths.run_dir={run_dir}",
+            "slurm.executor=slurm",
+            *SMALL,
+            "train.epochs=4",
+            "student.image_size=64",
+        ],
+    )
     shards.run(cfg)
     teacher_run.run(cfg)
     (job,), _ = launch.submit_train(cfg)

@@ -7,6 +7,7 @@ JPEG shards built without ffmpeg; model loading is excluded (it happens once per
 only: the stage's own encoder (normalise + image tower, eager and as a CUDA graph) on random
 frames at the same batch size and precision; the ratio is against the one the stage runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,7 +36,7 @@ def forward_only(cfg, iters: int) -> dict[str, float]:
     size = teacher.image_size
     x = torch.randint(0, 256, (cfg.teacher.batch_videos, cfg.teacher.num_frames, 3, size, size), dtype=torch.uint8, device=device)
     rates = {}
-    for graphs in ([False, True] if device.type == "cuda" else [False]):
+    for graphs in [False, True] if device.type == "cuda" else [False]:
         cfg.teacher.cuda_graphs = graphs
         encode = teacher_run.make_encoder(teacher, cfg.teacher, device)
         for _ in range(3):
@@ -55,7 +57,8 @@ def _sync(device: torch.device) -> None:
 
 
 def nchw_groups(videos, make=None):
-    """The loader's grouping before it stacked crops channels last: [n, F, 3, s, s] contiguous in shared memory."""
+    """The loader's grouping before it stacked crops channels last: [n, F, 3, s, s] contiguous in shared memory
+    (on the frames' device for frames decoded there)."""
     from pipeline.accel.shm import empty_for_handover
 
     make = make or empty_for_handover
@@ -64,11 +67,31 @@ def nchw_groups(videos, make=None):
         by_side.setdefault(v[0].shape[-1], []).append(i)
     groups = []
     for idx in by_side.values():
-        out = make((len(idx), len(videos[idx[0]]), *videos[idx[0]][0].shape))
+        first = videos[idx[0]][0]
+        alloc = make if first.device.type == "cpu" else partial(torch.empty, dtype=torch.uint8, device=first.device)
+        out = alloc((len(idx), len(videos[idx[0]]), *first.shape))
         for k, i in enumerate(idx):
             torch.stack(videos[i], out=out[k])
         groups.append((idx, out))
     return groups
+
+
+DECODE_SHARES = {"cpu": 0.0, "gpu": 1.0}  # --decode cpu|gpu; auto:SHARE is SHARE
+
+
+def gpu_decode_share(mode: str) -> float:
+    """teacher.gpu_decode_share for a --decode mode: cpu 0, gpu 1, auto:SHARE SHARE (plain auto: 0, the stage's default)."""
+    kind, _, share = mode.partition(":")
+    if kind in DECODE_SHARES and not share:
+        return DECODE_SHARES[kind]
+    if kind == "auto":
+        try:
+            value = float(share or 0)
+        except ValueError:
+            value = -1.0
+        if 0.0 <= value <= 1.0:
+            return value
+    raise argparse.ArgumentTypeError(f"--decode {mode!r}: expected cpu, gpu or auto:SHARE with SHARE between 0 and 1")
 
 
 def end_to_end(cfg) -> teacher_run.TeacherSummary:
@@ -104,23 +127,59 @@ def main() -> None:
     parser.add_argument("--num-frames", type=int, default=8)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--writers", type=int, default=2)
-    parser.add_argument("--pin-memory", type=int, nargs="+", default=[0], help="0 and/or 1: loader pins host memory (without the batch pool)")
-    parser.add_argument("--batch-pool", type=int, nargs="+", default=[1], choices=[0, 1],
-                        help="1: workers write into the page-locked pool (the stage's default), 0: a segment per shard")
-    parser.add_argument("--decode", nargs="+", default=["auto:0.25", "gpu", "cpu"] if cuda else ["cpu"],
-                        help="cpu, gpu, or auto:SHARE (SHARE of the shards decoded on the GPU, the rest on the CPU)")
+    parser.add_argument(
+        "--pin-memory",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="0 and/or 1: loader pins host memory (experimental.pin_memory; without the batch pool)",
+    )
+    parser.add_argument(
+        "--batch-pool",
+        type=int,
+        nargs="+",
+        default=[1],
+        choices=[0, 1],
+        help="1: workers write into the page-locked pool (experimental.batch_pool, the stage's default), 0: a segment per shard",
+    )
+    parser.add_argument(
+        "--decode",
+        nargs="+",
+        default=["auto:0.25", "gpu", "cpu"] if cuda else ["cpu"],
+        help="cpu, gpu, or auto:SHARE (SHARE of the shards decoded on the GPU, the rest on the CPU): "
+        "teacher.gpu_decode_share 0, 1 or SHARE",
+    )
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--work", type=Path, default=None, help="where to build the shards (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    parser.add_argument("--crop-layout", nargs="+", default=["channels_last"], choices=["channels_last", "nchw"],
-                        help="channels_last: the workers' crops as decoded, [H, W, 3] per frame (the stage); nchw: transposed, the earlier way")
+    parser.add_argument(
+        "--crop-layout",
+        nargs="+",
+        default=["channels_last"],
+        choices=["channels_last", "nchw"],
+        help="channels_last: the workers' crops as decoded, [H, W, 3] per frame (the stage); nchw: transposed, the earlier way",
+    )
     args = parser.parse_args()
+    for mode in args.decode:
+        try:
+            gpu_decode_share(mode)
+        except argparse.ArgumentTypeError as e:
+            parser.error(str(e))
     logging.basicConfig(level=logging.WARNING)
     work = args.work or Path(tempfile.mkdtemp(prefix="teacher_bench_"))
-    overrides = [f"teacher.model={args.model}", "teacher.pretrained=random", f"teacher.batch_videos={args.batch_videos}",
-                 f"teacher.num_frames={args.num_frames}", f"teacher.num_workers={args.workers}", f"teacher.writers={args.writers}",
-                 f"teacher.precision={args.precision}", f"shards.videos_per_shard={args.batch_videos}",
-                 f"shards.cpus_per_task={os.cpu_count()}", "data.splits=[train, validation]", "teacher.progress_every_s=1000"]
+    overrides = [
+        f"teacher.model={args.model}",
+        "teacher.pretrained=random",
+        f"teacher.batch_videos={args.batch_videos}",
+        f"teacher.num_frames={args.num_frames}",
+        f"teacher.num_workers={args.workers}",
+        f"teacher.writers={args.writers}",
+        f"teacher.precision={args.precision}",
+        f"shards.videos_per_shard={args.batch_videos}",
+        f"shards.cpus_per_task={os.cpu_count()}",
+        "data.splits=[train, validation]",
+        "teacher.progress_every_s=1000",
+    ]
     start = time.perf_counter()
     cfg = build(work / "ssv2", work / "run", args.videos, args.num_frames, args.num_frames, overrides)
     print(f"built {args.videos} videos of JPEG shards in {time.perf_counter() - start:.1f} s")
@@ -130,31 +189,56 @@ def main() -> None:
     from pipeline.teacher import data as teacher_data
 
     stage_groups = teacher_data.group_squares
-    for mode, pin, copy, pool in [(m, p, c, b) for m in args.decode for p in args.pin_memory for c in args.crop_layout
-                                  for b in args.batch_pool]:
+    for mode, pin, copy, pool in [
+        (m, p, c, b) for m in args.decode for p in args.pin_memory for c in args.crop_layout for b in args.batch_pool
+    ]:
         teacher_data.group_squares = stage_groups if copy == "channels_last" else nchw_groups  # workers fork after this
-        cfg.teacher.decode, _, share = mode.partition(":")
-        cfg.teacher.gpu_decode_share, cfg.teacher.pin_memory, cfg.teacher.batch_pool = float(share or 0), bool(pin), bool(pool)
+        cfg.teacher.gpu_decode_share = gpu_decode_share(mode)
+        cfg.experimental.pin_memory, cfg.experimental.batch_pool = bool(pin), bool(pool)
         summary = end_to_end(cfg)
         e2e, steady, frames = summary.frames / summary.compute_seconds, summary.steady_frames_per_s, summary.frames
-        print(f"{mode} decode, pin {pin}, {copy} crops, batch pool {pool}: loop {summary.compute_seconds:.1f} s, waited {summary.wait_input_s:.1f} s "
-              f"for input, {summary.wait_output_s:.1f} s for output; hand-over waited {summary.wait_gpu_s:.1f} s for the GPU, "
-              f"{summary.wait_write_s:.1f} s for the writers (busy {summary.write_busy_s:.1f} s)")
+        print(
+            f"{mode} decode, pin {pin}, {copy} crops, batch pool {pool}: loop {summary.compute_seconds:.1f} s, "
+            f"waited {summary.wait_input_s:.1f} s "
+            f"for input, {summary.wait_output_s:.1f} s for output; hand-over waited {summary.wait_gpu_s:.1f} s for the GPU, "
+            f"{summary.wait_write_s:.1f} s for the writers (busy {summary.write_busy_s:.1f} s)"
+        )
         key = f"{mode}/{copy}/pool {pool}"
         stores[key] = cfg.paths.teacher_cache.with_name(f"cache_{mode.replace(':', '_')}_{pin}_{copy}_{pool}.zarr")
         shutil.rmtree(stores[key], ignore_errors=True)
         cfg.paths.teacher_cache.rename(stores[key])
         rates = forward_only(cfg, iters=max(3, min(50, frames // (args.batch_videos * args.num_frames))))
         fwd = rates.get("graph", rates["eager"])  # the forward the stage itself runs
-        figures.append(dict(decode=mode, pin=pin, batch_pool=pool, precision=args.precision if device.type == "cuda" else "fp32", end_to_end=e2e, steady=steady, forward=fwd,
-                            forward_eager=rates["eager"], batch=args.batch_videos * args.num_frames, model=args.model, device=name))
-        rows.append(f"| {args.model} | {name} | {args.batch_videos * args.num_frames} | {mode}{', pinned' if pin else ''}{', ' + copy + ' crops' if len(args.crop_layout) > 1 else ''}{', batch pool' if pool else ', a segment per shard'} | {e2e:.0f} | {steady:.0f} "
-                    f"| {rates['eager']:.0f} | {rates.get('graph', float('nan')):.0f} | {e2e / fwd:.0%} | {steady / fwd:.0%} |")
+        figures.append(
+            dict(
+                decode=mode,
+                pin=pin,
+                batch_pool=pool,
+                precision=args.precision if device.type == "cuda" else "fp32",
+                end_to_end=e2e,
+                steady=steady,
+                forward=fwd,
+                forward_eager=rates["eager"],
+                batch=args.batch_videos * args.num_frames,
+                model=args.model,
+                device=name,
+            )
+        )
+        rows.append(
+            f"| {args.model} | {name} | {args.batch_videos * args.num_frames} | {mode}{', pinned' if pin else ''}"
+            f"{', ' + copy + ' crops' if len(args.crop_layout) > 1 else ''}{', batch pool' if pool else ', a segment per shard'} "
+            f"| {e2e:.0f} | {steady:.0f} "
+            f"| {rates['eager']:.0f} | {rates.get('graph', float('nan')):.0f} | {e2e / fwd:.0%} | {steady / fwd:.0%} |"
+        )
     precision = args.precision if device.type == "cuda" else "fp32"
-    print(f"\n{args.model}, {name}, batch {args.batch_videos * args.num_frames} frames ({args.batch_videos} videos x "
-          f"{args.num_frames}), {precision}, {args.workers} loader workers, {frames} frames per pass\n")
-    print("| model | device | batch (frames) | JPEG decode | end to end frames/s | steady frames/s | forward only, eager "
-          "| forward only, CUDA graph | end to end / forward | steady / forward |")
+    print(
+        f"\n{args.model}, {name}, batch {args.batch_videos * args.num_frames} frames ({args.batch_videos} videos x "
+        f"{args.num_frames}), {precision}, {args.workers} loader workers, {frames} frames per pass\n"
+    )
+    print(
+        "| model | device | batch (frames) | JPEG decode | end to end frames/s | steady frames/s | forward only, eager "
+        "| forward only, CUDA graph | end to end / forward | steady / forward |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
     if args.json:

@@ -8,6 +8,7 @@
    pinned) and resizes them on a side stream: whether input work steals GPU time from the forward;
 4. the stage end to end under the PyTorch profiler: GPU busy time per shard and the top kernels.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,11 @@ from pipeline.teacher.clip import load_teacher
 def cpu_facts() -> str:
     """Model name, logical CPUs and physical cores from /proc/cpuinfo."""
     text = Path("/proc/cpuinfo").read_text()
-    blocks = [{k.strip(): v.strip() for k, v in (line.split(":", 1) for line in b.splitlines() if ":" in line)}
-              for b in text.split("\n\n") if b.strip()]
+    blocks = [
+        {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in b.splitlines() if ":" in line)}
+        for b in text.split("\n\n")
+        if b.strip()
+    ]
     cores = {(b.get("physical id", "0"), b.get("core id", str(i))) for i, b in enumerate(blocks)}
     model = blocks[0].get("model name", "?") if blocks else "?"
     return f"{model}: {len(blocks)} logical CPUs, {len(cores)} physical cores"
@@ -39,7 +43,7 @@ def cpu_facts() -> str:
 
 def loader_rate(jobs: list, frames_n: int, workers: int) -> float:
     """Frames/s of the CPU-decoding loader alone; items are dropped as they arrive."""
-    loader = teacher_data.make_loader(jobs, frames_n, 0.0, workers)
+    loader = teacher_data.make_loader(jobs, frames_n, num_workers=workers, gpu_share=0.0)
     it = iter(loader)
     first = next(it)  # worker start-up is not part of the rate
     start, count = time.perf_counter(), 0
@@ -99,40 +103,51 @@ def main() -> None:
     jobs = teacher_run.all_shards(cfg)
     frames_n = cfg.teacher.num_frames
     for w in args.workers:
-        print(f"loader alone, CPU decode + crop, {w} workers: {loader_rate(jobs[:40 * w], frames_n, w):.0f} frames/s")
+        print(f"loader alone, CPU decode + crop, {w} workers: {loader_rate(jobs[: 40 * w], frames_n, w):.0f} frames/s")
     device = pick_device("auto")
     if device.type != "cuda":
         return
     teacher = load_teacher(cfg.teacher, class_names(load_labels(LABELS_FILE)), device)
     size = teacher.image_size
-    split, shard, tar = jobs[0]
-    item = teacher_data.ShardFrames([], frames_n).load(split, shard, tar, cpu_decode=True)
-    on_gpu = teacher_data.to_device(item, size, device)
+    item = teacher_data.ShardFrames([], frames_n).decoded(jobs[0])  # ShardCrops, in pageable memory
+    on_gpu = teacher_data.frames_on_device(item, size, device)
     encode = teacher_run.make_encoder(teacher, cfg.teacher, device)
-    pinned = teacher_data.ShardItem(split, shard, item.rows, tar, [(i, c.pin_memory()) for i, c in item.frames])
+    pinned = teacher_data.ShardCrops(item.job, item.rows, [(i, c.pin_memory()) for i, c in item.groups])
     side = torch.cuda.Stream(device)
 
     def copy_resize(src):
         def work():
             with torch.cuda.stream(side):
-                teacher_data.to_device(src, size, device)
+                teacher_data.frames_on_device(src, size, device)
             side.synchronize()
+
         return work
 
     def copy_only(src):
         def work():
             with torch.cuda.stream(side):
-                for _, c in src.frames:
+                for _, c in src.groups:
                     c.to(device, non_blocking=True)
             side.synchronize()
+
         return work
 
-    print(f"\nencoder (CUDA graph) on one {on_gpu.shape[0] * on_gpu.shape[1]}-frame shard, "
-          f"{sum(c.numel() for _, c in item.frames) / 1e6:.0f} MB of crops per shard")
-    for name, work in [("alone", None), ("pageable H2D copies", copy_only(item)), ("pinned H2D copies", copy_only(pinned)),
-                       ("pageable H2D + resize", copy_resize(item)), ("pinned H2D + resize", copy_resize(pinned))]:
+    print(
+        f"\nencoder (CUDA graph) on one {on_gpu.shape[0] * on_gpu.shape[1]}-frame shard, "
+        f"{sum(c.numel() for _, c in item.groups) / 1e6:.0f} MB of crops per shard"
+    )
+    for name, work in [
+        ("alone", None),
+        ("pageable H2D copies", copy_only(item)),
+        ("pinned H2D copies", copy_only(pinned)),
+        ("pageable H2D + resize", copy_resize(item)),
+        ("pinned H2D + resize", copy_resize(pinned)),
+    ]:
         fps, calls = forward_while(encode, on_gpu, work)
-        print(f"| forward while {name} | {fps:.0f} frames/s | side thread {calls:.1f} shards/s = {calls * on_gpu.shape[0] * frames_n:.0f} frames/s |")
+        print(
+            f"| forward while {name} | {fps:.0f} frames/s | side thread {calls:.1f} shards/s "
+            f"= {calls * on_gpu.shape[0] * frames_n:.0f} frames/s |"
+        )
     for bench_algos in (False, True):
         torch.backends.cudnn.benchmark = bench_algos
         fps, _ = forward_while(teacher_run.make_encoder(teacher, cfg.teacher, device), on_gpu, None)
@@ -150,17 +165,21 @@ def profile_loop(cfg, args) -> None:
     teacher_run.run(cfg, stop_after_shards=2)
     shutil.rmtree(cfg.paths.teacher_cache)
     summary = teacher_run.run(cfg, stop_after_shards=args.profile_shards)
-    print(f"\nunprofiled: {summary.frames / summary.compute_seconds:.0f} frames/s, waited {summary.wait_input_s:.1f} s "
-          f"for input, {summary.wait_output_s:.1f} s for output, over {summary.compute_seconds:.1f} s")
+    print(
+        f"\nunprofiled: {summary.frames / summary.compute_seconds:.0f} frames/s, waited {summary.wait_input_s:.1f} s "
+        f"for input, {summary.wait_output_s:.1f} s for output, over {summary.compute_seconds:.1f} s"
+    )
     shutil.rmtree(cfg.paths.teacher_cache)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         summary = teacher_run.run(cfg, stop_after_shards=args.profile_shards)
     events = prof.key_averages()
     gpu_us = sum(e.self_device_time_total for e in events)
     shards = len(summary.shards_computed)
-    print(f"profiled: {summary.frames / summary.compute_seconds:.0f} frames/s over {shards} shards, loop "
-          f"{summary.compute_seconds * 1e3 / shards:.1f} ms per shard, GPU busy {gpu_us / 1e3 / shards:.1f} ms per shard "
-          f"(all streams summed), waited {summary.wait_input_s:.1f} s for input, {summary.wait_output_s:.1f} s for output")
+    print(
+        f"profiled: {summary.frames / summary.compute_seconds:.0f} frames/s over {shards} shards, loop "
+        f"{summary.compute_seconds * 1e3 / shards:.1f} ms per shard, GPU busy {gpu_us / 1e3 / shards:.1f} ms per shard "
+        f"(all streams summed), waited {summary.wait_input_s:.1f} s for input, {summary.wait_output_s:.1f} s for output"
+    )
     table = events.table(sort_by="self_device_time_total", row_limit=25)
     cpu_table = events.table(sort_by="self_cpu_time_total", row_limit=25)
     print(table)

@@ -1,7 +1,8 @@
 """Where a teacher-cache shard's time goes, each phase timed alone (synchronised), per shard.
 
-    python -m bench.teacher_profile --work DIR   (DIR from `bench.teacher_bench --work DIR`)
+python -m bench.teacher_profile --work DIR   (DIR from `bench.teacher_bench --work DIR`)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,41 +46,47 @@ def main() -> None:
     cfg = config.load(args.work / "run" / "shards" / "config.yaml", [f"teacher.model={args.model}", "teacher.pretrained=random"])
     device = pick_device("auto")
     teacher = load_teacher(cfg.teacher, class_names(load_labels(LABELS_FILE)), device)
-    split, shard, tar = teacher_run.all_shards(cfg)[0]
+    job = teacher_run.all_shards(cfg)[0]
     size, frames_n = teacher.image_size, cfg.teacher.num_frames
     torch.set_num_threads(1)  # as in a loader worker
-    raw = teacher_data.ShardFrames([], frames_n).load(split, shard, tar, cpu_decode=False)
-    cpu_item = teacher_data.ShardFrames([], frames_n).load(split, shard, tar, cpu_decode=True)
-    flat = [j for v in raw.frames for j in v]
+    shard_frames = teacher_data.ShardFrames([], frames_n)
+    raw = shard_frames.read(job)  # ShardJpegs: the sampled frames as JPEG bytes
+    cpu_item = shard_frames.decoded(job)  # ShardCrops: decoded and cropped on the CPU
+    flat = [j for v in raw.jpegs for j in v]
     n = len(flat)
-    on_gpu = teacher_data.to_device(raw, size, device)
+    on_gpu = teacher_data.frames_on_device(raw, size, device)
     cfg.teacher.cuda_graphs = False
     eager = teacher_run.make_encoder(teacher, cfg.teacher, device)
     cfg.teacher.cuda_graphs = device.type == "cuda"
     graphed = teacher_run.make_encoder(teacher, cfg.teacher, device)
     phases = {
-        "read shard + pick frames (1 core)": lambda: teacher_data.ShardFrames([], frames_n).load(split, shard, tar, cpu_decode=False),
-        "read + CPU decode + square crop (1 core)": lambda: teacher_data.ShardFrames([], frames_n).load(split, shard, tar, cpu_decode=True),
-        "copy CPU crops to device + resize": lambda: teacher_data.to_device(cpu_item, size, device),
+        "read shard + pick frames (1 core)": lambda: shard_frames.read(job),
+        "read + CPU decode + square crop (1 core)": lambda: shard_frames.decoded(job),
+        "copy CPU crops to device + resize": lambda: teacher_data.frames_on_device(cpu_item, size, device),
         "GPU decode (nvjpeg, batched)": lambda: decode(flat, device),
-        "GPU decode + crop + resize": lambda: teacher_data.to_device(raw, size, device),
+        "GPU decode + crop + resize": lambda: teacher_data.frames_on_device(raw, size, device),
         "forward (bf16 autocast, eager)": lambda: eager(on_gpu),
         "forward (bf16 autocast, CUDA graph)": lambda: graphed(on_gpu),
     }
-    import zarr
+    import shutil
 
-    from pipeline.teacher.store import create_store, expected_attrs
+    from pipeline.teacher.store import ShardRowsWriter, create_store, expected_attrs
 
     store = args.work / "profile_store.zarr"
-    import shutil
     shutil.rmtree(store, ignore_errors=True)
     create_store(store, expected_attrs(cfg), 512, 174, frames_n)
-    group = zarr.open_group(store, mode="r+")[split]
     v = len(raw.rows)
     outs = (torch.randn(v, 512).numpy(), torch.randn(v, 174).numpy(), torch.randn(v, frames_n, 512).numpy())
-    phases_cpu = {"Zarr write of one shard (all arrays, done flag)":
-                  lambda: teacher_run.write_shard(str(store), split, shard, raw.rows, str(tar), *outs)}
-    print(f"\n{n} frames per shard ({len(raw.rows)} videos x {frames_n}), {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}\n")
+    writer = ShardRowsWriter()  # as in a writer process: the arrays are opened once (in the warm-up call)
+    phases_cpu = {
+        "Zarr write of one shard (all arrays, done flag)": lambda: writer.write(
+            str(store), job.split, job.shard, raw.rows, str(job.tar), *outs
+        )
+    }
+    print(
+        f"\n{n} frames per shard ({len(raw.rows)} videos x {frames_n}), "
+        f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}\n"
+    )
     print("| phase | ms per shard | frames/s |")
     print("| --- | --- | --- |")
     for name, fn in {**phases_cpu, **phases}.items():
@@ -88,12 +95,12 @@ def main() -> None:
     # The loader alone: how many frames/s the workers can feed, with nothing else running.
     jobs = teacher_run.all_shards(cfg)[:200]
     for cpu_decode in (True, False):
-        loader = teacher_data.make_loader(jobs, frames_n, 0.0 if cpu_decode else 1.0, args.workers)
+        loader = teacher_data.make_loader(jobs, frames_n, num_workers=args.workers, gpu_share=0.0 if cpu_decode else 1.0)
         start, count = time.perf_counter(), 0
         for item in loader:
             count += len(item.rows) * frames_n
             if cpu_decode:
-                teacher_data.to_device(item, size, device)
+                teacher_data.frames_on_device(item, size, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         what = "CPU decode + crop, copy to GPU + resize" if cpu_decode else "read only (JPEG bytes)"
@@ -103,7 +110,7 @@ def main() -> None:
 
     def decode_loop():
         while not stop.is_set():
-            teacher_data.to_device(raw, size, device)
+            teacher_data.frames_on_device(raw, size, device)
             torch.cuda.synchronize()
 
     torch.set_num_threads(torch.get_num_threads())
@@ -115,7 +122,9 @@ def main() -> None:
         together = timed(fwd, device, 10)
         stop.set()
         thread.join()
-        print(f"| eager forward while another thread decodes | {together * 1e3:.1f} | {n / together:.0f} (alone {n / alone:.0f}) |")
+        print(
+            f"| eager forward while another thread decodes | {together * 1e3:.1f} | {n / together:.0f} (alone {n / alone:.0f}) |"
+        )
 
 
 if __name__ == "__main__":

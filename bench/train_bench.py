@@ -4,13 +4,14 @@
     python -m bench.train_bench --online      # the cached teacher against the teacher run in every step
     python -m bench.train_bench --levers      # eager, channels_last, torch.compile (synthetic input)
 
-Both sides run the trainer's own step (`pipeline.train.train_step`: bf16 autocast on CUDA, loss with
-the cached teacher outputs, fused SGD, clipping, schedule). Synthetic: one uint8 batch kept on the
-device. Real: the training loader over JPEG shards (built without ffmpeg) and the teacher cache,
+Both sides run the trainer's own set-up and step (`pipeline.student.train.build_state` and `train_step`:
+bf16 autocast on CUDA, loss with the cached teacher outputs, fused SGD, clipping, schedule). Synthetic:
+one uint8 batch kept on the device. Real: the training loader over JPEG shards (built without ffmpeg) and the teacher cache,
 `--workers` processes decoding the sampled frames and cropping. Online: before each step the frozen
 CLIP teacher (ViT-B-32, the cache stage's own encoder: bf16, CUDA graph) encodes the batch's frames
 and its outputs replace the cached ones, which is what training without the cache costs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,25 +27,24 @@ from pathlib import Path
 import torch
 
 from bench.jpeg_shards import build
+from pipeline.accel.pool_loader import PoolKeeper
 from pipeline.runtime.cpus import TRAIN_RESERVE, loader_workers
 from pipeline.runtime.device import autocast_dtype, pick_device
 from pipeline.ssv2.annotations import LABELS_FILE, class_names, load_labels
 from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD, channels_last_empty, normalizer
-from pipeline.student.data import CacheSource, ClipBatch, ClipSpec, ShardClips, flip_pairs, make_loader
-from pipeline.student.evaluate import split_shards, to_device
-from pipeline.student.models import build_student
-from pipeline.student.train import _cosine, make_optimizer, prepare_model, train_step
+from pipeline.student.data import (
+    CacheSource,
+    ClipBatch,
+    ClipSource,
+    ClipSpec,
+    flip_pairs,
+    make_loader,
+    split_shards,
+    to_device,
+)
+from pipeline.student.train import build_state, train_step
 from pipeline.teacher import run as teacher_run
 from pipeline.teacher.clip import load_teacher
-
-
-def _setup(cfg, device):
-    torch.manual_seed(0)
-    model = prepare_model(build_student(cfg.student, 174), cfg, device)
-    optimizer = make_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(0, 10_000))
-    scaler = torch.amp.GradScaler(enabled=False)
-    return model, optimizer, scheduler, scaler
 
 
 def _timed(step, batches, warmup: int, device) -> float:
@@ -65,8 +65,13 @@ def _timed(step, batches, warmup: int, device) -> float:
 
 def online_teacher(cfg, device, frames: int, batch: int):
     """batch -> batch with the teacher's outputs computed now from its frames (all T of them)."""
-    tcfg = dataclasses.replace(cfg.teacher, model="ViT-B-32" if device.type == "cuda" else "clip-tiny",
-                               pretrained="random", batch_videos=batch, num_frames=frames)
+    tcfg = dataclasses.replace(
+        cfg.teacher,
+        model="ViT-B-32" if device.type == "cuda" else "clip-tiny",
+        pretrained="random",
+        batch_videos=batch,
+        num_frames=frames,
+    )
     with _quiet():
         teacher = load_teacher(tcfg, class_names(load_labels(LABELS_FILE)), device)
     encode = teacher_run.make_encoder(teacher, tcfg, device)
@@ -93,47 +98,76 @@ def _quiet():
         logging.getLogger().setLevel(level)
 
 
-def measure(cfg, device, arch: str, frames: int, batch: int, workers: int, warmup: int, steps: int,
-            with_loader: bool = True, online: bool = False, variants: dict | None = None) -> tuple[float, float, float]:
+def measure(
+    cfg,
+    device,
+    arch: str,
+    frames: int,
+    batch: int,
+    workers: int,
+    warmup: int,
+    steps: int,
+    with_loader: bool = True,
+    online: bool = False,
+    variants: dict | None = None,
+) -> tuple[float, float, float]:
     """(synthetic clips/s, real-loader clips/s, peak GPU memory GiB with synthetic input) for one model,
     frame count and batch size; with `online`, the teacher runs in every step instead of coming from the cache;
-    `variants` {(workers, batch_pool): None} gets the real-loader clips/s of those loaders too (same compiled step)."""
+    `variants` {(workers, batch_pool): None} gets the real-loader clips/s of those loaders too (same compiled step).
+    The table's real loader uses the batch pool as `cfg.experimental.batch_pool` says."""
     variants = {} if variants is None else variants
     cfg.student.arch, cfg.student.num_frames, cfg.train.batch_size = arch, frames, batch
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model, optimizer, scheduler, scaler = _setup(cfg, device)
+    # the trainer's own set-up: same seed, optimiser and schedule; compiled when train.compile is set (CUDA)
+    state = build_state(cfg, device, num_classes=174, total_steps=10_000)
     norm = normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
     dtype = autocast_dtype(device, cfg.train.precision)
-    wrapped = torch.compile(model) if cfg.train.compile and device.type == "cuda" else model
     add = online_teacher(cfg, device, frames, batch) if online else (lambda b: b)
-    step = lambda b: train_step(wrapped, model, optimizer, scheduler, scaler, norm, dtype, cfg, add(b))  # noqa: E731
+    step = lambda b: train_step(state, add(b), cfg=cfg, norm=norm, dtype=dtype)  # noqa: E731
     size = cfg.student.image_size
     # laid out like the loader's batches (channels last), so both sides run the same compiled graph
     pixels = channels_last_empty((batch, frames, 3, size, size), partial(torch.empty, dtype=torch.uint8, device=device))
-    fake = ClipBatch(pixels.copy_(torch.randint(0, 256, pixels.shape, dtype=torch.uint8, device=device)),
-                     torch.randint(0, 174, (batch,), device=device), torch.randn(batch, 512, device=device),
-                     torch.randn(batch, 174, device=device), [])
+    fake = ClipBatch(
+        pixels.copy_(torch.randint(0, 256, pixels.shape, dtype=torch.uint8, device=device)),
+        torch.randint(0, 174, (batch,), device=device),
+        torch.randn(batch, 512, device=device),
+        torch.randn(batch, 174, device=device),
+        [],
+    )
     synthetic = _timed(step, [fake] * (warmup + steps), warmup, device)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     if not with_loader:
         return synthetic, float("nan"), peak
     shards, _ = split_shards(cfg, "train")
     spec = ClipSpec(frames, size, batch, train=True, seed=0, shuffle_buffer=cfg.train.shuffle_buffer)
-    dataset = ShardClips(shards, spec, 0, 1, warmup + steps, CacheSource(cfg.paths.teacher_cache, "train"),
-                         flip_pairs(class_names(load_labels(LABELS_FILE))))
-    loader = make_loader(dataset, workers, device, cfg.train.batch_pool)
-    real = _timed(step, (to_device(b, device) for b in loader), warmup, device)
-    for n, pool in variants:  # the same compiled step with other loaders
-        loader = make_loader(dataset, n, device, pool)
-        variants[(n, pool)] = _timed(step, (to_device(b, device) for b in loader), warmup, device)
+    source = ClipSource(
+        shards,
+        spec,
+        0,
+        1,
+        warmup + steps,
+        CacheSource(cfg.paths.teacher_cache, "train"),
+        flip_pairs(class_names(load_labels(LABELS_FILE))),
+    )
+    with contextlib.closing(PoolKeeper()) as keeper:  # one page-locked pool for every pooled loader below
+
+        def batches(n: int, pool: bool):
+            loader = make_loader(source, workers=n, device=device, keeper=keeper if pool else None)
+            return (to_device(b, device) for b in loader)
+
+        real = _timed(step, batches(workers, cfg.experimental.batch_pool), warmup, device)
+        for n, pool in variants:  # the same compiled step with other loaders
+            variants[(n, pool)] = _timed(step, batches(n, pool), warmup, device)
     return synthetic, real, peak
 
 
-LOADER_MODES = {"segments": "a shared-memory segment per batch, left on the host",
-                "segments+pin": "segments, pinned by the pin-memory thread, copied to the GPU (batch_pool=false)",
-                "pool": "written into the page-locked pool, copied to the GPU (batch_pool=true)"}
+LOADER_MODES = {
+    "segments": "a shared-memory segment per batch, left on the host",
+    "segments+pin": "segments, pinned by the pin-memory thread, copied to the GPU (experimental.batch_pool=false)",
+    "pool": "written into the page-locked pool, copied to the GPU (experimental.batch_pool=true)",
+}
 
 
 def loader_rate(cfg, frames: int, batch: int, workers: int, batches: int, mode: str = "segments") -> float:
@@ -141,19 +175,27 @@ def loader_rate(cfg, frames: int, batch: int, workers: int, batches: int, mode: 
     in one of LOADER_MODES (the last two as in training on a GPU)."""
     shards, _ = split_shards(cfg, "train")
     spec = ClipSpec(frames, cfg.student.image_size, batch, train=True, seed=0, shuffle_buffer=cfg.train.shuffle_buffer)
-    dataset = ShardClips(shards, spec, 0, 1, batches + workers, CacheSource(cfg.paths.teacher_cache, "train"),
-                         flip_pairs(class_names(load_labels(LABELS_FILE))))
+    source = ClipSource(
+        shards,
+        spec,
+        0,
+        1,
+        batches + workers,
+        CacheSource(cfg.paths.teacher_cache, "train"),
+        flip_pairs(class_names(load_labels(LABELS_FILE))),
+    )
     device = pick_device("auto") if mode != "segments" else torch.device("cpu")
-    it = iter(make_loader(dataset, workers, device, batch_pool=mode == "pool"))
-    for _ in range(workers):  # worker start-up is not part of the rate
-        next(it)
-    start, clips = time.perf_counter(), 0
-    for b in it:
-        b = to_device(b, device)
-        clips += b.clips.shape[0]
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return clips / (time.perf_counter() - start)
+    with contextlib.closing(PoolKeeper()) as keeper:
+        it = iter(make_loader(source, workers=workers, device=device, keeper=keeper if mode == "pool" else None))
+        for _ in range(workers):  # worker start-up is not part of the rate
+            next(it)
+        start, clips = time.perf_counter(), 0
+        for b in it:
+            b = to_device(b, device)
+            clips += b.clips.shape[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return clips / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -161,8 +203,12 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=4096 if cuda else 96)
-    parser.add_argument("--workers", type=int, default=loader_workers(-1, TRAIN_RESERVE) if cuda else 2,
-                        help="loader processes (default on CUDA: the trainer's automatic count)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=loader_workers(-1, TRAIN_RESERVE) if cuda else 2,
+        help="loader processes (default on CUDA: the trainer's automatic count)",
+    )
     default = ["mobilevit_xxs:8:64", "mobilevit_xxs:16:64", "tsm_r50:8:32", "tsm_r50:16:16"] if cuda else ["tsm_tiny:8:4"]
     parser.add_argument("--configs", nargs="+", default=default, help="arch:frames:batch")
     parser.add_argument("--image-size", type=int, default=224 if cuda else 64)
@@ -174,17 +220,42 @@ def main() -> None:
     parser.add_argument("--levers", action="store_true", help="time eager, channels_last and torch.compile (synthetic input)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--loader-only", action="store_true", help="time the training loader alone (no model), clips/s")
-    parser.add_argument("--loader-workers", type=int, nargs="+", default=None, help="--loader-only: these worker counts; otherwise also time the real loader with these")
-    parser.add_argument("--batch-pool", type=int, nargs="+", default=[1], choices=[0, 1],
-                        help="1: the loader writes into the page-locked pool (the trainer's default), 0: a segment per batch; "
-                             "the first is the table's real loader, the others are timed beside it")
+    parser.add_argument(
+        "--loader-workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="--loader-only: these worker counts; otherwise also time the real loader with these",
+    )
+    parser.add_argument(
+        "--batch-pool",
+        type=int,
+        nargs="+",
+        default=[1],
+        choices=[0, 1],
+        help="1: the loader writes into the page-locked pool (experimental.batch_pool, the trainer's default), "
+        "0: a segment per batch; "
+        "the first is the table's real loader, the others are timed beside it",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = args.work or Path(tempfile.mkdtemp(prefix="train_bench_"))
     frames_max = max(int(c.split(":")[1]) for c in args.configs)
-    cfg = build(work / "ssv2", work / "run", args.videos, frames_max, frames_max,
-                ["teacher.model=clip-tiny", "teacher.pretrained=random", f"teacher.num_workers={args.workers}",
-                 "shards.videos_per_shard=64", f"student.image_size={args.image_size}", "teacher.progress_every_s=1000"])
+    cfg = build(
+        work / "ssv2",
+        work / "run",
+        args.videos,
+        frames_max,
+        frames_max,
+        [
+            "teacher.model=clip-tiny",
+            "teacher.pretrained=random",
+            f"teacher.num_workers={args.workers}",
+            "shards.videos_per_shard=64",
+            f"student.image_size={args.image_size}",
+            "teacher.progress_every_s=1000",
+        ],
+    )
     teacher_run.run(cfg)
     device = pick_device("auto")
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
@@ -193,7 +264,7 @@ def main() -> None:
         print("| workers | batches | frames | batch | clips/s | frames/s |")
         print("| --- | --- | --- | --- | --- | --- |")
         for workers in args.loader_workers or [args.workers]:
-            for mode in (LOADER_MODES if cuda else ["segments", "pool"]):
+            for mode in LOADER_MODES if cuda else ["segments", "pool"]:
                 for config in args.configs:
                     _, frames, batch = config.split(":")
                     rate = loader_rate(cfg, int(frames), int(batch), workers, args.steps + args.warmup, mode)
@@ -201,35 +272,54 @@ def main() -> None:
         return
     configs = [(arch, int(frames), int(batch)) for arch, frames, batch in (c.split(":") for c in args.configs)]
     cfg.train.compile = args.compile
-    cfg.train.batch_pool = bool(args.batch_pool[0])
+    cfg.experimental.batch_pool = bool(args.batch_pool[0])
     warm = args.warmup + (10 if args.compile else 0)  # compilation happens in the first steps
     precision = cfg.train.precision if cuda else "fp32"
-    print(f"\n{name}, {precision}, image {args.image_size}, {'compiled' if args.compile else 'eager'} student (channels_last on CUDA), "
-          f"distillation loss, SGD (fused on CUDA), {args.workers} loader workers "
-          f"({'batch pool' if cfg.train.batch_pool else 'a segment per batch'}), {args.steps} timed steps after {warm}\n")
+    print(
+        f"\n{name}, {precision}, image {args.image_size}, {'compiled' if args.compile else 'eager'} student "
+        f"(channels_last on CUDA), "
+        f"distillation loss, SGD (fused on CUDA), {args.workers} loader workers "
+        f"({'batch pool' if cfg.experimental.batch_pool else 'a segment per batch'}), {args.steps} timed steps after {warm}\n"
+    )
     figures: dict = {"device": name, "compile": args.compile, "loader": [], "online": [], "levers": []}
     if not args.online:
         print("| model | frames | batch | synthetic input clips/s | real loader clips/s | real / synthetic |")
         print("| --- | --- | --- | --- | --- | --- |")
         for arch, frames, batch in configs:
-            extra = dict.fromkeys([(n, cfg.train.batch_pool) for n in args.loader_workers or []]
-                                  + [(args.workers, bool(p)) for p in args.batch_pool[1:]])
+            extra = dict.fromkeys(
+                [(n, cfg.experimental.batch_pool) for n in args.loader_workers or []]
+                + [(args.workers, bool(p)) for p in args.batch_pool[1:]]
+            )
             synthetic, real, _ = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps, variants=extra)
             others = {f"{n} workers, {'pool' if p else 'segments'}": r for (n, p), r in extra.items()}
-            figures["loader"].append(dict(arch=arch, frames=frames, batch=batch, synthetic=synthetic, real=real,
-                                          batch_pool=cfg.train.batch_pool, other_loaders=others))
+            figures["loader"].append(
+                dict(
+                    arch=arch,
+                    frames=frames,
+                    batch=batch,
+                    synthetic=synthetic,
+                    real=real,
+                    batch_pool=cfg.experimental.batch_pool,
+                    other_loaders=others,
+                )
+            )
             others = "".join(f" ({k}: {r:.1f}, {r / synthetic:.0%})" for k, r in others.items())
             print(f"| {arch} | {frames} | {batch} | {synthetic:.1f} | {real:.1f} | {real / synthetic:.0%}{others} |")
     else:
-        print("| model | frames | batch | cached teacher, synthetic input | online teacher, synthetic input | step speed-up "
-              "| cached, real loader | online, real loader | epoch speed-up | peak GPU memory cached / online (GiB) |")
+        print(
+            "| model | frames | batch | cached teacher, synthetic input | online teacher, synthetic input | step speed-up "
+            "| cached, real loader | online, real loader | epoch speed-up | peak GPU memory cached / online (GiB) |"
+        )
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for arch, frames, batch in configs:
             cached = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps)
             online = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps, online=True)
             figures["online"].append(dict(arch=arch, frames=frames, batch=batch, cached=cached, online=online))
-            print(f"| {arch} | {frames} | {batch} | {cached[0]:.1f} | {online[0]:.1f} | {cached[0] / online[0]:.2f}x | {cached[1]:.1f} "
-                  f"| {online[1]:.1f} | {cached[1] / online[1]:.2f}x | {cached[2]:.2f} / {online[2]:.2f} |")
+            print(
+                f"| {arch} | {frames} | {batch} | {cached[0]:.1f} | {online[0]:.1f} | {cached[0] / online[0]:.2f}x "
+                f"| {cached[1]:.1f} "
+                f"| {online[1]:.1f} | {cached[1] / online[1]:.2f}x | {cached[2]:.2f} / {online[2]:.2f} |"
+            )
     if args.levers:
         print("\n| model | frames | batch | eager | channels_last | channels_last + compile | best / eager |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -239,8 +329,13 @@ def main() -> None:
                 cfg.train.channels_last, cfg.train.compile = channels_last, compiled
                 w = args.warmup + (10 if compiled else 0)
                 rates.append(measure(cfg, device, arch, frames, batch, args.workers, w, args.steps, with_loader=False)[0])
-            figures["levers"].append(dict(arch=arch, frames=frames, batch=batch, eager=rates[0], channels_last=rates[1], compiled=rates[2]))
-            print(f"| {arch} | {frames} | {batch} | {rates[0]:.1f} | {rates[1]:.1f} | {rates[2]:.1f} | {max(rates) / rates[0]:.2f}x |")
+            figures["levers"].append(
+                dict(arch=arch, frames=frames, batch=batch, eager=rates[0], channels_last=rates[1], compiled=rates[2])
+            )
+            print(
+                f"| {arch} | {frames} | {batch} | {rates[0]:.1f} | {rates[1]:.1f} | {rates[2]:.1f} "
+                f"| {max(rates) / rates[0]:.2f}x |"
+            )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
 
