@@ -85,6 +85,24 @@ class TeacherConfig:
 
 
 @dataclass
+class TeacherHeadConfig:
+    """Stage 2b: classifiers fitted on the cached features, the teachers a student can learn from."""
+
+    heads: list[str] = field(default_factory=lambda: ["linear", "temporal"])  # zero_shot is always there
+    folds: int = 5  # training logits come from a head fitted on the other folds (out of fold)
+    seed: int = 0  # folds, held-out part, initialisation and batch order
+    holdout: float = 0.1  # share of train held out to choose the weight decay (never validation)
+    weight_decays: list[float] = field(default_factory=lambda: [1e-4, 1e-2, 1.0])  # the grid searched per head
+    epochs: int = 30
+    batch_size: int = 512
+    lr: float = 1e-3  # AdamW, cosine to zero
+    temporal_width: int = 256  # the temporal head's token width
+    temporal_layers: int = 1  # transformer layers over the ordered frames
+    dropout: float = 0.1
+    device: str = "auto"
+
+
+@dataclass
 class StudentConfig:
     """Stage 3's model."""
 
@@ -101,6 +119,7 @@ class LossConfig:
     """alpha * MSE(normalised features) + beta * KL(T) * T^2 + gamma * CE."""
 
     mode: Literal["distill", "vanilla"] = "distill"  # vanilla: CE only, no teacher cache needed
+    teacher_head: Literal["best", "zero_shot", "linear", "temporal"] = "best"  # best: highest validation top-1 fitted
     alpha: float = 0.5
     beta: float = 1.0
     gamma: float = 0.1
@@ -161,6 +180,9 @@ class SlurmConfig:
     teacher_cache: SlurmStageConfig = field(
         default_factory=lambda: SlurmStageConfig(gpus_per_node=1, cpus_per_task=16, mem_gb=64, array_tasks=2, array_parallelism=2)
     )
+    teacher_head: SlurmStageConfig = field(
+        default_factory=lambda: SlurmStageConfig(time_min=60, gpus_per_node=1, cpus_per_task=8, mem_gb=64)
+    )
     train_student: SlurmStageConfig = field(
         default_factory=lambda: SlurmStageConfig(time_min=2880, gpus_per_node=8, tasks_per_node=8, cpus_per_task=12, mem_gb=400)
     )
@@ -193,6 +215,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    teacher_head: TeacherHeadConfig = field(default_factory=TeacherHeadConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
