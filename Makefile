@@ -11,7 +11,7 @@ SMOKE_DIR ?= runs/smoke
 # tiny synthetic set under SMOKE_DIR, so it runs on a laptop CPU in minutes.
 SMOKE_ARGS := --config $(CONFIG) --config configs/smoke.yaml paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR)
 
-.PHONY: help venv smoke test test-fast lint format shards teacher-cache train-student all report status slurm-up slurm-down synthetic bench-shards clean-smoke
+.PHONY: help venv smoke test test-fast lint format shards teacher-cache teacher-head train-student all report status slurm-up slurm-down synthetic bench-shards clean-smoke
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -52,10 +52,13 @@ shards: $(STAMP) ## Stage 1: submit the shard array job (only shards not done) a
 teacher-cache: $(STAMP) ## Stage 2: submit the teacher-cache array job (only shards not cached) and wait
 	$(PY) -m slurm.launch teacher-cache --config $(CONFIG) $(ARGS)
 
+teacher-head: $(STAMP) ## Stage 2b: submit the job fitting teacher heads on the cached features (only heads not fitted) and wait
+	$(PY) -m slurm.launch teacher-head --config $(CONFIG) $(ARGS)
+
 train-student: $(STAMP) ## Stage 3: submit the DDP training job (requeues itself when preempted) and wait
 	$(PY) -m slurm.launch train-student --config $(CONFIG) $(ARGS)
 
-all: $(STAMP) ## Submit all three stages chained with afterok dependencies
+all: $(STAMP) ## Submit every stage (shards, teacher-cache, teacher-head, train-student) chained with afterok dependencies
 	$(PY) -m slurm.launch all --no-wait --config $(CONFIG) $(ARGS)
 
 report: $(STAMP) ## Write <run_dir>/report/report.md and its PNG plots from the run's own files

@@ -38,6 +38,11 @@ class PathsConfig:
         return Path(self.run_dir) / "teacher_cache.zarr"
 
     @property
+    def teacher_heads_dir(self) -> Path:
+        """Stage 2b output besides the logits in the cache: each fitted head's weights."""
+        return Path(self.run_dir) / "teacher_heads"
+
+    @property
     def student_dir(self) -> Path:
         """Stage 3 output: checkpoints, metrics, evaluation tables."""
         return Path(self.run_dir) / "student"
@@ -94,6 +99,7 @@ class TeacherHeadConfig:
     holdout: float = 0.1  # share of train held out to choose the weight decay (never validation)
     weight_decays: list[float] = field(default_factory=lambda: [1e-4, 1e-2, 1.0])  # the grid searched per head
     epochs: int = 30
+    min_steps: int = 500  # small training sets: at least this many optimiser steps however few the epochs make
     batch_size: int = 512
     lr: float = 1e-3  # AdamW, cosine to zero
     temporal_width: int = 256  # the temporal head's token width

@@ -1,7 +1,7 @@
-"""Submit the pipeline's stages (`python -m slurm.launch {shards,teacher-cache,train-student,all,status}`).
+"""Submit the pipeline's stages (`python -m slurm.launch {shards,teacher-cache,teacher-head,train-student,all,status}`).
 
 Array stages submit only the shards that are not done yet, in groups of one task each; `all` chains
-the three stages with afterok dependencies; with --wait (the default for single stages) the command
+the four stages with afterok dependencies; with --wait (the default for single stages) the command
 waits, names every failed task with its log and the shards it owned, and exits non-zero.
 """
 
@@ -15,17 +15,21 @@ import sys
 from pathlib import Path
 
 import submitit
+import zarr
 
 from pipeline import cli
 from pipeline.config import Config
 from pipeline.runtime.progress import setup_logging
 from pipeline.shards import build as shards_lib
 from pipeline.teacher import run as teacher_run
+from pipeline.teacher.heads import head_settings
+from pipeline.teacher.store import head_fingerprint, head_records
 from slurm.executor import executor_kind, make_executor, max_array_size, submission_folder
 from slurm.jobs import TrainJob
 from slurm.status import status_report
 from stages import shards as shards_stage
 from stages import teacher_cache as teacher_stage
+from stages import teacher_head as head_stage
 
 log = logging.getLogger("slurm.launch")
 
@@ -120,6 +124,31 @@ def submit_teacher(cfg: Config, after: list | None = None) -> tuple[list, Path |
     return jobs, folder
 
 
+def heads_complete(cfg: Config) -> bool:
+    """Every configured head is fitted, with the current settings, on the current cache."""
+    if not cfg.paths.teacher_cache.exists():
+        return False
+    root = zarr.open_group(cfg.paths.teacher_cache, mode="r")
+    records, fingerprint = head_records(root), root.attrs.get("fingerprint")
+    expected = {n: head_fingerprint(fingerprint, head_settings(n, cfg.teacher_head)) for n in cfg.teacher_head.heads}
+    return all(records.get(n, {}).get("fingerprint") == fp for n, fp in expected.items())
+
+
+def submit_head(cfg: Config, after: list | None = None) -> tuple[list, Path | None]:
+    """One job fitting the teacher heads (none when every configured head is fitted on this cache)."""
+    if not after and heads_complete(cfg):
+        log.info("teacher-head: every head in teacher_head.heads is fitted on this cache, nothing to submit")
+        return [], None
+    folder = submission_folder(cfg, "teacher_head")
+    resources = cfg.slurm.teacher_head
+    executor = make_executor(cfg, "teacher_head", resources, folder)
+    _run_after(executor, cfg, resources, after)
+    job = executor.submit(head_stage.run_task, cfg)
+    _record(folder, cfg, "teacher_head", [{"job_id": job.job_id}])
+    log.info("teacher-head: submitted job %s (logs in %s)", job.job_id, folder)
+    return [job], folder
+
+
 def training_complete(cfg: Config) -> bool:
     """latest.pt is past the last epoch and the frame-count evaluation is written."""
     from pipeline.student import checkpoint
@@ -184,7 +213,7 @@ def wait(jobs: list, stage: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and submit (and by default wait for) the asked stage."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["shards", "teacher-cache", "train-student", "all", "status"])
+    parser.add_argument("stage", choices=["shards", "teacher-cache", "teacher-head", "train-student", "all", "status"])
     parser.add_argument("--no-wait", action="store_true", help="submit and return")
     cli.add_config_args(parser)
     args = parser.parse_intermixed_args(argv)
@@ -196,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = {
         "shards": ["shards"],
         "teacher-cache": ["teacher"],
+        "teacher-head": ["head"],
         "train-student": ["train"],
-        "all": ["shards", "teacher", "train"],
+        "all": ["shards", "teacher", "head", "train"],
     }[args.stage]
     local = executor_kind(cfg) == "local"
     submitted: list[tuple[str, list]] = []
@@ -207,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             jobs, _ = submit_shards(cfg)
         elif step == "teacher":
             jobs, _ = submit_teacher(cfg, after=previous if not local else None)
+        elif step == "head":
+            jobs, _ = submit_head(cfg, after=previous if not local else None)
         else:
             jobs, _ = submit_train(cfg, after=previous if not local else None)
         submitted.append((step, jobs))

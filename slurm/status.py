@@ -81,6 +81,19 @@ def _cache_progress(cfg: Config) -> str:
     return "; ".join(parts)
 
 
+def _head_progress(cfg: Config) -> str:
+    import zarr
+
+    from pipeline.teacher.store import head_records
+
+    if not cfg.paths.teacher_cache.exists():
+        return "no cache yet"
+    records = head_records(zarr.open_group(cfg.paths.teacher_cache, mode="r"))
+    fitted = [f"{n} (val top-1 {r['val_top1']:.4f})" if "val_top1" in r else n for n, r in records.items()]
+    wanted = [n for n in cfg.teacher_head.heads if n not in records]
+    return f"fitted: {', '.join(fitted) or 'none'}" + (f"; not yet: {', '.join(wanted)}" if wanted else "")
+
+
 def _train_progress(cfg: Config) -> str:
     saved = checkpoint.load(cfg.paths.student_dir / "latest.pt")
     if saved is None:
@@ -99,6 +112,7 @@ def status_report(cfg: Config) -> str:
     for title, stage, progress in (
         ("shards", "shards", _shards_progress),
         ("teacher-cache", "teacher_cache", _cache_progress),
+        ("teacher-head", "teacher_head", _head_progress),
         ("train-student", "train_student", _train_progress),
     ):
         lines.append(f"{title}: {progress(cfg)}")

@@ -140,3 +140,16 @@ def write_index_if_complete(out_dir: Path, cfg: Config, split: str, specs: list[
     }
     atomic.write_json(index_path(out_dir, split), index)
     return True
+
+
+def row_labels(out_dir: Path, split: str) -> np.ndarray:
+    """The label of every row of a split (-1 for rows without a video, and for the unlabelled test split)."""
+    index = read_index(out_dir, split)
+    labels = np.full(index["num_rows"], -1, dtype=np.int64)
+    for shard in index["shards"]:
+        manifest = read_manifest(manifest_path(out_dir, shard["name"]))
+        if manifest is None:
+            raise FileNotFoundError(f"{manifest_path(out_dir, shard['name'])} is missing or unreadable: run `make shards`")
+        for video in manifest["videos"]:
+            labels[video["row"]] = video.get("label", -1)
+    return labels

@@ -35,6 +35,7 @@ from pipeline.shards.plan import read_index
 from pipeline.ssv2.frames import channels_last_empty, decode, stack_channels_last
 from pipeline.ssv2.records import select_frames
 from pipeline.ssv2.sampling import segment_centres, segment_random
+from pipeline.teacher.heads import HeadChoice
 
 SCALES = (1.0, 0.875, 0.75, 0.66)  # TSN multi-scale crop, as fractions of the short side
 
@@ -208,10 +209,12 @@ def centre_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class CacheSource:
-    """Opens the teacher cache lazily in each worker and serves (feature, logits) by row."""
+    """Opens the teacher cache lazily in each worker and serves (feature, logits) by row; the logits
+    are those of the teacher head in array `logits` (see teacher.store.head_array), divided by the
+    head's calibration `temperature`."""
 
-    def __init__(self, store: Path, split: str):
-        self.store, self.split = str(store), split
+    def __init__(self, store: Path, split: str, *, logits: str = "logits", temperature: float = 1.0):
+        self.store, self.split, self.logits, self.temperature = str(store), split, logits, temperature
         self._reader = None
 
     def get(self, row: int, video_id: str):
@@ -221,8 +224,19 @@ class CacheSource:
 
             from pipeline.teacher.store import CacheReader
 
-            self._reader = CacheReader(zarr.open_group(self.store, mode="r"), self.split)
+            root = zarr.open_group(self.store, mode="r")
+            self._reader = CacheReader(root, self.split, logits=self.logits, temperature=self.temperature)
         return self._reader.get(row, video_id)
+
+
+def teacher_source(cfg: Config, split: str, teacher: HeadChoice | None) -> CacheSource | None:
+    """The cache rows a split's clips carry when distilling (None for vanilla training): the chosen
+    head's logits (zero_shot when none is given)."""
+    if cfg.loss.mode != "distill":
+        return None
+    if teacher is None:
+        return CacheSource(cfg.paths.teacher_cache, split)
+    return CacheSource(cfg.paths.teacher_cache, split, logits=teacher.array, temperature=teacher.temperature)
 
 
 def flip_pairs(class_names: list[str]) -> dict[int, int]:

@@ -16,9 +16,10 @@ from pipeline.runtime.atomic import write_bytes, write_json, write_text
 from pipeline.runtime.device import autocast_dtype
 from pipeline.runtime.dist import DistEnv
 from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD, normalizer
-from pipeline.student.data import CacheSource, ClipSource, ClipSpec, make_loader, split_shards, to_device, train_workers
+from pipeline.student.data import ClipSource, ClipSpec, make_loader, split_shards, teacher_source, to_device, train_workers
 from pipeline.student.loss import distill_loss
 from pipeline.student.metrics import topk_hits
+from pipeline.teacher.heads import HeadChoice
 
 
 @dataclass
@@ -43,14 +44,15 @@ def evaluate(
     split: str = "validation",
     collect: bool = False,
     pools: PoolKeeper | None = None,
+    teacher: HeadChoice | None = None,
 ) -> EvalResult:
     """Loss (the training loss when the cache is there, else CE) and accuracy with centre clips;
     with `collect`, also every video's logits (gathered on rank 0). `pools` keeps the loader's
-    page-locked pool between calls (none: batches in shared-memory segments)."""
+    page-locked pool between calls (none: batches in shared-memory segments); `teacher` is the head
+    whose logits the loss compares with (zero_shot when none is given)."""
     shards, _ = split_shards(cfg, split)
-    distill = cfg.loss.mode == "distill"
     spec = ClipSpec(num_frames, cfg.student.image_size, cfg.train.batch_size, train=False, seed=cfg.train.seed)
-    cache = CacheSource(cfg.paths.teacher_cache, split) if distill else None
+    cache = teacher_source(cfg, split, teacher)
     workers = min(train_workers(cfg, env), max(1, len(shards) // env.world_size))
     source = ClipSource(shards, spec, env.rank, env.world_size, None, cache, {})
     loader = make_loader(source, workers=workers, device=device, keeper=pools)

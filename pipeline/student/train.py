@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from pipeline.accel.pool_loader import PoolKeeper
 from pipeline.config import Config, dump, to_dict
 from pipeline.runtime import dist
-from pipeline.runtime.atomic import write_text
+from pipeline.runtime.atomic import write_json, write_text
 from pipeline.runtime.device import autocast_dtype, pick_device
 from pipeline.runtime.dist import DistEnv
 from pipeline.runtime.progress import format_duration
@@ -28,13 +28,13 @@ from pipeline.ssv2.annotations import class_names, labels_path, load_labels
 from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD, normalizer
 from pipeline.student import checkpoint
 from pipeline.student.data import (
-    CacheSource,
     ClipSource,
     ClipSpec,
     check_shards_feed,
     flip_pairs,
     make_loader,
     split_shards,
+    teacher_source,
     to_device,
     train_workers,
 )
@@ -42,7 +42,8 @@ from pipeline.student.evaluate import EvalResult, evaluate, write_frame_count_ev
 from pipeline.student.loss import distill_loss
 from pipeline.student.metrics import AverageMeter, MetricsLog, topk_accuracy
 from pipeline.student.models import build_student
-from pipeline.teacher.store import open_checked
+from pipeline.teacher.heads import HeadChoice, choose_head
+from pipeline.teacher.store import head_records, open_checked
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,20 @@ def run(
         write_text(out / "config.yaml", dump(cfg))
         checkpoint.clean_tmp(out)
     names = class_names(load_labels(labels_path(cfg)))
+    teacher = None
     if cfg.loss.mode == "distill":
-        open_checked(cfg)  # refuses a cache built from other shards or another teacher
+        root = open_checked(cfg)  # refuses a cache built from other shards or another teacher
+        teacher = choose_head(
+            cfg.loss.teacher_head, records=head_records(root), cache_fingerprint=root.attrs["fingerprint"], cfg=cfg.teacher_head
+        )
+        if env.is_main:
+            log.info(
+                "learning from teacher head %s (temperature %.3f, validation top-1 %s)",
+                teacher.name,
+                teacher.temperature,
+                "n/a" if teacher.val_top1 is None else f"{teacher.val_top1:.4f}",
+            )
+            write_json(out / "teacher_head.json", {"asked": cfg.loss.teacher_head, **asdict(teacher)})
     train_shards, train_videos = split_shards(cfg, "train")
     check_shards_feed(len(train_shards), env.world_size, train_workers(cfg, env) or 1, "train")
     per_rank = train_videos // (env.world_size * cfg.train.batch_size)
@@ -118,7 +131,7 @@ def run(
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.loss.mode == "vanilla",
         )
-    trainer = Trainer(cfg, env=env, device=device, names=names, per_rank=per_rank, total_steps=total_steps)
+    trainer = Trainer(cfg, env=env, device=device, names=names, per_rank=per_rank, total_steps=total_steps, teacher=teacher)
     try:
         stopped = trainer.train(state, stop_after_steps, should_stop)
         val, counts = None, {}
@@ -225,8 +238,18 @@ def train_step(state: TrainState, batch, *, cfg: Config, norm, dtype: torch.dtyp
 class Trainer:
     """The epoch loop: data per epoch, steps, logs, validation and checkpoints."""
 
-    def __init__(self, cfg: Config, *, env: DistEnv, device: torch.device, names: list[str], per_rank: int, total_steps: int):
-        self.cfg, self.env, self.device = cfg, env, device
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        env: DistEnv,
+        device: torch.device,
+        names: list[str],
+        per_rank: int,
+        total_steps: int,
+        teacher: HeadChoice | None = None,
+    ):
+        self.cfg, self.env, self.device, self.teacher = cfg, env, device, teacher
         self.per_rank, self.total_steps = per_rank, total_steps
         self.flip_pairs = flip_pairs(names)
         self.norm = normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
@@ -279,7 +302,7 @@ class Trainer:
             epoch=progress.epoch,
         )
         shards, _ = split_shards(cfg, "train")
-        cache = CacheSource(cfg.paths.teacher_cache, "train") if cfg.loss.mode == "distill" else None
+        cache = teacher_source(cfg, "train", self.teacher)
         source = ClipSource(
             shards, spec, env.rank, env.world_size, self.per_rank, cache, self.flip_pairs, skip_batches=progress.step_in_epoch
         )
@@ -345,7 +368,14 @@ class Trainer:
     def evaluate(self, model: torch.nn.Module, num_frames: int, *, collect: bool = False) -> EvalResult:
         """Validation of `model` at `num_frames` frames, through this trainer's loader pool."""
         return evaluate(
-            self.cfg, model, env=self.env, device=self.device, num_frames=num_frames, collect=collect, pools=self.pools
+            self.cfg,
+            model,
+            env=self.env,
+            device=self.device,
+            num_frames=num_frames,
+            collect=collect,
+            pools=self.pools,
+            teacher=self.teacher,
         )
 
     def _end_epoch(self, state: TrainState) -> None:

@@ -162,9 +162,11 @@ class CacheReader:
     loader a large share of its time (docs/benchmarks.md).
     """
 
-    def __init__(self, root: zarr.Group, split: str, keep_shards: int = 64):
+    def __init__(self, root: zarr.Group, split: str, keep_shards: int = 64, logits: str = "logits", temperature: float = 1.0):
         group = root[split]
-        self.arrays = {name: group[name] for name in ("features", "logits", "valid", "ids")}  # metadata read once
+        # metadata read once; `logits` names the teacher head's array (head_array), divided by its temperature
+        self.arrays = {name: group[name] for name in ("features", "valid", "ids")} | {"logits": group[logits]}
+        self.temperature = temperature
         self.per = self.arrays["features"].chunks[0]
         self.keep = keep_shards
         self._rows: OrderedDict[int, ShardRows] = OrderedDict()
@@ -176,7 +178,8 @@ class CacheReader:
             return self._rows[shard]
         sl = slice(shard * self.per, (shard + 1) * self.per)
         a = self.arrays
-        rows = ShardRows(shard * self.per, a["features"][sl], a["logits"][sl], a["valid"][sl], a["ids"][sl])
+        logits = a["logits"][sl] / np.float32(self.temperature)
+        rows = ShardRows(shard * self.per, a["features"][sl], logits, a["valid"][sl], a["ids"][sl])
         self._rows[shard] = rows
         if len(self._rows) > self.keep:
             self._rows.popitem(last=False)
@@ -228,3 +231,43 @@ class ShardRowsWriter:
         group["ids"][sl] = ids.astype(str)
         group["valid"][sl] = valid
         group["done"][shard] = True  # last: the shard counts only once all its rows are in
+
+
+# Teacher heads (pipeline/teacher/heads.py) in the store: `<split>/heads/<name>/logits` [N, C] float32,
+# chunked one shard per chunk like the rest; `train/fold` [N] int8, each training row's fold (-1: none);
+# and one record per head in the root attribute "heads", written last (a head counts once it is there).
+
+
+def head_array(name: str) -> str:
+    """The array of a split's group that holds head `name`'s logits (zero_shot: the cache's own)."""
+    return "logits" if name == "zero_shot" else f"heads/{name}/logits"
+
+
+def head_fingerprint(cache_fingerprint: str, settings: dict) -> str:
+    """What a head's logits were computed from: the cache and the head's settings."""
+    return digest({"cache": cache_fingerprint, "settings": settings})
+
+
+def head_records(root: zarr.Group) -> dict[str, dict]:
+    """Every finished head's record (settings, fingerprint, temperature, accuracy, fit time, weights)."""
+    return dict(root.attrs.get("heads", {}))
+
+
+def set_head_record(root: zarr.Group, name: str, record: dict | None) -> None:
+    """Write (or with None, remove) head `name`'s record: the marker that its arrays are complete."""
+    records = head_records(root)
+    if record is None:
+        records.pop(name, None)
+    else:
+        records[name] = record
+    root.attrs["heads"] = records
+
+
+def write_rows(root: zarr.Group, split: str, name: str, values: np.ndarray, *, fill: float = 0.0) -> None:
+    """Create (or replace) `<split>/<name>` shaped like `values`, chunked one shard per chunk, and fill it."""
+    group = root[split]
+    per = group["features"].chunks[0]
+    array = group.create_array(
+        name, shape=values.shape, chunks=(per, *values.shape[1:]), dtype=values.dtype, fill_value=fill, overwrite=True
+    )
+    array[:] = values

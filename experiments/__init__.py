@@ -1,0 +1,1 @@
+"""Reproducible accuracy experiments (each script prints its table; the tables are in docs/)."""
