@@ -1,0 +1,183 @@
+"""Teacher heads fitted on the cached features, on a synthetic set large enough to learn direction.
+
+The cache is filled by the stand-in teacher (experiments/stand_in_teacher.py): a random-weight CLIP's
+features say almost nothing about where the synthetic object is, so they could not show a head
+learning direction; the stand-in's do, and the head stage runs on its store unchanged.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from experiments.stand_in_teacher import fill_cache
+from pipeline import config
+from pipeline.shards import build as shards
+from pipeline.shards.plan import row_labels
+from pipeline.ssv2 import synthetic
+from pipeline.student import train
+from pipeline.teacher import head_run
+from pipeline.teacher import heads as H
+from pipeline.teacher.store import CacheMismatchError, head_array, head_records
+from tests.helpers import make_config
+
+FAST = (
+    "teacher.model=stand-in",
+    "shards.videos_per_shard=16",
+    "teacher_head.folds=3",
+    "teacher_head.weight_decays=[0.0001, 0.01]",
+    "teacher_head.min_steps=200",
+    "teacher_head.temporal_width=64",
+)
+
+
+@pytest.fixture(scope="module")
+def reversed_pairs(tmp_path_factory):
+    """240 videos in two time-reversed pairs of classes, sharded once."""
+    root = tmp_path_factory.mktemp("ssv2_240")
+    synthetic.generate(root, config.SyntheticConfig(num_videos=240))
+    run_dir = tmp_path_factory.mktemp("shards")
+    shards.run(make_config(root, run_dir, *FAST))
+    return root, run_dir
+
+
+def _cfg(data, run_dir, *extra):
+    root, shards_run = data
+    cfg = make_config(root, run_dir, *FAST, *extra)
+    if not cfg.paths.shards_dir.exists():
+        cfg.paths.shards_dir.parent.mkdir(parents=True, exist_ok=True)
+        cfg.paths.shards_dir.symlink_to(shards_run / "shards")
+    if not cfg.paths.teacher_cache.exists():
+        fill_cache(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def fitted(reversed_pairs, tmp_path_factory):
+    cfg = _cfg(reversed_pairs, tmp_path_factory.mktemp("run"))
+    return cfg, head_run.run(cfg)
+
+
+def test_the_temporal_head_learns_direction_where_the_linear_head_cannot(fitted):
+    _, summary = fitted
+    linear, temporal = summary.records["linear"], summary.records["temporal"]
+    # two pairs of reversed classes: a function of the mean frame can at best tell the pair (50%)
+    assert linear["val_top1"] <= 0.6, linear
+    assert temporal["val_top1"] >= 0.75, temporal
+    assert summary.fitted == ["linear", "temporal"]
+    for name in ("zero_shot", "linear", "temporal"):
+        assert {"fingerprint", "temperature", "fit_seconds", "val_top1", "val_top5"} <= set(summary.records[name])
+
+
+def test_no_training_row_gets_logits_from_a_head_that_saw_it(fitted):
+    # the recorded folds say which head predicted each row; refitting that head without the row's
+    # fold must give the stored logits, so the stored ones cannot have seen the row
+    cfg, summary = fitted
+    root = zarr.open_group(cfg.paths.teacher_cache, mode="r")
+    group = root["train"]
+    valid, folds = group["valid"][:], group["fold"][:]
+    assert (folds[valid] >= 0).all() and (folds[~valid] == -1).all()
+    rows = np.flatnonzero(valid)
+    features = torch.from_numpy(group["frame_features"][:][rows])
+    labels = row_labels(cfg.paths.shards_dir, "train")[rows]
+    stored = group[head_array("linear")][:][rows]
+    record = summary.records["linear"]
+    for k in range(cfg.teacher_head.folds):
+        mine = folds[rows] == k
+        head = H.fit(
+            "linear",
+            H.FitData(features[~mine], torch.from_numpy(labels[~mine])),
+            num_classes=stored.shape[1],
+            cfg=cfg.teacher_head,
+            weight_decay=record["weight_decay"],
+            seed=cfg.teacher_head.seed + 1 + k,
+            device=torch.device("cpu"),
+        )
+        np.testing.assert_allclose(H.predict(head, features[mine], device=torch.device("cpu")), stored[mine], atol=1e-5)
+
+
+def test_a_rerun_with_the_same_settings_writes_identical_logits(fitted, reversed_pairs, tmp_path):
+    cfg, _ = fitted
+    again = _cfg(reversed_pairs, tmp_path)
+    head_run.run(again)
+    a = zarr.open_group(cfg.paths.teacher_cache, mode="r")
+    b = zarr.open_group(again.paths.teacher_cache, mode="r")
+    for split in ("train", "validation"):
+        for name in ("linear", "temporal"):
+            np.testing.assert_array_equal(a[split][head_array(name)][:], b[split][head_array(name)][:])
+    assert head_run.run(again).skipped == ["linear", "temporal"]  # a third run has nothing to do
+
+
+def test_a_killed_fit_leaves_a_usable_store_and_the_rerun_completes(fitted, reversed_pairs, tmp_path, monkeypatch):
+    cfg, _ = fitted
+    run_cfg = _cfg(reversed_pairs, tmp_path)
+    real_fit = H.fit
+
+    def dies_on_temporal(name, *args, **kwargs):
+        if name == "temporal":
+            raise KeyboardInterrupt("killed mid-fit")
+        return real_fit(name, *args, **kwargs)
+
+    monkeypatch.setattr(H, "fit", dies_on_temporal)
+    with pytest.raises(KeyboardInterrupt):
+        head_run.run(run_cfg)
+    root = zarr.open_group(run_cfg.paths.teacher_cache, mode="r")
+    assert set(head_records(root)) == {"zero_shot", "linear"}  # temporal never counted
+    with pytest.raises(CacheMismatchError, match="make teacher-head"):
+        H.choose_head(
+            "temporal", records=head_records(root), cache_fingerprint=root.attrs["fingerprint"], cfg=run_cfg.teacher_head
+        )
+    monkeypatch.setattr(H, "fit", real_fit)
+    summary = head_run.run(run_cfg)
+    assert summary.fitted == ["temporal"] and summary.skipped == ["linear"]
+    full = zarr.open_group(cfg.paths.teacher_cache, mode="r")
+    np.testing.assert_array_equal(root["validation"][head_array("temporal")][:], full["validation"][head_array("temporal")][:])
+
+
+def test_training_takes_the_best_head_and_refuses_a_stale_one(fitted):
+    cfg, _ = fitted
+    small = (
+        "student.image_size=32",
+        "student.num_frames=4",
+        "train.epochs=1",
+        "train.max_steps=2",
+        "train.eval_frame_counts=[4]",
+    )
+    ok = make_config(cfg.paths.ssv2_root, cfg.paths.run_dir, *FAST, *small)
+    train.run(ok)
+    chosen = json.loads((ok.paths.student_dir / "teacher_head.json").read_text())
+    assert chosen["asked"] == "best" and chosen["name"] == "temporal"  # the highest validation top-1
+    # other head settings than the fitted heads': the heads are stale for this config
+    stale = make_config(cfg.paths.ssv2_root, cfg.paths.run_dir, *FAST, *small, "teacher_head.min_steps=300")
+    with pytest.raises(CacheMismatchError, match="make teacher-head"):
+        train.run(stale)
+
+
+@pytest.mark.unit
+def test_folds_are_seeded_balanced_and_cover_every_row():
+    a, b = H.assign_folds(103, 5, seed=3), H.assign_folds(103, 5, seed=3)
+    assert np.array_equal(a, b) and not np.array_equal(a, H.assign_folds(103, 5, seed=4))
+    counts = np.bincount(a, minlength=5)
+    assert counts.sum() == 103 and counts.max() - counts.min() <= 1
+
+
+@pytest.mark.unit
+def test_the_temperature_fit_undoes_a_known_scaling():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (4000,), generator=gen)
+    calibrated = torch.randn(4000, 10, generator=gen) + 3 * torch.nn.functional.one_hot(labels, 10)
+    sampled = torch.distributions.Categorical(logits=calibrated).sample()  # labels drawn from the calibrated model
+    t = H.fit_temperature((calibrated * 2.5).numpy(), sampled.numpy())
+    assert t == pytest.approx(2.5, rel=0.1)
+
+
+@pytest.mark.unit
+def test_the_linear_head_is_blind_to_order_and_the_temporal_head_is_not():
+    cfg = config.TeacherHeadConfig(temporal_width=32)
+    x = torch.randn(3, 8, 16)
+    for name, blind in (("linear", True), ("temporal", False)):
+        head = H.build_head(name, dim=16, num_classes=5, frames=8, cfg=cfg).eval()
+        same = torch.allclose(head(x), head(x.flip(1)), atol=1e-6)
+        assert same == blind, name
