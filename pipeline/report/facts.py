@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.shards.plan import index_path, manifest_path
 from pipeline.ssv2.annotations import class_names, labels_path, load_labels
+from pipeline.teacher.store import head_array, head_records
 
 
 @dataclass
@@ -66,7 +67,9 @@ class TeacherFacts:
     top5: float | None
     evaluated: int
     built_with: dict
-    logits: dict[int, np.ndarray]  # validation row -> logits, for agreement with the student
+    logits: dict[int, np.ndarray]  # validation row -> the student's teacher head's calibrated logits
+    heads: dict[str, dict] = field(default_factory=dict)  # every fitted head's record (teacher-head stage)
+    student_head: dict | None = None  # the head the student learned from (student/teacher_head.json)
 
 
 def teacher_facts(cfg: Config, data: DataFacts) -> TeacherFacts | None:
@@ -76,6 +79,12 @@ def teacher_facts(cfg: Config, data: DataFacts) -> TeacherFacts | None:
     import zarr
 
     root = zarr.open_group(cfg.paths.teacher_cache, mode="r")
+    heads = head_records(root)
+    chosen_file = cfg.paths.student_dir / "teacher_head.json"
+    student_head = json.loads(chosen_file.read_text()) if chosen_file.exists() else None
+    array, temperature = "logits", 1.0  # agreement with the head the student learned from (zero_shot if unknown)
+    if student_head is not None and student_head["name"] in heads:
+        array, temperature = head_array(student_head["name"]), float(student_head["temperature"])
     done, valid, top1, top5, n, logits = {}, {}, None, None, 0, {}
     for split in cfg.data.splits:
         if split not in root:
@@ -92,7 +101,7 @@ def teacher_facts(cfg: Config, data: DataFacts) -> TeacherFacts | None:
                 top1 = float((order[:, 0] == labels).mean())
                 top5 = float((order[:, :5] == labels[:, None]).any(1).mean())
                 n = len(rows)
-                logits = dict(zip(rows.tolist(), table))
+                logits = dict(zip(rows.tolist(), g[array][:][rows] / np.float32(temperature)))
     attrs = dict(root.attrs)
     built = {
         "model": attrs.get("teacher", {}).get("model"),
@@ -101,7 +110,7 @@ def teacher_facts(cfg: Config, data: DataFacts) -> TeacherFacts | None:
         "frames": attrs.get("teacher", {}).get("num_frames"),
         "prompts": attrs.get("teacher", {}).get("prompts"),
     }
-    return TeacherFacts(done, valid, top1, top5, n, built, logits)
+    return TeacherFacts(done, valid, top1, top5, n, built, logits, heads, student_head)
 
 
 @dataclass

@@ -93,9 +93,27 @@ def _teacher_section(teacher: TeacherFacts | None, expected_videos: dict[str, in
     else:
         lines.append(
             f"Teacher zero-shot accuracy on validation ({teacher.evaluated} videos): top-1 {teacher.top1:.4f}, "
-            f"top-5 {teacher.top5:.4f}. This is how good the distillation targets are.\n"
+            f"top-5 {teacher.top5:.4f}.\n"
         )
+    lines.append(_heads_table(teacher))
     return "\n".join(lines)
+
+
+def _heads_table(teacher: TeacherFacts) -> str:
+    if len(teacher.heads) <= 1:
+        return "Teacher heads: none fitted yet (run `make teacher-head`); the zero-shot head is the only teacher.\n"
+    lines = [
+        "Teacher heads (`make teacher-head`): how good each head's distillation targets are on validation.\n",
+        "| head | validation top-1 | top-5 | temperature | weight decay | fit time (s) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in teacher.heads.items():
+        acc = (f"{r['val_top1']:.4f} | {r['val_top5']:.4f}") if "val_top1" in r else "n/a | n/a"
+        wd = f"{r['weight_decay']:g}" if "weight_decay" in r else "-"
+        lines.append(f"| {name} | {acc} | {r['temperature']:.3f} | {wd} | {r['fit_seconds']:.1f} |")
+    s = teacher.student_head
+    learned = f"{s['name']} (loss.teacher_head={s['asked']})" if s else "not known yet (no training run)"
+    return "\n".join(lines) + f"\n\nThe student learned from: {learned}.\n"
 
 
 def _training_section(training: TrainFacts | None, cfg: Config, folder: Path) -> str:
@@ -150,8 +168,9 @@ def _classes_section(
         agree = agreement(pred, teacher.logits, data.rows_by_id.get("validation", {}))
         if agree:
             lines.append(
-                f"Student versus teacher on {agree[2]} validation videos: top-1 agreement {agree[0]:.4f}, "
-                f"mean KL(teacher || student) {agree[1]:.4f} nats (temperature 1).\n"
+                f"Student versus its teacher head ({teacher.student_head['name'] if teacher.student_head else 'zero_shot'}) "
+                f"on {agree[2]} validation videos: top-1 agreement {agree[0]:.4f}, "
+                f"mean KL(teacher || student) {agree[1]:.4f} nats (the head's calibrated logits, temperature 1).\n"
             )
     else:
         lines.append("Student-teacher agreement: no teacher logits for validation (vanilla run or no cache).\n")
