@@ -99,7 +99,8 @@ def fit(
         steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
         epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
         total = epochs * steps_per_epoch
-        optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=weight_decay)
+        cuda = device.type == "cuda"
+        optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=weight_decay, fused=cuda)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
         order_gen = torch.Generator(device="cpu").manual_seed(seed)
         head.train()
@@ -107,7 +108,9 @@ def fit(
             order = torch.randperm(n, generator=order_gen).to(device)
             for start in range(0, n, cfg.batch_size):
                 batch = order[start : start + cfg.batch_size]
-                loss = F.cross_entropy(head(features[batch]), labels[batch])
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    logits = head(features[batch])
+                loss = F.cross_entropy(logits.float(), labels[batch])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -118,7 +121,8 @@ def fit(
 @torch.no_grad()
 def predict(head: nn.Module, features: torch.Tensor, *, device: torch.device, batch: int = 8192) -> np.ndarray:
     """Logits [N, C] float32 of frame features [N, F, D]."""
-    outs = [head(features[i : i + batch].to(device)).float().cpu() for i in range(0, len(features), batch)]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        outs = [head(features[i : i + batch].to(device)).float().cpu() for i in range(0, len(features), batch)]
     if not outs:
         return np.zeros((0, head.fc.out_features), dtype=np.float32)
     return torch.cat(outs).numpy()
