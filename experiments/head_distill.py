@@ -1,14 +1,14 @@
 """The seeds' question, measured: is a student better for being distilled, and from which teacher head?
 
-    python -m experiments.head_distill [--videos 300] [--seeds 0 1 2] [--epochs 4] [--work DIR]
+    python -m experiments.head_distill [--teacher stand-in|clip-tiny] [--videos 300] [--seeds 0 1 2] [--epochs 4] [--work DIR]
 
-On the synthetic set (time-reversed class pairs), CPU: shards once, the stand-in teacher's cache
-(experiments/stand_in_teacher.py: a random-weight CLIP's features carry no position, see
-docs/teacher_heads.md), the teacher heads, then tsm_tiny trained on the same budget
-(epochs, batch, lr, data order per seed) as vanilla (CE alone) and distilled from each head
-(the default loss: 0.5 feature MSE + 1.0 KL at T=3 + 0.1 CE). Prints one Markdown table:
-validation top-1 at the trained frame count, best over epochs and at the end, mean and spread
-over seeds, beside each teacher head's own validation top-1.
+On the synthetic set (time-reversed class pairs), CPU: shards once; the teacher cache (default: the
+stand-in teacher of experiments/stand_in_teacher.py; `--teacher clip-tiny`: the real stage with the
+small random-weight CLIP, whose features carry little of where the object is); the teacher heads;
+then tsm_tiny trained on the same budget (epochs, batch, lr, data order per seed) as vanilla (CE
+alone) and distilled from each head (the default loss: 0.5 feature MSE + 1.0 KL at T=3 + 0.1 CE).
+Prints one Markdown table: validation top-1 at the trained frame count, best over epochs and at the
+end, mean and spread over seeds, beside each teacher head's own validation top-1.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from pipeline.shards import build as shards
 from pipeline.ssv2 import synthetic
 from pipeline.student import train
 from pipeline.teacher import head_run
+from pipeline.teacher import run as teacher_run
 
 log = logging.getLogger("experiments.head_distill")
 REPO = Path(__file__).resolve().parents[1]
 
 # The stages' settings for a CPU run; everything else is pipeline.yaml's.
-DATA = ("shards.videos_per_shard=16", f"teacher.model={MODEL}", "teacher.num_frames=8")
+DATA = ("shards.videos_per_shard=16", "teacher.num_frames=8", "teacher.num_workers=1")
 HEADS = ("teacher_head.weight_decays=[0.0001, 0.01]", "teacher_head.min_steps=300", "teacher_head.temporal_width=64")
 STUDENT = (
     "student.arch=tsm_tiny",
@@ -49,25 +50,29 @@ STUDENT = (
 )
 
 
-def make_cfg(root: Path, run_dir: Path, *extra: str) -> config.Config:
+def make_cfg(root: Path, run_dir: Path, teacher: str, *extra: str) -> config.Config:
     """pipeline.yaml + configs/smoke.yaml with this experiment's settings."""
     files = [REPO / "pipeline.yaml", REPO / "configs" / "smoke.yaml"]
-    return config.load(files, [f"paths.ssv2_root={root}", f"paths.run_dir={run_dir}", *DATA, *HEADS, *STUDENT, *extra])
+    paths = [f"paths.ssv2_root={root}", f"paths.run_dir={run_dir}", f"teacher.model={teacher}"]
+    return config.load(files, [*paths, *DATA, *HEADS, *STUDENT, *extra])
 
 
-def prepare(work: Path, videos: int) -> tuple[Path, dict]:
-    """The data set, shards, stand-in cache and heads, shared by every run; returns (data root, head records)."""
+def prepare(work: Path, videos: int, teacher: str) -> tuple[Path, dict]:
+    """The data set, shards, teacher cache and heads, shared by every run; returns (data root, head records)."""
     root = work / "ssv2"
     if not (root / "labels" / "labels.json").exists():
         synthetic.generate(root, config.SyntheticConfig(num_videos=videos))
-    cfg = make_cfg(root, work / "base")
+    cfg = make_cfg(root, work / "base", teacher)
     shards.run(cfg)
-    if not cfg.paths.teacher_cache.exists():
-        fill_cache(cfg)
+    if teacher == MODEL:
+        if not cfg.paths.teacher_cache.exists():
+            fill_cache(cfg)
+    else:
+        teacher_run.run(cfg)
     return root, head_run.run(cfg).records
 
 
-def train_one(work: Path, root: Path, condition: str, seed: int, epochs: int) -> dict:
+def train_one(work: Path, root: Path, *, teacher: str, condition: str, seed: int, epochs: int) -> dict:
     """One student: vanilla or distilled from `condition`'s head, sharing the base run's shards and cache."""
     run_dir = work / f"{condition}-seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +81,7 @@ def train_one(work: Path, root: Path, condition: str, seed: int, epochs: int) ->
         if not link.exists():
             link.symlink_to(work / "base" / shared)
     mode = ["loss.mode=vanilla"] if condition == "vanilla" else [f"loss.teacher_head={condition}"]
-    cfg = make_cfg(root, run_dir, *mode, f"train.seed={seed}", f"train.epochs={epochs}")
+    cfg = make_cfg(root, run_dir, teacher, *mode, f"train.seed={seed}", f"train.epochs={epochs}")
     summary = train.run(cfg)
     history = [h["val"]["top1"] for h in summary.progress.history]
     return {"condition": condition, "seed": seed, "best_top1": max(history), "final_top1": history[-1]}
@@ -104,6 +109,7 @@ def table(results: list[dict], records: dict, conditions: list[str]) -> str:
 def main() -> None:
     """Prepare once, train every condition for every seed, print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default=MODEL, choices=[MODEL, "clip-tiny"])
     parser.add_argument("--videos", type=int, default=300)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=4)
@@ -113,14 +119,15 @@ def main() -> None:
     setup_logging()
     logging.getLogger("pipeline").setLevel(logging.WARNING)
     work = args.work or Path(tempfile.mkdtemp(prefix="head_distill-"))
-    root, records = prepare(work, args.videos)
+    root, records = prepare(work, args.videos, args.teacher)
     results = []
     for seed in args.seeds:
         for condition in args.conditions:
-            results.append(train_one(work, root, condition, seed, args.epochs))
+            results.append(train_one(work, root, teacher=args.teacher, condition=condition, seed=seed, epochs=args.epochs))
             log.info("%s", results[-1])
     (work / "results.json").write_text(json.dumps({"results": results, "heads": records}, indent=1))
-    print(f"\n{args.videos} synthetic videos (2 time-reversed pairs), tsm_tiny, {args.epochs} epochs, seeds {args.seeds}\n")
+    setting = f"{args.videos} synthetic videos (2 time-reversed pairs), teacher {args.teacher}, tsm_tiny, {args.epochs} epochs"
+    print(f"\n{setting}, seeds {args.seeds}\n")
     print(table(results, records, args.conditions))
 
 

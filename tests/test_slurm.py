@@ -14,6 +14,7 @@ from pipeline import config
 from pipeline.shards import build as shards
 from pipeline.ssv2 import synthetic
 from pipeline.teacher import run as teacher_run
+from pipeline.teacher.store import head_records
 from slurm import launch
 from tests.helpers import REPO
 
@@ -33,6 +34,10 @@ SLURM = (
     "slurm.teacher_cache.time_min=20",
     "slurm.teacher_cache.array_tasks=2",
     "slurm.shards.array_tasks=3",
+    "slurm.teacher_head.gpus_per_node=0",
+    "slurm.teacher_head.cpus_per_task=2",
+    "slurm.teacher_head.mem_gb=3",
+    "slurm.teacher_head.time_min=20",
     "slurm.train_student.gpus_per_node=0",
     "slurm.train_student.tasks_per_node=1",
     "slurm.train_student.cpus_per_task=2",
@@ -52,6 +57,10 @@ SMALL = (
     "train.num_workers=1",
     "train.eval_frame_counts=[4]",
     "train.log_every_steps=1",
+    "teacher_head.folds=2",
+    "teacher_head.weight_decays=[0.0001]",
+    "teacher_head.min_steps=50",
+    "teacher_head.temporal_width=32",
 )
 
 
@@ -140,7 +149,10 @@ def test_smoke_pipeline_end_to_end_through_sbatch(cluster, data, tmp_path):
     assert launch.main(["all", *_overrides(data, tmp_path)]) == 0
     cfg = config.load(REPO / "pipeline.yaml", _overrides(data, tmp_path))
     assert (cfg.paths.shards_dir / "train.index.json").exists()
-    assert zarr.open_group(cfg.paths.teacher_cache, mode="r")["train"]["done"][:].all()
+    root = zarr.open_group(cfg.paths.teacher_cache, mode="r")
+    assert root["train"]["done"][:].all()
+    assert set(head_records(root)) == {"zero_shot", "linear", "temporal"}  # the head stage ran as its own job
+    assert json.loads((cfg.paths.student_dir / "teacher_head.json").read_text())["name"] in {"linear", "temporal"}
     assert json.loads((cfg.paths.student_dir / "eval_frames.json").read_text())["trained_num_frames"] == 4
     submissions = list((tmp_path / "slurm").glob("*/*/submission.json"))
     assert {json.loads(p.read_text())["executor"] for p in submissions} == {"slurm"}
