@@ -100,8 +100,8 @@ class TeacherHeadConfig:
     weight_decays: list[float] = field(default_factory=lambda: [1e-4, 1e-2, 1.0])  # the grid searched per head
     epochs: int = 30
     min_steps: int = 500  # small training sets: at least this many optimiser steps however few the epochs make
-    batch_size: int = 512
-    lr: float = 1e-3  # AdamW, cosine to zero
+    batch_size: int = 8192  # large: a step is a few kernel launches whatever its size (docs/benchmarks.md)
+    lr: float = 3e-3  # AdamW, cosine to zero
     temporal_width: int = 256  # the temporal head's token width
     temporal_layers: int = 1  # transformer layers over the ordered frames
     dropout: float = 0.1

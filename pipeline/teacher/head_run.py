@@ -146,25 +146,27 @@ def _fit_head(
     """The head's record and its logits per split (train: out of fold), for the split's valid rows."""
     start = time.monotonic()
     train = splits["train"]
-    x, y = train.features, torch.from_numpy(train.labels)
+    # on the device once: every fit below takes its rows from there
+    x, y = train.features.to(device), torch.from_numpy(train.labels).to(device)
     fit = lambda idx, wd, seed: H.fit(  # noqa: E731
         name, H.FitData(x[idx], y[idx]), num_classes=num_classes, cfg=cfg, weight_decay=wd, seed=seed, device=device
     )
     # the weight decay: fitted on train less a held-out part, judged on that part (never on validation)
-    held = H.holdout_mask(len(y), cfg.holdout, cfg.seed)
+    held = torch.from_numpy(H.holdout_mask(len(y), cfg.holdout, cfg.seed)).to(device)
     scores = {}
     for wd in cfg.weight_decays:
-        head = fit(np.flatnonzero(~held), wd, cfg.seed)
-        scores[wd] = H.top_k(H.predict(head, x[held], device=device), train.labels[held], 1)
+        head = fit(torch.nonzero(~held).flatten(), wd, cfg.seed)
+        scores[wd] = H.top_k(H.predict(head, x[held], device=device), train.labels[held.cpu().numpy()], 1)
     weight_decay = max(cfg.weight_decays, key=lambda wd: (scores[wd], -wd))
     # out of fold: each training row's logits from the head fitted without its fold
     oof = np.zeros((len(y), num_classes), dtype=np.float32)
     for k in range(cfg.folds):
         mine = folds == k
-        head = fit(np.flatnonzero(~mine), weight_decay, cfg.seed + 1 + k)
-        oof[mine] = H.predict(head, x[mine], device=device)
+        rows = torch.from_numpy(mine).to(device)
+        head = fit(torch.nonzero(~rows).flatten(), weight_decay, cfg.seed + 1 + k)
+        oof[mine] = H.predict(head, x[rows], device=device)
     # validation and test: the head fitted on all of train
-    full = fit(np.arange(len(y)), weight_decay, cfg.seed)
+    full = fit(torch.arange(len(y), device=device), weight_decay, cfg.seed)
     weights = out_dir / f"{name}.pt"
     atomic.write_bytes(weights, _state_bytes(full))
     temperature = H.fit_temperature(oof, train.labels)
