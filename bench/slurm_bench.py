@@ -85,7 +85,8 @@ def requeue_seconds(root: Path, run_dir: Path) -> float:
     metrics = cfg.paths.student_dir / "metrics.jsonl"
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
         time.sleep(0.2)
-    job._interrupt()
+    for signal in ("SIGTERM", "USR2"):  # what SLURM sends on preemption
+        subprocess.run(["scancel", job.job_id, "--signal", signal], check=True, timeout=30)
     job.result()
     events = [json.loads(x) for x in (cfg.paths.student_dir / "requeue.jsonl").read_text().splitlines()]
     saved = next(e["time"] for e in events if e["event"] == "saved")

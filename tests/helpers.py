@@ -12,6 +12,16 @@ PIPELINE_YAML = REPO / "pipeline.yaml"
 SMOKE_YAML = REPO / "configs" / "smoke.yaml"
 
 
+# Over the smoke settings: a smaller student and clip, for tests that train (seconds on two cores).
+TINY_TRAINING = (
+    "teacher.num_workers=0",
+    "student.image_size=48",
+    "student.num_frames=4",
+    "train.log_every_steps=2",
+    "train.eval_frame_counts=[2,4]",
+)
+
+
 def make_config(ssv2_root: Path, run_dir: Path, *overrides: str) -> config.Config:
     """pipeline.yaml with the smoke settings (configs/smoke.yaml), pointed at a data set and a run folder."""
     paths = [f"paths.ssv2_root={ssv2_root}", f"paths.run_dir={run_dir}"]

@@ -11,21 +11,9 @@ from pipeline.shards import build as shards
 from pipeline.ssv2.records import read_shard
 from pipeline.student import train
 from pipeline.teacher import run as teacher_run
-from tests.helpers import make_config
+from tests.helpers import TINY_TRAINING, make_config
 
-SMALL = (
-    "teacher.model=clip-tiny",
-    "teacher.pretrained=random",
-    "teacher.num_workers=0",
-    "student.arch=tsm_tiny",
-    "student.image_size=48",
-    "student.num_frames=4",
-    "train.epochs=2",
-    "train.batch_size=4",
-    "train.num_workers=1",
-    "train.log_every_steps=2",
-    "train.eval_frame_counts=[2,4]",
-)
+SMALL = (*TINY_TRAINING, "train.num_workers=1")
 
 
 @pytest.fixture(scope="module")

@@ -218,7 +218,9 @@ def test_preempted_training_requeues_and_resumes_from_what_it_saved(cluster, dat
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):  # mid-epoch 0
         assert time.time() < deadline, "training never started"
         time.sleep(0.2)
-    job._interrupt()  # submitit's own preemption path: SIGTERM, then USR2
+    # what SLURM sends on preemption: SIGTERM, then the USR2 that submitit's handler turns into a requeue
+    for signal in ("SIGTERM", "USR2"):
+        subprocess.run(["scancel", job.job_id, "--signal", signal], check=True, timeout=30)
     result = job.result()
     events = [json.loads(line) for line in (cfg.paths.student_dir / "requeue.jsonl").read_text().splitlines()]
     saved = [e for e in events if e["event"] == "saved"]

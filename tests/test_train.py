@@ -16,22 +16,9 @@ from pipeline.student.loss import distill_loss
 from pipeline.student.models.tsm import temporal_shift
 from pipeline.teacher import run as teacher_run
 from pipeline.teacher.store import CacheMismatchError
-from tests.helpers import REPO, make_config
+from tests.helpers import REPO, TINY_TRAINING, make_config
 
-SMALL = (
-    "teacher.model=clip-tiny",
-    "teacher.pretrained=random",
-    "teacher.num_workers=0",
-    "student.arch=tsm_tiny",
-    "student.image_size=48",
-    "student.num_frames=4",
-    "train.epochs=2",
-    "train.batch_size=4",
-    "train.num_workers=2",
-    "train.log_every_steps=2",
-    "train.eval_frame_counts=[2,4]",
-    "train.checkpoint_every_steps=1000",
-)
+SMALL = (*TINY_TRAINING, "train.checkpoint_every_steps=1000")
 
 
 @pytest.fixture(scope="module")
