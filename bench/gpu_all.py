@@ -128,10 +128,12 @@ def goal_rows(teacher: dict, compiled: dict, online: dict, ddp: list | None, tea
     """One Markdown row per measured ratio (the other loaders' figures in brackets)."""
     rows = []
     ratio = teacher["end_to_end"] / teacher["forward"]
-    others = "".join(f"; {_pool_name(t.get('batch_pool'))}: {t['end_to_end'] / t['forward']:.0%}" for t in teacher_others)
+    others = "".join(
+        f"; {_pool_name(t.get('batch_pool'), 'shard')}: {t['end_to_end'] / t['forward']:.0%}" for t in teacher_others
+    )
     rows.append(
         f"| 1 | teacher cache end to end / forward only ({teacher['model']}, batch {teacher['batch']}, {teacher['precision']}, "
-        f"{_pool_name(teacher.get('batch_pool'))}) | {teacher['end_to_end']:.0f} / {teacher['forward']:.0f} frames/s "
+        f"{_pool_name(teacher.get('batch_pool'), 'shard')}) | {teacher['end_to_end']:.0f} / {teacher['forward']:.0f} frames/s "
         f"= {ratio:.0%} "
         f"(steady {teacher['steady'] / teacher['forward']:.0%}{others}) | >= 80% | {_met(ratio >= 0.8)} |"
     )
@@ -172,8 +174,8 @@ def goal_rows(teacher: dict, compiled: dict, online: dict, ddp: list | None, tea
     return rows
 
 
-def _pool_name(pool) -> str:
-    return "batch pool" if pool else "a segment per batch"
+def _pool_name(pool, item: str = "batch") -> str:
+    return "batch pool" if pool else f"a segment per {item}"
 
 
 def _met(ok: bool) -> str:

@@ -203,7 +203,7 @@ def main() -> None:
             f"for input, {summary.wait_output_s:.1f} s for output; hand-over waited {summary.wait_gpu_s:.1f} s for the GPU, "
             f"{summary.wait_write_s:.1f} s for the writers (busy {summary.write_busy_s:.1f} s)"
         )
-        key = f"{mode}/{copy}/pool {pool}"
+        key = f"{mode}/pin {pin}/{copy}/pool {pool}"
         stores[key] = cfg.paths.teacher_cache.with_name(f"cache_{mode.replace(':', '_')}_{pin}_{copy}_{pool}.zarr")
         shutil.rmtree(stores[key], ignore_errors=True)
         cfg.paths.teacher_cache.rename(stores[key])
