@@ -65,7 +65,7 @@ def fake_shards(cfg: config.Config, split: str, videos: int, rng: np.random.Gene
 
 def fake_cache(cfg: config.Config, rng: np.random.Generator) -> None:
     """The teacher cache with random features, every row valid and every shard done."""
-    create_store(cfg.paths.teacher_cache, expected_attrs(cfg), 512, 174, cfg.teacher.num_frames)
+    create_store(cfg, expected_attrs(cfg), dim=512, num_classes=174)
     root = zarr.open_group(cfg.paths.teacher_cache, mode="r+")
     for split in cfg.data.splits:
         g = root[split]
@@ -73,8 +73,9 @@ def fake_cache(cfg: config.Config, rng: np.random.Generator) -> None:
         n, videos = index["num_rows"], index["num_videos"]
         valid = np.zeros(n, dtype=bool)
         valid[:videos] = True
-        g["frame_features"][:] = rng.standard_normal((n, cfg.teacher.num_frames, 512), dtype=np.float32).astype(np.float16)
-        g["logits"][:] = rng.standard_normal((n, 174), dtype=np.float32)
+        shape = g["frame_features"].shape  # [n, views, frames, 512]
+        g["frame_features"][:] = rng.standard_normal(shape, dtype=np.float32).astype(np.float16)
+        g["logits"][:] = rng.standard_normal(g["logits"].shape, dtype=np.float32)
         g["valid"][:] = valid
         g["done"][:] = True
 

@@ -48,7 +48,7 @@ def teacher_items(cfg, device, workers: int, pool: bool) -> list:
     with contextlib.closing(PoolKeeper()) as keeper:
         loader = teacher_data.make_loader(
             jobs,
-            8,
+            teacher_data.ViewPlan(8),
             num_workers=workers,
             gpu_share=0.0,
             prep=prep,

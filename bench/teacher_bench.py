@@ -188,11 +188,11 @@ def main() -> None:
     rows, stores, figures = [], {}, []
     from pipeline.teacher import data as teacher_data
 
-    stage_groups = teacher_data.group_squares
+    stage_groups = teacher_data.group_crops
     for mode, pin, copy, pool in [
         (m, p, c, b) for m in args.decode for p in args.pin_memory for c in args.crop_layout for b in args.batch_pool
     ]:
-        teacher_data.group_squares = stage_groups if copy == "channels_last" else nchw_groups  # workers fork after this
+        teacher_data.group_crops = stage_groups if copy == "channels_last" else nchw_groups  # workers fork after this
         cfg.teacher.gpu_decode_share = gpu_decode_share(mode)
         cfg.experimental.pin_memory, cfg.experimental.batch_pool = bool(pin), bool(pool)
         summary = end_to_end(cfg)

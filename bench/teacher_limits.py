@@ -43,7 +43,7 @@ def cpu_facts() -> str:
 
 def loader_rate(jobs: list, frames_n: int, workers: int) -> float:
     """Frames/s of the CPU-decoding loader alone; items are dropped as they arrive."""
-    loader = teacher_data.make_loader(jobs, frames_n, num_workers=workers, gpu_share=0.0)
+    loader = teacher_data.make_loader(jobs, teacher_data.ViewPlan(frames_n), num_workers=workers, gpu_share=0.0)
     it = iter(loader)
     first = next(it)  # worker start-up is not part of the rate
     start, count = time.perf_counter(), 0
@@ -109,7 +109,7 @@ def main() -> None:
         return
     teacher = load_teacher(cfg.teacher, class_names(load_labels(LABELS_FILE)), device)
     size = teacher.image_size
-    item = teacher_data.ShardFrames([], frames_n).decoded(jobs[0])  # ShardCrops, in pageable memory
+    item = teacher_data.ShardFrames([], teacher_data.ViewPlan(frames_n)).decoded(jobs[0])  # ShardCrops, in pageable memory
     on_gpu = teacher_data.frames_on_device(item, size, device)
     encode = teacher_run.make_encoder(teacher, cfg.teacher, device)
     pinned = teacher_data.ShardCrops(item.job, item.rows, [(i, c.pin_memory()) for i, c in item.groups])

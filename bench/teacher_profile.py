@@ -49,7 +49,7 @@ def main() -> None:
     job = teacher_run.all_shards(cfg)[0]
     size, frames_n = teacher.image_size, cfg.teacher.num_frames
     torch.set_num_threads(1)  # as in a loader worker
-    shard_frames = teacher_data.ShardFrames([], frames_n)
+    shard_frames = teacher_data.ShardFrames([], teacher_run.view_plan(cfg))
     raw = shard_frames.read(job)  # ShardJpegs: the sampled frames as JPEG bytes
     cpu_item = shard_frames.decoded(job)  # ShardCrops: decoded and cropped on the CPU
     flat = [j for v in raw.jpegs for j in v]
@@ -61,7 +61,7 @@ def main() -> None:
     graphed = teacher_run.make_encoder(teacher, cfg.teacher, device)
     phases = {
         "read shard + pick frames (1 core)": lambda: shard_frames.read(job),
-        "read + CPU decode + square crop (1 core)": lambda: shard_frames.decoded(job),
+        "read + CPU decode + crop (1 core)": lambda: shard_frames.decoded(job),
         "copy CPU crops to device + resize": lambda: teacher_data.frames_on_device(cpu_item, size, device),
         "GPU decode (nvjpeg, batched)": lambda: decode(flat, device),
         "GPU decode + crop + resize": lambda: teacher_data.frames_on_device(raw, size, device),
@@ -74,13 +74,17 @@ def main() -> None:
 
     store = args.work / "profile_store.zarr"
     shutil.rmtree(store, ignore_errors=True)
-    create_store(store, expected_attrs(cfg), 512, 174, frames_n)
-    v = len(raw.rows)
-    outs = (torch.randn(v, 512).numpy(), torch.randn(v, 174).numpy(), torch.randn(v, frames_n, 512).numpy())
+    create_store(cfg, expected_attrs(cfg), dim=512, num_classes=174, path=store)
+    v, k = len(raw.rows), raw.per_video
+    outs = {
+        "features": torch.randn(v, k, 512).numpy(),
+        "logits": torch.randn(v, k, 174).numpy(),
+        "frame_features": torch.randn(v, k, frames_n, 512).numpy(),
+    } | raw.stored
     writer = ShardRowsWriter()  # as in a writer process: the arrays are opened once (in the warm-up call)
     phases_cpu = {
         "Zarr write of one shard (all arrays, done flag)": lambda: writer.write(
-            str(store), job.split, job.shard, raw.rows, str(job.tar), *outs
+            str(store), job.split, job.shard, raw.rows, str(job.tar), outs
         )
     }
     print(

@@ -30,14 +30,13 @@ from bench.jpeg_shards import build
 from pipeline.accel.pool_loader import PoolKeeper
 from pipeline.runtime.cpus import TRAIN_RESERVE, loader_workers
 from pipeline.runtime.device import autocast_dtype, pick_device
-from pipeline.ssv2.annotations import LABELS_FILE, class_names, load_labels
+from pipeline.ssv2.annotations import LABELS_FILE, class_names, flip_pairs, load_labels
 from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD, channels_last_empty, normalizer
 from pipeline.student.data import (
     CacheSource,
     ClipBatch,
     ClipSource,
     ClipSpec,
-    flip_pairs,
     make_loader,
     split_shards,
     to_device,

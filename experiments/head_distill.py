@@ -3,7 +3,7 @@
     python -m experiments.head_distill [--teacher stand-in|clip-tiny] [--videos 300] [--seeds 0 1 2] [--epochs 4] [--work DIR]
 
 On the synthetic set (time-reversed class pairs), CPU: shards once; the teacher cache (default: the
-stand-in teacher of experiments/stand_in_teacher.py; `--teacher clip-tiny`: the real stage with the
+stand-in teacher of pipeline/teacher/stand_in.py; `--teacher clip-tiny`: the real stage with the
 small random-weight CLIP, whose features carry little of where the object is); the teacher heads;
 then tsm_tiny trained on the same budget (epochs, batch, lr, data order per seed) as vanilla (CE
 alone) and distilled from each head (the default loss: 0.5 feature MSE + 1.0 KL at T=3 + 0.1 CE).
@@ -20,7 +20,6 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from experiments.stand_in_teacher import MODEL, fill_cache
 from pipeline import config
 from pipeline.runtime.progress import setup_logging
 from pipeline.shards import build as shards
@@ -28,12 +27,13 @@ from pipeline.ssv2 import synthetic
 from pipeline.student import train
 from pipeline.teacher import head_run
 from pipeline.teacher import run as teacher_run
+from pipeline.teacher.stand_in import MODEL
 
 log = logging.getLogger("experiments.head_distill")
 REPO = Path(__file__).resolve().parents[1]
 
 # The stages' settings for a CPU run; everything else is pipeline.yaml's.
-DATA = ("shards.videos_per_shard=16", "teacher.num_frames=8", "teacher.num_workers=1")
+DATA = ("shards.videos_per_shard=16", "teacher.num_frames=8", "teacher.num_workers=1", "teacher.views=1")
 HEADS = ("teacher_head.weight_decays=[0.0001, 0.01]", "teacher_head.min_steps=300", "teacher_head.temporal_width=64")
 STUDENT = (
     "student.arch=tsm_tiny",
@@ -64,11 +64,7 @@ def prepare(work: Path, videos: int, teacher: str) -> tuple[Path, dict]:
         synthetic.generate(root, config.SyntheticConfig(num_videos=videos))
     cfg = make_cfg(root, work / "base", teacher)
     shards.run(cfg)
-    if teacher == MODEL:
-        if not cfg.paths.teacher_cache.exists():
-            fill_cache(cfg)
-    else:
-        teacher_run.run(cfg)
+    teacher_run.run(cfg)
     return root, head_run.run(cfg).records
 
 

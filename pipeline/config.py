@@ -77,7 +77,7 @@ class TeacherConfig:
 
     model: str = "ViT-B-32"  # an open_clip model name; "clip-tiny" is a small config for tests
     pretrained: str = "openai"  # an open_clip tag (needs internet), a local checkpoint file, or "random"
-    num_frames: int = 8  # frames per video, at the centres of equal segments
+    num_frames: int = 8  # frames per video: segment centres, or with views an even subset of each view's frames
     prompts: list[str] = field(default_factory=lambda: ["a video of {}.", "a photo of a person {}.", "a video of a person {}."])
     batch_videos: int = 64  # videos per forward (x num_frames frames); a shard is never split across two
     num_workers: int = -1  # loader processes (read, JPEG decode, crop); -1: the task's CPUs less two (runtime/cpus.py)
@@ -86,6 +86,9 @@ class TeacherConfig:
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast on CUDA
     gpu_decode_share: float = 0.0  # CUDA: this share of the shards is decoded by nvjpeg, the rest by the CPU workers (1: all)
     cuda_graphs: bool = True  # replay the image tower as one CUDA graph per batch (CUDA only)
+    compile: bool = False  # CUDA: torch.compile the image tower (inside the CUDA graph when cuda_graphs)
+    views: int = 1  # training views per video (frames, crop, flip) that the student replays; 1: the centre view only
+    view_seed: int = 0  # draws the training views
     progress_every_s: float = 10.0
 
 

@@ -17,6 +17,7 @@ TINY_TRAINING = (
     "teacher.num_workers=0",
     "student.image_size=48",
     "student.num_frames=4",
+    "teacher.num_frames=4",  # with training views the teacher encodes (a subset of) the student's frames
     "train.log_every_steps=2",
     "train.eval_frame_counts=[2,4]",
 )

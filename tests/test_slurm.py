@@ -52,6 +52,7 @@ SMALL = (
     "student.arch=tsm_tiny",
     "student.image_size=48",
     "student.num_frames=4",
+    "teacher.num_frames=4",
     "train.epochs=2",
     "train.batch_size=4",
     "train.num_workers=1",

@@ -12,6 +12,9 @@ from pipeline.ssv2.annotations import LABELS_FILE, class_names, load_labels
 from pipeline.ssv2.frames import decode, normalize, resize_crop
 from pipeline.ssv2.records import read_shard, select_frames
 from pipeline.ssv2.sampling import segment_centres
+from pipeline.ssv2.views import draw_views, replay_view, teacher_subset
+from pipeline.student.data import CacheSource, ClipSource, ClipSpec, ShardClips
+from pipeline.teacher import data as teacher_data
 from pipeline.teacher import run as teacher_run
 from pipeline.teacher.clip import TeacherWeightsError, load_teacher
 from pipeline.teacher.store import CacheMismatchError, CacheReader, open_checked
@@ -69,21 +72,20 @@ def test_cache_reader_keeps_recent_shards_and_serves_the_same_rows(cached):
     order = [r for shard in (0, 1, 0, 2, 1, 0) for r in rows if r // per == shard][::3]
     for r in order:
         feature, _ = reader.get(r, str(ids[r]))
-        np.testing.assert_array_equal(feature, features[r])
+        np.testing.assert_array_equal(feature, features[r, 0])
     assert reader.kept_shards == [1, 0]  # the two most recent shards; 2 was evicted by the later 1 and 0
 
 
 def test_shards_left_for_gpu_decoding_give_the_same_frames(cached):
     # gpu_decode_share hands a share of the shards to nvjpeg as raw JPEGs; on the CPU the same path
     # decodes them here, so both kinds of item must turn into the same model input
-    from pipeline.teacher import data as teacher_data
 
     cfg, _ = cached
     jobs = teacher_run.all_shards(cfg)
     left_raw = [teacher_data.gpu_decoded(i, 0.25) for i in range(len(jobs) * 4)]
     assert sum(left_raw) == len(jobs)  # one in four, whatever the count
-    cpu = teacher_data.ShardFrames(jobs, cfg.teacher.num_frames, gpu_share=0.0)
-    mixed = teacher_data.ShardFrames(jobs, cfg.teacher.num_frames, gpu_share=0.5)
+    cpu = teacher_data.ShardFrames(jobs, teacher_run.view_plan(cfg), gpu_share=0.0)
+    mixed = teacher_data.ShardFrames(jobs, teacher_run.view_plan(cfg), gpu_share=0.5)
     prep = teacher_data.FramePrep(32, torch.device("cpu"))
     kinds = set()
     for a, b in zip(cpu, mixed, strict=True):
@@ -94,14 +96,15 @@ def test_shards_left_for_gpu_decoding_give_the_same_frames(cached):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("side", [240, 256])
+@pytest.mark.parametrize("side", [240, 256, (158, 211)])
 def test_resize_by_matrix_products_equals_the_bicubic_kernel(side):
     # the CUDA path resizes by two products with weights read off torch's kernel; it must be that kernel
     import torchvision.transforms.v2.functional as TF
     from torchvision.transforms import InterpolationMode
 
-    gen = torch.Generator().manual_seed(side)
-    smooth = torch.nn.functional.interpolate(torch.rand(6, 3, 16, 16, generator=gen), size=(side, side), mode="bilinear")
+    h, w = side if isinstance(side, tuple) else (side, side)  # squares, and a view's crop box
+    gen = torch.Generator().manual_seed(h)
+    smooth = torch.nn.functional.interpolate(torch.rand(6, 3, 16, 16, generator=gen), size=(h, w), mode="bilinear")
     frames = (smooth * 255).round().to(torch.uint8)
     ours = resize_by_products(frames, 224)
     kernel = TF.resize(frames.float(), [224, 224], interpolation=InterpolationMode.BICUBIC, antialias=True)
@@ -114,12 +117,16 @@ def test_store_opens_with_plain_zarr_with_documented_shapes(cached):
     root = zarr.open_group(cfg.paths.teacher_cache, mode="r")
     index = json.loads((cfg.paths.shards_dir / "train.index.json").read_text())
     g = root["train"]
-    n, per, frames = index["num_rows"], cfg.shards.videos_per_shard, cfg.teacher.num_frames
-    assert (g["features"].shape, g["features"].dtype) == ((n, 512), np.float32)
-    assert (g["logits"].shape, g["logits"].dtype) == ((n, 174), np.float32)
-    assert (g["frame_features"].shape, g["frame_features"].dtype) == ((n, frames, 512), np.float16)
+    n, per, frames, k = index["num_rows"], cfg.shards.videos_per_shard, cfg.teacher.num_frames, cfg.teacher.views
+    assert k == 2  # the smoke settings' training views
+    assert (g["features"].shape, g["features"].dtype) == ((n, k, 512), np.float32)
+    assert (g["logits"].shape, g["logits"].dtype) == ((n, k, 174), np.float32)
+    assert (g["frame_features"].shape, g["frame_features"].dtype) == ((n, k, frames, 512), np.float16)
+    assert (g["view_frames"].shape, g["view_box"].shape, g["view_flip"].shape) == ((n, k, 8), (n, k, 4), (n, k))
     assert g["ids"].shape == (n,) and g["valid"].dtype == bool
-    assert g["features"].chunks == (per, 512) and g["done"].chunks == (1,)
+    assert g["features"].chunks == (per, k, 512) and g["done"].chunks == (1,)
+    v = root["validation"]
+    assert v["features"].shape[1] == 1 and "view_box" not in v  # validation: the centre view alone
     assert g["done"][:].all() and g["valid"][:].sum() == index["num_videos"]
     train_ids = {a["id"] for a in read_annotations(cfg.paths.ssv2_root, "train")}
     assert set(g["ids"][:][g["valid"][:]]) == train_ids
@@ -162,6 +169,71 @@ def test_changed_teacher_setting_is_refused(cached):
     other_model = _cfg(cfg.paths.ssv2_root, cfg.paths.run_dir, "teacher.model=ViT-B-32")
     with pytest.raises(CacheMismatchError, match="teacher.model"):
         open_checked(other_model)
+
+
+def test_changed_views_are_refused_with_what_differs(cached):
+    cfg, _ = cached
+    changes = {
+        "teacher.views=3": "views.count",
+        "teacher.view_seed=1": "views.seed",
+        "student.num_frames=16": "views.clip_frames",
+        "train.flip=true": "views.flip",
+    }
+    for override, key in changes.items():
+        with pytest.raises(CacheMismatchError, match=rf"teacher.{key}: cache has") as e:
+            open_checked(_cfg(cfg.paths.ssv2_root, cfg.paths.run_dir, override))
+        assert "make teacher-cache" in str(e.value)
+
+
+def test_the_students_replayed_crop_is_the_teachers_crop_bit_for_bit(cached):
+    # the teacher's crops before its resize (loader worker output) against the student's crop of the
+    # same view before its resize, and the student's batch carries that view's teacher outputs
+    cfg, _ = cached
+    plan = teacher_run.view_plan(cfg)
+    job = teacher_run.all_shards(cfg)[0]
+    assert job.split == "train"
+    item = teacher_data.ShardFrames([job], plan).decoded(job)
+    teacher_crops = {}
+    for idx, crops in item.groups:
+        teacher_crops |= {e: crops[i] for i, e in enumerate(idx)}
+    cache = CacheSource(cfg.paths.teacher_cache, "train")
+    spec = ClipSpec(cfg.student.num_frames, cfg.student.image_size, 1, train=True, epoch=3)
+    clips = ShardClips(ClipSource([str(job.tar)], spec, 0, 1, 1, cache, {}))
+    subset = list(segment_centres(cfg.student.num_frames, cfg.teacher.num_frames))
+    for position, (record, blob) in enumerate(read_shard(str(job.tar))):
+        for view in range(cfg.teacher.views):
+            student, flip = clips.replayed_crop({"jpgs": blob}, record, view)
+            teacher = teacher_crops[position * cfg.teacher.views + view]
+            assert torch.equal(student[subset], teacher), (record["id"], view)
+            assert flip == item.flips[position * cfg.teacher.views + view]
+        sample = {"json": json.dumps(record).encode(), "jpgs": blob}
+        _, _, feature, logits, _ = clips._clip(sample, worker=0, index=0)
+        replayed = replay_view(spec.seed, record["row"], spec.epoch, cfg.teacher.views)
+        np.testing.assert_array_equal(feature, cache.get(record["row"], record["id"], replayed)[0])
+
+
+@pytest.mark.unit
+def test_each_view_is_replayed_once_every_k_epochs_in_a_fresh_order():
+    for row in range(20):
+        rounds = [[replay_view(7, row, epoch, 4) for epoch in range(r * 4, r * 4 + 4)] for r in range(3)]
+        assert all(sorted(one) == [0, 1, 2, 3] for one in rounds)
+    orders = {tuple(replay_view(7, row, e, 4) for e in range(4)) for row in range(20)}
+    assert len(orders) > 5  # not one order for every video
+
+
+@pytest.mark.unit
+def test_views_are_drawn_the_same_every_time_and_inside_the_frame():
+    record = {"row": 12, "num_frames": 37, "height": 240, "width": 351}
+    a = draw_views(record, count=8, clip_frames=16, flip=True, seed=0)
+    assert a == draw_views(record, count=8, clip_frames=16, flip=True, seed=0)
+    assert a != draw_views(record, count=8, clip_frames=16, flip=True, seed=1)
+    for v in a:
+        top, left, h, w = v.box
+        assert 0 <= top and top + h <= 240 and 0 <= left and left + w <= 351
+        assert list(v.frames) == sorted(v.frames) and len(v.frames) == 16 and max(v.frames) < 37
+    assert {v.flip for v in a} == {True, False}
+    assert not any(v.flip for v in draw_views(record, count=8, clip_frames=16, flip=False, seed=0))
+    assert teacher_subset(tuple(range(16)), 8) == (1, 3, 5, 7, 9, 11, 13, 15)
 
 
 def test_changed_shards_are_refused(synth_root, tmp_path):
@@ -218,7 +290,6 @@ def test_missing_shards_give_a_clear_error(synth_root, tmp_path):
 @pytest.mark.parametrize("room", ["whole shards", "too small"])
 def test_pooled_teacher_loader_gives_the_segment_loader_frames(cached, room):
     # the batch pool hands each shard's crops over in a slot; a shard larger than a slot goes the old way
-    from pipeline.teacher import data as teacher_data
 
     cfg, _ = cached
     jobs = teacher_run.all_shards(cfg)
@@ -226,9 +297,9 @@ def test_pooled_teacher_loader_gives_the_segment_loader_frames(cached, room):
     cpu = torch.device("cpu")
     prep = teacher_data.FramePrep(32, cpu)
     pooled = teacher_data.make_loader(
-        jobs, cfg.teacher.num_frames, num_workers=2, prep=prep, keeper=PoolKeeper(), shard_bytes=shard_bytes
+        jobs, teacher_run.view_plan(cfg), num_workers=2, prep=prep, keeper=PoolKeeper(), shard_bytes=shard_bytes
     )
-    plain = teacher_data.make_loader(jobs, cfg.teacher.num_frames, num_workers=2)
+    plain = teacher_data.make_loader(jobs, teacher_run.view_plan(cfg), num_workers=2)
     assert type(pooled).__name__ == "PooledLoader" and type(plain).__name__ == "DataLoader"
     count = 0
     for a, b in zip(pooled, plain, strict=True):

@@ -1,8 +1,8 @@
 """Teacher heads fitted on the cached features, on a synthetic set large enough to learn direction.
 
-The cache is filled by the stand-in teacher (experiments/stand_in_teacher.py): a random-weight CLIP's
+The cache is filled by the stand-in teacher (pipeline/teacher/stand_in.py): a random-weight CLIP's
 features say almost nothing about where the synthetic object is, so they could not show a head
-learning direction; the stand-in's do, and the head stage runs on its store unchanged.
+learning direction; the stand-in's do. The teacher stage runs it like CLIP, views included.
 """
 
 import json
@@ -12,19 +12,26 @@ import pytest
 import torch
 import zarr
 
-from experiments.stand_in_teacher import fill_cache
 from pipeline import config
 from pipeline.shards import build as shards
 from pipeline.shards.plan import row_labels
 from pipeline.ssv2 import synthetic
+from pipeline.ssv2.annotations import class_names, flip_pairs, labels_path, load_labels
+from pipeline.ssv2.frames import normalizer, resize
+from pipeline.ssv2.records import read_shard
+from pipeline.ssv2.sampling import segment_centres
 from pipeline.student import train
+from pipeline.student.data import CacheSource, ClipSource, ClipSpec, ShardClips
 from pipeline.teacher import head_run
 from pipeline.teacher import heads as H
+from pipeline.teacher import run as teacher_run
+from pipeline.teacher.stand_in import SIZE, SaturationTower
 from pipeline.teacher.store import CacheMismatchError, head_array, head_records
 from tests.helpers import make_config
 
 FAST = (
     "teacher.model=stand-in",
+    "teacher.views=1",  # the centre view; `fitted_views` below stores two flipped-or-not training views per video
     "shards.videos_per_shard=16",
     "teacher_head.folds=3",
     "teacher_head.weight_decays=[0.0001, 0.01]",
@@ -50,13 +57,19 @@ def _cfg(data, run_dir, *extra):
         cfg.paths.shards_dir.parent.mkdir(parents=True, exist_ok=True)
         cfg.paths.shards_dir.symlink_to(shards_run / "shards")
     if not cfg.paths.teacher_cache.exists():
-        fill_cache(cfg)
+        teacher_run.run(cfg)
     return cfg
 
 
 @pytest.fixture(scope="module")
 def fitted(reversed_pairs, tmp_path_factory):
     cfg = _cfg(reversed_pairs, tmp_path_factory.mktemp("run"))
+    return cfg, head_run.run(cfg)
+
+
+@pytest.fixture(scope="module")
+def fitted_views(reversed_pairs, tmp_path_factory):
+    cfg = _cfg(reversed_pairs, tmp_path_factory.mktemp("run_views"), "teacher.views=2", "train.flip=true")
     return cfg, head_run.run(cfg)
 
 
@@ -71,21 +84,28 @@ def test_the_temporal_head_learns_direction_where_the_linear_head_cannot(fitted)
         assert {"fingerprint", "temperature", "fit_seconds", "val_top1", "val_top5"} <= set(summary.records[name])
 
 
-def test_no_training_row_gets_logits_from_a_head_that_saw_it(fitted):
+def test_no_training_row_gets_logits_from_a_head_that_saw_it(fitted_views):
     # the recorded folds say which head predicted each row; refitting that head without the row's
     # fold must give the stored logits, so the stored ones cannot have seen the row
-    cfg, summary = fitted
+    cfg, summary = fitted_views
     root = zarr.open_group(cfg.paths.teacher_cache, mode="r")
     group = root["train"]
     valid, folds = group["valid"][:], group["fold"][:]
     assert (folds[valid] >= 0).all() and (folds[~valid] == -1).all()
     rows = np.flatnonzero(valid)
-    features = torch.from_numpy(group["frame_features"][:][rows])
-    labels = row_labels(cfg.paths.shards_dir, "train")[rows]
-    stored = group[head_array("linear")][:][rows]
+    frames = group["frame_features"][:][rows]  # [n, K views, F, D]
+    views = frames.shape[1]
+    assert views == cfg.teacher.views > 1
+    features = torch.from_numpy(frames.reshape(-1, *frames.shape[2:]))
+    labels = np.repeat(row_labels(cfg.paths.shards_dir, "train")[rows], views)
+    pairs = flip_pairs(class_names(load_labels(labels_path(cfg))))
+    flipped = group["view_flip"][:][rows].reshape(-1)
+    assert flipped.any() and not flipped.all()
+    labels[flipped] = [pairs.get(int(y), int(y)) for y in labels[flipped]]  # a flipped view shows the flipped class
+    stored = group[head_array("linear")][:][rows].reshape(len(labels), -1)
     record = summary.records["linear"]
     for k in range(cfg.teacher_head.folds):
-        mine = folds[rows] == k
+        mine = np.repeat(folds[rows], views) == k  # every view of a video in its video's fold
         head = H.fit(
             "linear",
             H.FitData(features[~mine], torch.from_numpy(labels[~mine])),
@@ -96,6 +116,60 @@ def test_no_training_row_gets_logits_from_a_head_that_saw_it(fitted):
             device=torch.device("cpu"),
         )
         np.testing.assert_allclose(H.predict(head, features[mine], device=torch.device("cpu")), stored[mine], atol=1e-5)
+
+
+def test_a_flipped_view_gets_the_flipped_class_from_the_teacher(fitted, fitted_views):
+    # The teacher's outputs of a flipped view are computed on the flipped frames, so a head that
+    # knows direction calls a flipped "left to right" video "right to left"; were they the
+    # unflipped view's outputs, it would say "left to right". The head is the temporal head fitted
+    # on centre views (`fitted`), which tells direction on validation; the views' own heads learn
+    # direction poorly from 156 videos of random crops, many of which miss the object (docs/views.md).
+    centre_cfg, _ = fitted
+    cfg, _ = fitted_views
+    group = zarr.open_group(cfg.paths.teacher_cache, mode="r")["train"]
+    rows = np.flatnonzero(group["valid"][:])
+    pairs = flip_pairs(class_names(load_labels(labels_path(cfg))))
+    labels = row_labels(cfg.paths.shards_dir, "train")[rows]
+    frames = torch.from_numpy(group["frame_features"][:][rows])  # [n, K, F, D]
+    head = H.build_head("temporal", dim=frames.shape[-1], num_classes=174, frames=frames.shape[2], cfg=cfg.teacher_head)
+    head.load_state_dict(torch.load(centre_cfg.paths.teacher_heads_dir / "temporal.pt", weights_only=True))
+    guess = H.predict(head.eval(), frames.flatten(0, 1), device=torch.device("cpu")).argmax(-1).reshape(frames.shape[:2])
+    flipped = group["view_flip"][:][rows]
+    horizontal = np.isin(labels, list(pairs))[:, None]  # views of left/right videos
+    original = np.repeat(labels[:, None], flipped.shape[1], 1)
+    swapped = np.vectorize(lambda y: pairs.get(int(y), int(y)))(original)
+    said = {}
+    for flip in (False, True):
+        views = horizontal & (flipped == flip)
+        assert views.sum() >= 20
+        said[flip] = ((guess == original)[views].mean(), (guess == swapped)[views].mean())
+    # unflipped views: the head prefers the video's class; flipped views: the flipped class
+    assert said[False][0] > said[False][1] and said[True][1] > said[True][0], said
+
+
+def test_a_flipped_views_stored_features_are_the_teachers_on_its_flipped_crop(fitted_views):
+    # recompute the stand-in on the student's own crop of each view (replayed_crop), resized as
+    # the teacher resizes, flipped where the view is: the stored per-frame features must match
+    cfg, _ = fitted_views
+    root = zarr.open_group(cfg.paths.teacher_cache, mode="r")
+    group = root["train"]
+    tower, norm = SaturationTower(), normalizer((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    cache = CacheSource(cfg.paths.teacher_cache, "train")
+    source = ClipSource([], ClipSpec(cfg.student.num_frames, 32, 1, train=True), 0, 1, None, cache, {})
+    clips = ShardClips(source)
+    checked = {True: 0.0, False: 0.0}  # per flip, the largest difference from the other orientation
+    for record, blob in read_shard(str(cfg.paths.shards_dir / "train-000000.tar")):
+        for k in range(cfg.teacher.views):
+            crop, flip = clips.replayed_crop({"jpgs": blob}, record, k)
+            crop = crop[list(segment_centres(len(crop), cfg.teacher.num_frames))]  # the teacher's even subset
+            x = resize(crop, SIZE)
+            mine = tower.encode_image(norm(x.flip(-1) if flip else x)).numpy()
+            other = tower.encode_image(norm(x if flip else x.flip(-1))).numpy()
+            stored = group["frame_features"][record["row"], k].astype(np.float32)
+            np.testing.assert_allclose(stored, mine, atol=2e-3)
+            checked[flip] = max(checked[flip], float(np.abs(stored - other).max()))
+    # the flip is seen: the other orientation differs (in views that hold the object; some crops miss it)
+    assert checked[True] > 0.05 and checked[False] > 0.05, checked
 
 
 def test_a_rerun_with_the_same_settings_writes_identical_logits(fitted, reversed_pairs, tmp_path):

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from pipeline.config import LossConfig
 from pipeline.shards import build as shards
-from pipeline.ssv2.annotations import LABELS_FILE, class_names, load_labels
+from pipeline.ssv2.annotations import LABELS_FILE, class_names, flip_pairs, load_labels
 from pipeline.student import checkpoint, train
-from pipeline.student.data import check_shards_feed, flip_pairs
+from pipeline.student.data import check_shards_feed
 from pipeline.student.loss import distill_loss
 from pipeline.student.models.tsm import temporal_shift
 from pipeline.teacher import run as teacher_run
@@ -202,7 +202,7 @@ def test_tsm_learns_the_temporal_classes_on_cpu(tmp_path):
 
 
 def test_a_cache_from_another_teacher_config_is_refused(synth_root, prepared, tmp_path):
-    cfg = _cfg(synth_root, prepared, tmp_path, "teacher.num_frames=4")
+    cfg = _cfg(synth_root, prepared, tmp_path, "teacher.num_frames=2")
     with pytest.raises(CacheMismatchError, match="teacher.num_frames"):
         train.run(cfg)
 
@@ -242,7 +242,8 @@ def test_clips_are_cropped_like_plain_tensors_and_batched_channels_last():
     import numpy as np
     import torchvision.transforms.v2.functional as TF
 
-    from pipeline.student.data import collate, crop_box, multiscale_crop
+    from pipeline.ssv2.views import crop_box
+    from pipeline.student.data import collate, multiscale_crop
 
     gen = torch.Generator().manual_seed(0)
     hwc = [torch.randint(0, 256, (60, 100, 3), dtype=torch.uint8, generator=gen) for _ in range(4)]

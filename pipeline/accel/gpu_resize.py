@@ -8,18 +8,19 @@ import torch
 
 
 def resize_by_products(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """The same resize of uint8 [N, 3, s, s] as two matrix products in float32 (the CUDA path).
+    """The same resize of uint8 [N, 3, h, w] to [N, 3, size, size] as two matrix products in float32 (the CUDA path).
 
     The resize is separable and linear, so products with the kernel's own weights give the same
     maths as the antialiased kernel, which has no uint8 CUDA version and costs several times the
     GPU time of two matrix products.
     """
-    w = resize_weights(frames.shape[-1], size, frames.device)
-    out = w @ frames.contiguous().float() @ w.T  # crops arrive channels last; products want rows
+    rows = resize_weights(frames.shape[-2], size, frames.device)
+    cols = resize_weights(frames.shape[-1], size, frames.device)
+    out = rows @ frames.contiguous().float() @ cols.T  # crops arrive channels last; products want rows
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def resize_weights(src: int, size: int, device: torch.device) -> torch.Tensor:
     """[size, src] float32: row i holds the antialiased bicubic weights of output pixel i.
 

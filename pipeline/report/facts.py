@@ -95,13 +95,13 @@ def teacher_facts(cfg: Config, data: DataFacts) -> TeacherFacts | None:
         if split == "validation" and split in data.labels:
             rows = np.array(sorted(r for r in data.labels[split] if ok[r]))
             if len(rows):
-                table = g["logits"][:][rows]
+                table = g["logits"][:][rows, 0]  # validation: the centre view
                 labels = np.array([data.labels[split][r] for r in rows])
                 order = np.argsort(-table, axis=1)
                 top1 = float((order[:, 0] == labels).mean())
                 top5 = float((order[:, :5] == labels[:, None]).any(1).mean())
                 n = len(rows)
-                logits = dict(zip(rows.tolist(), g[array][:][rows] / np.float32(temperature)))
+                logits = dict(zip(rows.tolist(), g[array][:][rows, 0] / np.float32(temperature)))
     attrs = dict(root.attrs)
     built = {
         "model": attrs.get("teacher", {}).get("model"),
@@ -109,6 +109,7 @@ def teacher_facts(cfg: Config, data: DataFacts) -> TeacherFacts | None:
         "weights_sha256": attrs.get("weights_sha256", "")[:16],
         "frames": attrs.get("teacher", {}).get("num_frames"),
         "prompts": attrs.get("teacher", {}).get("prompts"),
+        "views": attrs.get("teacher", {}).get("views", {}),
     }
     return TeacherFacts(done, valid, top1, top5, n, built, logits, heads, student_head)
 

@@ -88,6 +88,7 @@ def _teacher_section(teacher: TeacherFacts | None, expected_videos: dict[str, in
         f"\nBuilt with {b['model']} (weights {b['weights']}, sha256 {b['weights_sha256']}...), "
         f"{b['frames']} frames per video, prompts {b['prompts']}.\n"
     )
+    lines.append(_views_line(b.get("views") or {}))
     if teacher.top1 is None:
         lines.append("Zero-shot accuracy: no validation rows cached yet.\n")
     else:
@@ -97,6 +98,16 @@ def _teacher_section(teacher: TeacherFacts | None, expected_videos: dict[str, in
         )
     lines.append(_heads_table(teacher))
     return "\n".join(lines)
+
+
+def _views_line(views: dict) -> str:
+    count = views.get("count", 1)
+    if count == 1:
+        return "Views per training video: 1, the centre view (the student trains on other frames and crops).\n"
+    return (
+        f"Views per training video: {count} (seed {views['seed']}, {views['clip_frames']} frames each, "
+        f"flip {'on' if views['flip'] else 'off'}), replayed by the student: its clips are the teacher's.\n"
+    )
 
 
 def _heads_table(teacher: TeacherFacts) -> str:
@@ -125,6 +136,11 @@ def _training_section(training: TrainFacts | None, cfg: Config, folder: Path) ->
         f"{cfg.student.arch}, {cfg.loss.mode}; last logged step {last['step']} (epoch {last['epoch']}), "
         f"last loss {last['loss']:.4f}, {last['clips_per_s']:.1f} clips/s.\n"
     )
+    if "teacher_agree" in last:
+        lines.append(
+            f"Student-teacher top-1 agreement on the training clips it last saw (the replayed views when the cache has "
+            f"views): {last['teacher_agree']:.4f}.\n"
+        )
     if training.best:
         lines.append(
             f"Best checkpoint: `best.pt`, epoch {training.best['epoch']}, step {training.best['step']}, "

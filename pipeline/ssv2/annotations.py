@@ -73,3 +73,14 @@ def load_split(path: Path, labels: dict[str, int]) -> list[VideoEntry]:
             continue
         entries.append(VideoEntry(vid, labels[template], template, str(item.get("label", ""))))
     return entries
+
+
+def flip_pairs(class_names: list[str]) -> dict[int, int]:
+    """Classes that a horizontal flip turns into each other (left <-> right), by index."""
+    index = {name: i for i, name in enumerate(class_names)}
+    pairs = {}
+    for name, i in index.items():
+        swapped = name.replace("left", "\0").replace("right", "left").replace("\0", "right")
+        if swapped != name and swapped in index:
+            pairs[i] = index[swapped]
+    return pairs

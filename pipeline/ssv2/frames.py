@@ -60,8 +60,8 @@ def square_crop(frames: torch.Tensor) -> torch.Tensor:
 
 
 def resize(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """Bicubic antialiased resize of square frames [N, 3, s, s] to [N, 3, size, size], uint8 in and out."""
-    if frames.shape[-1] == size:
+    """Bicubic antialiased resize of frames [N, 3, h, w] to [N, 3, size, size], uint8 in and out."""
+    if frames.shape[-2:] == (size, size):
         return frames
     if frames.device.type == "cuda":
         return resize_by_products(frames, size)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 import webdataset as wds
+import zarr
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.accel.batch_pool import BatchMemory, SegmentMemory
@@ -35,9 +36,9 @@ from pipeline.shards.plan import read_index
 from pipeline.ssv2.frames import channels_last_empty, decode, stack_channels_last
 from pipeline.ssv2.records import select_frames
 from pipeline.ssv2.sampling import segment_centres, segment_random
+from pipeline.ssv2.views import View, crop_box, replay_view
 from pipeline.teacher.heads import HeadChoice
-
-SCALES = (1.0, 0.875, 0.75, 0.66)  # TSN multi-scale crop, as fractions of the short side
+from pipeline.teacher.store import CacheMismatchError, CacheReader
 
 
 @dataclass
@@ -150,23 +151,42 @@ class ShardClips(IterableDataset):
         return slot.seal(collate(items, slot.empty))
 
     def _clip(self, sample: dict, worker: int, index: int) -> tuple:
-        spec = self.spec
+        spec, cache = self.spec, self.source.cache
         record = json.loads(sample["json"])
-        rng = np.random.default_rng([spec.seed, spec.epoch, self.source.rank, worker, index])
-        n = record["num_frames"]
-        picks = segment_random(n, spec.num_frames, rng) if spec.train else segment_centres(n, spec.num_frames)
-        frames = decode(select_frames(record, sample["jpgs"], picks))
-        label = record["label"]
-        if spec.train:
-            frames = multiscale_crop(frames, spec.image_size, rng)
-            if spec.flip and rng.random() < 0.5:
-                frames, label = frames.flip(-1), self.source.flip_pairs.get(label, label)
+        label, view = record["label"], 0
+        if spec.train and cache is not None and cache.views > 1:
+            # replay: exactly the frames, crop and flip the teacher saw for this epoch's view
+            view = replay_view(spec.seed, record["row"], spec.epoch, cache.views)
+            frames, flipped = self.replayed_crop(sample, record, view)
+            frames = TF.resize(frames, [spec.image_size, spec.image_size], antialias=True)
+        elif spec.train:
+            rng = np.random.default_rng([spec.seed, spec.epoch, self.source.rank, worker, index])
+            picks = segment_random(record["num_frames"], spec.num_frames, rng)
+            frames = multiscale_crop(decode(select_frames(record, sample["jpgs"], picks)), spec.image_size, rng)
+            flipped = spec.flip and rng.random() < 0.5
         else:
-            frames = centre_crop(stack_channels_last(frames), spec.image_size)
+            picks = segment_centres(record["num_frames"], spec.num_frames)
+            frames = centre_crop(stack_channels_last(decode(select_frames(record, sample["jpgs"], picks))), spec.image_size)
+            flipped = False
+        if flipped:
+            frames, label = frames.flip(-1), self.source.flip_pairs.get(label, label)
         feature = logits = None
-        if self.source.cache is not None:
-            feature, logits = self.source.cache.get(record["row"], record["id"])
+        if cache is not None:
+            feature, logits = cache.get(record["row"], record["id"], view)
         return frames, label, feature, logits, record["id"]
+
+    def replayed_crop(self, sample: dict, record: dict, view: int) -> tuple[torch.Tensor, bool]:
+        """View `view` of a training video as stored with the teacher's outputs: its frames cut to
+        the view's box, before any resize ([T, 3, h, w], channels last), and whether it is flipped."""
+        v = self.source.cache.view(record["row"], record["id"], view)
+        if len(v.frames) != self.spec.num_frames:
+            raise CacheMismatchError(
+                f"the teacher cache's views have {len(v.frames)} frames, the student trains on {self.spec.num_frames}: "
+                "rebuild the cache (make teacher-cache) with this student.num_frames"
+            )
+        top, left, h, w = v.box
+        frames = decode(select_frames(record, sample["jpgs"], v.frames))
+        return stack_channels_last([f[..., top : top + h, left : left + w] for f in frames]), v.flip
 
 
 def collate(items: list[tuple], make=empty_for_handover) -> ClipBatch:
@@ -193,15 +213,6 @@ def multiscale_crop(frames: Sequence[torch.Tensor], size: int, rng: np.random.Ge
     return TF.resize(crop, [size, size], antialias=True)
 
 
-def crop_box(h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """(top, left, height, width): a random scale pair (at most one step apart) at a random place."""
-    base = min(h, w)
-    i = int(rng.integers(len(SCALES)))
-    j = int(np.clip(i + rng.integers(-1, 2), 0, len(SCALES) - 1))
-    ch, cw = int(base * SCALES[i]), int(base * SCALES[j])
-    return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
-
-
 def centre_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
     """Evaluation view of [T, 3, H, W]: short side to size * 256/224, then the centre size x size."""
     scaled = TF.resize(frames, int(round(size * 256 / 224)), antialias=True)
@@ -215,18 +226,31 @@ class CacheSource:
 
     def __init__(self, store: Path, split: str, *, logits: str = "logits", temperature: float = 1.0):
         self.store, self.split, self.logits, self.temperature = str(store), split, logits, temperature
-        self._reader = None
+        self._reader: CacheReader | None = None
+        self._views: int | None = None
 
-    def get(self, row: int, video_id: str):
-        """The cached teacher outputs of a video (refuses invalid rows)."""
+    @property
+    def reader(self) -> CacheReader:
+        """This process's reader of the store."""
         if self._reader is None:
-            import zarr
-
-            from pipeline.teacher.store import CacheReader
-
             root = zarr.open_group(self.store, mode="r")
             self._reader = CacheReader(root, self.split, logits=self.logits, temperature=self.temperature)
-        return self._reader.get(row, video_id)
+        return self._reader
+
+    @property
+    def views(self) -> int:
+        """Views per video stored for this split (1: the centre view only)."""
+        if self._views is None:
+            self._views = int(zarr.open_group(self.store, mode="r")[self.split]["features"].shape[1])
+        return self._views
+
+    def get(self, row: int, video_id: str, view: int = 0):
+        """The cached teacher outputs of a video's view (refuses invalid rows)."""
+        return self.reader.get(row, video_id, view)
+
+    def view(self, row: int, video_id: str, view: int) -> View:
+        """The frames, box and flip of a stored training view."""
+        return self.reader.view(row, video_id, view)
 
 
 def teacher_source(cfg: Config, split: str, teacher: HeadChoice | None) -> CacheSource | None:
@@ -237,17 +261,6 @@ def teacher_source(cfg: Config, split: str, teacher: HeadChoice | None) -> Cache
     if teacher is None:
         return CacheSource(cfg.paths.teacher_cache, split)
     return CacheSource(cfg.paths.teacher_cache, split, logits=teacher.array, temperature=teacher.temperature)
-
-
-def flip_pairs(class_names: list[str]) -> dict[int, int]:
-    """Classes that a horizontal flip turns into each other (left <-> right), by index."""
-    index = {name: i for i, name in enumerate(class_names)}
-    pairs = {}
-    for name, i in index.items():
-        swapped = name.replace("left", "\0").replace("right", "left").replace("\0", "right")
-        if swapped != name and swapped in index:
-            pairs[i] = index[swapped]
-    return pairs
 
 
 # Batches each worker may have ready. With the batch pool every one of them is a page-locked slot

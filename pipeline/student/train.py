@@ -24,14 +24,13 @@ from pipeline.runtime.atomic import write_json, write_text
 from pipeline.runtime.device import autocast_dtype, pick_device
 from pipeline.runtime.dist import DistEnv
 from pipeline.runtime.progress import format_duration
-from pipeline.ssv2.annotations import class_names, labels_path, load_labels
+from pipeline.ssv2.annotations import class_names, flip_pairs, labels_path, load_labels
 from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD, normalizer
 from pipeline.student import checkpoint
 from pipeline.student.data import (
     ClipSource,
     ClipSpec,
     check_shards_feed,
-    flip_pairs,
     make_loader,
     split_shards,
     teacher_source,
@@ -219,7 +218,8 @@ def _resume(path: Path, state: TrainState, env: DistEnv) -> None:
 
 
 def train_step(state: TrainState, batch, *, cfg: Config, norm, dtype: torch.dtype | None) -> tuple[list, tuple]:
-    """One optimisation step on a batch already on the device; returns (loss parts, (top-1, top-5)) as tensors."""
+    """One optimisation step on a batch already on the device; returns (loss parts, (top-1, top-5,
+    top-1 agreement with the teacher or None)) as tensors."""
     # forward
     with torch.autocast(batch.clips.device.type, dtype=dtype, enabled=dtype is not None):
         out = state.wrapped(norm(batch.clips))
@@ -232,7 +232,10 @@ def train_step(state: TrainState, batch, *, cfg: Config, norm, dtype: torch.dtyp
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.scheduler.step()
-    return [p.detach() for p in parts], topk_accuracy(out.logits.detach(), batch.labels)
+    agree = None
+    if batch.teacher_logits is not None:
+        agree = (out.logits.detach().argmax(1) == batch.teacher_logits.argmax(1)).float().mean()
+    return [p.detach() for p in parts], (*topk_accuracy(out.logits.detach(), batch.labels), agree)
 
 
 class Trainer:
@@ -310,13 +313,14 @@ class Trainer:
 
     def _epoch(self, state: TrainState):
         cfg, env, p = self.cfg, self.env, state.progress
-        meters = {k: AverageMeter() for k in ("total", "feature", "response", "task", "top1", "top5")}
+        meters = {k: AverageMeter() for k in ("total", "feature", "response", "task", "top1", "top5", "agree")}
         tick, clips = time.monotonic(), 0
         for batch in self._loader(p):
-            parts, (top1, top5) = train_step(state, to_device(batch, self.device), cfg=cfg, norm=self.norm, dtype=self.dtype)
+            parts, accuracy = train_step(state, to_device(batch, self.device), cfg=cfg, norm=self.norm, dtype=self.dtype)
             n = len(batch.labels)
-            for key, value in zip(("total", "feature", "response", "task", "top1", "top5"), (*parts, top1, top5)):
-                meters[key].update(value, n)  # device tensors: no sync until the log line reads them
+            for key, value in zip(("total", "feature", "response", "task", "top1", "top5", "agree"), (*parts, *accuracy)):
+                if value is not None:
+                    meters[key].update(value, n)  # device tensors: no sync until the log line reads them
             p.step += 1
             p.step_in_epoch += 1
             clips += n * env.world_size
@@ -346,6 +350,7 @@ class Trainer:
             loss_task=v["task"],
             top1=v["top1"],
             top5=v["top5"],
+            **({"teacher_agree": v["agree"]} if meters["agree"].count else {}),
         )
         if self.env.is_main:
             log.info(

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from pipeline.config import TeacherConfig
 from pipeline.runtime.paths import looks_like_path
+from pipeline.teacher import stand_in
 
 log = logging.getLogger(__name__)
 TINY_CONFIG = Path(__file__).parent / "resources" / "clip-tiny.json"
@@ -42,6 +43,11 @@ class Teacher:
         """Normalised float frames [N, 3, S, S] -> per-frame embeddings [N, dim] in float32."""
         return self.model.encode_image(frames).float()
 
+    @property
+    def dim(self) -> int:
+        """The embedding width."""
+        return int(self.classifier.shape[1])
+
     def logits(self, video_features: torch.Tensor) -> torch.Tensor:
         """Zero-shot logits of video features [B, dim]: scale * cos(feature, class text)."""
         return self.logit_scale * F.normalize(video_features.float(), dim=-1) @ self.classifier.T
@@ -49,6 +55,8 @@ class Teacher:
 
 def load_teacher(cfg: TeacherConfig, class_names: list[str], device: torch.device) -> Teacher:
     """Build the frozen teacher on `device` with its zero-shot head for `class_names`."""
+    if cfg.model == stand_in.MODEL:
+        return stand_in.load(class_names, device, teacher_cls=Teacher)
     with _quiet_root_logger():
         model = _create_model(cfg)
     model = model.to(device).eval().requires_grad_(False)

@@ -1,7 +1,9 @@
-"""Teacher-cache input: whole shards read in loader workers, frames sampled, decoded and cropped.
+"""Teacher-cache input: whole shards read in loader workers, each video's views cut from its frames.
 
-JPEGs are decoded either in the workers (CPU) or in one batched nvjpeg call on the GPU; frames are
-centre-cropped to squares so that one resize call per shard brings them to the model's size.
+A view is frames + crop box + flip (pipeline/ssv2/views.py): the centre view (segment centres,
+centred square), or for training videos with `teacher.views` > 1 the K views the student replays.
+JPEGs are decoded either in the workers (CPU) or in one batched nvjpeg call on the GPU; crops of one
+shape are stacked so that one resize call per shape brings them to the model's size.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -17,11 +20,11 @@ from pipeline.accel.batch_pool import BatchMemory, SegmentMemory
 from pipeline.accel.pool_loader import PooledLoader, PoolKeeper, worker_loader
 from pipeline.accel.shm import empty_for_handover
 from pipeline.runtime.cpus import TEACHER_RESERVE, loader_workers
-from pipeline.ssv2.frames import channels_last_empty, decode, resize, square_crop, stack_channels_last
+from pipeline.ssv2.frames import channels_last_empty, decode, resize, stack_channels_last
 from pipeline.ssv2.records import read_shard, select_frames
-from pipeline.ssv2.sampling import segment_centres
+from pipeline.ssv2.views import View, centre_view, draw_views, teacher_subset, view_arrays
 
-Groups = list[tuple[list[int], torch.Tensor]]  # (video positions, uint8 [n, F, 3, s, s]) per crop side s
+Groups = list[tuple[list[int], torch.Tensor]]  # (entry positions, uint8 [n, F, 3, h, w]) per crop shape (h, w)
 
 
 @dataclass(frozen=True)
@@ -33,13 +36,56 @@ class ShardJob:
     tar: Path
 
 
+@dataclass(frozen=True)
+class ViewPlan:
+    """Which views of each video the teacher encodes: the training views (count > 1, train only),
+    else the centre view; and how many frames of each it takes."""
+
+    teacher_frames: int
+    count: int = 1
+    seed: int = 0
+    clip_frames: int = 8
+    flip: bool = False
+
+    def stores_views(self, split: str) -> bool:
+        """Whether `split`'s videos get training views (whose parameters are stored with the outputs)."""
+        return split == "train" and self.count > 1
+
+    def views(self, record: dict, split: str) -> list[View]:
+        """The views of the video in `record`."""
+        if not self.stores_views(split):
+            return [centre_view(record, self.teacher_frames)]
+        return draw_views(record, count=self.count, clip_frames=self.clip_frames, flip=self.flip, seed=self.seed)
+
+    def frames(self, view: View, split: str) -> tuple[int, ...]:
+        """The frames of `view` the teacher encodes."""
+        return teacher_subset(view.frames, self.teacher_frames) if self.stores_views(split) else view.frames
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One view of one video to encode: its video's position, which of that video's read frames, the box, the flip."""
+
+    video: int
+    picks: tuple[int, ...]
+    box: tuple[int, int, int, int]
+    flip: bool
+
+
 @dataclass
 class ShardCrops:
-    """One shard's sampled frames decoded by a loader worker: square crops grouped by side."""
+    """One shard's views decoded and cropped by a loader worker: crops grouped by shape."""
 
     job: ShardJob
     rows: list[int]
     groups: Groups
+    flips: list[bool]  # per entry (video-major: entry = video * per_video + view)
+    stored: dict[str, np.ndarray]  # the views' parameters to store with the outputs (training views only)
+
+    @property
+    def per_video(self) -> int:
+        """Views per video."""
+        return len(self.flips) // max(1, len(self.rows))
 
     def pin_memory(self) -> ShardCrops:
         """This item with its crops in page-locked memory (called by the loader's pin-memory thread)."""
@@ -49,11 +95,23 @@ class ShardCrops:
 
 @dataclass
 class ShardJpegs:
-    """One shard's sampled frames left as JPEG bytes, for nvjpeg on the GPU."""
+    """One shard's frames left as JPEG bytes, for nvjpeg on the GPU, with the views to cut from them."""
 
     job: ShardJob
     rows: list[int]
-    jpegs: list[list[bytes]]  # per video, its sampled frames
+    jpegs: list[list[bytes]]  # per video, every frame any of its views needs, once
+    entries: list[Entry]
+    stored: dict[str, np.ndarray]
+
+    @property
+    def flips(self) -> list[bool]:
+        """Per entry, whether it is flipped."""
+        return [e.flip for e in self.entries]
+
+    @property
+    def per_video(self) -> int:
+        """Views per video."""
+        return len(self.entries) // max(1, len(self.rows))
 
     def pin_memory(self) -> ShardJpegs:
         """Nothing to pin: bytes go to nvjpeg as they are."""
@@ -64,17 +122,18 @@ ShardItem = ShardCrops | ShardJpegs
 
 
 class ShardFrames(IterableDataset):
-    """Reads whole shards and samples `num_frames` centre frames per video; workers split the shards.
+    """Reads whole shards and cuts each video's views (the centre view, or the training views of
+    `plan`); workers split the shards.
 
-    Shards are decoded and centre-cropped to squares here, in the worker, into tensors from
-    `memory`, except a `gpu_share` of them (evenly spread) whose JPEGs go to the device as they
-    are, for nvjpeg: when the CPUs cannot keep up with the model, the GPU takes part of the
-    decoding. The resize to the model's size happens on the device, one call per crop size (one
-    per shard for SSv2).
+    Each video's frames are decoded once, however many of its views share them, and cropped here,
+    in the worker, into tensors from `memory`, except a `gpu_share` of the shards (evenly spread)
+    whose JPEGs go to the device as they are, for nvjpeg: when the CPUs cannot keep up with the
+    model, the GPU takes part of the decoding. The resize to the model's size happens on the
+    device, one call per crop shape.
     """
 
-    def __init__(self, jobs: list[ShardJob], num_frames: int, *, gpu_share: float = 0.0, memory: BatchMemory | None = None):
-        self.jobs, self.num_frames, self.gpu_share = jobs, num_frames, gpu_share
+    def __init__(self, jobs: list[ShardJob], plan: ViewPlan, *, gpu_share: float = 0.0, memory: BatchMemory | None = None):
+        self.jobs, self.plan, self.gpu_share = jobs, plan, gpu_share
         self.memory = memory or SegmentMemory()
 
     def __iter__(self):
@@ -88,18 +147,34 @@ class ShardFrames(IterableDataset):
                 yield slot.seal(self.decoded(self.jobs[i], make=slot.empty))
 
     def read(self, job: ShardJob) -> ShardJpegs:
-        """One shard's sampled frames as JPEG bytes."""
-        rows, jpegs = [], []
+        """One shard's needed frames as JPEG bytes, and its views."""
+        rows, jpegs, entries, views = [], [], [], []
         for record, blob in read_shard(str(job.tar)):
+            mine = self.plan.views(record, job.split)
+            wanted = [self.plan.frames(v, job.split) for v in mine]
+            union = sorted(set().union(*wanted))
+            where = {f: i for i, f in enumerate(union)}
+            entries += [Entry(len(rows), tuple(where[f] for f in w), v.box, v.flip) for v, w in zip(mine, wanted)]
+            jpegs.append(select_frames(record, blob, union))
             rows.append(record["row"])
-            jpegs.append(select_frames(record, blob, segment_centres(record["num_frames"], self.num_frames)))
-        return ShardJpegs(job, rows, jpegs)
+            views.append(mine)
+        stored = view_arrays(views, self.plan.clip_frames) if self.plan.stores_views(job.split) else {}
+        return ShardJpegs(job, rows, jpegs, entries, stored)
 
     def decoded(self, job: ShardJob, make=empty_for_handover) -> ShardCrops:
-        """One shard's sampled frames decoded and cropped to squares, in tensors from `make`."""
+        """One shard's views decoded and cropped, in tensors from `make`."""
         raw = self.read(job)
-        groups = group_squares([[square_crop(f) for f in decode(video)] for video in raw.jpegs], make)
-        return ShardCrops(job, raw.rows, groups)
+        groups = group_crops(cut_views([decode(video) for video in raw.jpegs], raw.entries), make)
+        return ShardCrops(job, raw.rows, groups, raw.flips, raw.stored)
+
+
+def cut_views(videos: list[list[torch.Tensor]], entries: list[Entry]) -> list[list[torch.Tensor]]:
+    """Per entry, its frames [3, h, w] cut out of its video's decoded frames (views, no copies)."""
+    out = []
+    for e in entries:
+        top, left, h, w = e.box
+        out.append([videos[e.video][i][..., top : top + h, left : left + w] for i in e.picks])
+    return out
 
 
 def gpu_decoded(position: int, share: float) -> bool:
@@ -107,35 +182,35 @@ def gpu_decoded(position: int, share: float) -> bool:
     return int((position + 1) * share) > int(position * share)
 
 
-def group_squares(videos: list[list[torch.Tensor]], make=empty_for_handover) -> Groups:
-    """Stack videos of square frames [3, s, s] by crop side s, each group in one tensor (channels last).
+def group_crops(clips: list[list[torch.Tensor]], make=empty_for_handover) -> Groups:
+    """Stack clips of frames [3, h, w] by crop shape (h, w), each group in one tensor (channels last).
 
     Inside a loader worker the groups are made in shared memory (`make`: a pool slot or a segment of
-    their own), so this is the only copy of the decoded pixels: a tensor made elsewhere is copied
+    their own), so this is the only copy of the cropped pixels: a tensor made elsewhere is copied
     again into shared memory when it is sent.
     """
-    by_side: dict[int, list[int]] = {}
-    for i, v in enumerate(videos):
-        by_side.setdefault(v[0].shape[-1], []).append(i)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, clip in enumerate(clips):
+        by_shape.setdefault(tuple(clip[0].shape[-2:]), []).append(i)
     groups = []
-    for idx in by_side.values():
-        first = videos[idx[0]][0]
-        shape = (len(idx), len(videos[idx[0]]), *first.shape)
+    for idx in by_shape.values():
+        first = clips[idx[0]][0]
+        shape = (len(idx), len(clips[idx[0]]), *first.shape)
         alloc = make if first.device.type == "cpu" else partial(torch.empty, dtype=torch.uint8, device=first.device)
         out = channels_last_empty(shape, alloc)
         for k, i in enumerate(idx):
-            stack_channels_last(videos[i], out=out[k])
+            stack_channels_last(clips[i], out=out[k])
         groups.append((idx, out))
     return groups
 
 
-def resize_groups(groups: Groups, num_videos: int, size: int) -> torch.Tensor:
-    """uint8 [V, F, 3, size, size] from crop groups: one resize call per group."""
+def resize_groups(groups: Groups, num_entries: int, size: int) -> torch.Tensor:
+    """uint8 [E, F, 3, size, size] from crop groups: one resize call per group."""
     out = None
     for idx, crops in groups:
         resized = resize(crops.flatten(0, 1), size).view(*crops.shape[:3], size, size)
         if out is None:
-            out = resized.new_empty(num_videos, *resized.shape[1:])
+            out = resized.new_empty(num_entries, *resized.shape[1:])
         out[torch.as_tensor(idx, device=resized.device)] = resized
     return out
 
@@ -172,7 +247,7 @@ class FramePrep:
 
 def make_loader(
     jobs: list[ShardJob],
-    num_frames: int,
+    plan: ViewPlan,
     *,
     num_workers: int,
     gpu_share: float = 0.0,
@@ -190,7 +265,7 @@ def make_loader(
     workers = min(loader_workers(num_workers, TEACHER_RESERVE), len(jobs))
     pooled = prep is not None and keeper is not None and shard_bytes > 0 and workers > 0
     memory = keeper.memory(workers * _PREFETCH + 4, shard_bytes) if pooled else None
-    dataset = ShardFrames(jobs, num_frames, gpu_share=gpu_share, memory=memory)
+    dataset = ShardFrames(jobs, plan, gpu_share=gpu_share, memory=memory)
     loader = worker_loader(
         dataset,
         workers=workers,
@@ -204,13 +279,19 @@ def make_loader(
 
 
 def frames_on_device(item: ShardItem, size: int, device: torch.device) -> torch.Tensor:
-    """uint8 [V, F, 3, size, size] on `device`; JPEGs are decoded there when the worker left them raw."""
+    """uint8 [E, F, 3, size, size] on `device`, one clip per entry (video-major), flipped where its view is;
+    JPEGs are decoded there when the worker left them raw."""
     if not item.rows:
         return torch.empty(0, 0, 3, size, size, dtype=torch.uint8, device=device)
     if isinstance(item, ShardCrops):
         groups = [(idx, crops.to(device, non_blocking=True)) for idx, crops in item.groups]
     else:
-        images = decode([j for video in item.jpegs for j in video], device)
-        per = len(item.jpegs[0])
-        groups = group_squares([[square_crop(f) for f in images[i : i + per]] for i in range(0, len(images), per)])
-    return resize_groups(groups, len(item.rows), size)
+        images = iter(decode([j for video in item.jpegs for j in video], device))
+        videos = [[next(images) for _ in video] for video in item.jpegs]
+        groups = group_crops(cut_views(videos, item.entries))
+    frames = resize_groups(groups, len(item.flips), size)
+    flipped = [i for i, f in enumerate(item.flips) if f]
+    if flipped:
+        idx = torch.as_tensor(flipped, device=frames.device)
+        frames[idx] = frames[idx].flip(-1)
+    return frames

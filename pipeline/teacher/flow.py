@@ -28,7 +28,7 @@ class ShardFlow:
     with ShardFlow(loader, prep=prep, writer=writer, store=store, summary=summary) as flow:
         for item, frames in flow:
             ...
-            flow.write(item, [features, logits, frame_features])
+            flow.write(item, {"features": features, "logits": logits, "frame_features": frame_features})
     """
 
     def __init__(self, loader: Iterable, *, prep: FramePrep, writer: ProcessWriter, store: str, summary):
@@ -58,9 +58,9 @@ class ShardFlow:
             self.prep.wait(ready, frames)
             yield item, frames
 
-    def write(self, item: ShardItem, outputs: list[torch.Tensor]) -> None:
-        """Copy `outputs` to the host without waiting, then queue them for the writers."""
-        host = self._host.copy(self._turn, outputs)
+    def write(self, item: ShardItem, outputs: dict[str, torch.Tensor]) -> None:
+        """Copy `outputs` (store array name -> values) to the host without waiting, then queue them for the writers."""
+        host = dict(zip(outputs, self._host.copy(self._turn, list(outputs.values()))))
         self._turn += 1
         t0 = time.monotonic()
         self._handed.put((item, _event(self.device), host))
@@ -73,9 +73,10 @@ class ShardFlow:
         if copied is not None:
             copied.synchronize()  # later shards are queued behind it, so the GPU keeps working
         t1 = time.monotonic()
-        arrays = [t.numpy().copy() for t in outputs]  # the host buffers are reused _LAG + 1 shards later
+        # copies: the host buffers are reused _LAG + 1 shards later; the item's own arrays (its views) go as they are
+        arrays = {name: t.numpy().copy() for name, t in outputs.items()} | item.stored
         j = item.job
-        self.writer.submit(self.store, j.split, j.shard, item.rows, str(j.tar), *arrays)
+        self.writer.submit(self.store, j.split, j.shard, item.rows, str(j.tar), arrays)
         self.summary.wait_gpu_s += t1 - t0
         self.summary.wait_write_s += time.monotonic() - t1
 

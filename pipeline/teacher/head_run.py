@@ -23,6 +23,7 @@ from pipeline.runtime import atomic
 from pipeline.runtime.device import pick_device
 from pipeline.runtime.progress import format_duration
 from pipeline.shards.plan import row_labels
+from pipeline.ssv2.annotations import class_names, flip_pairs, labels_path, load_labels
 from pipeline.teacher import heads as H
 from pipeline.teacher.store import (
     head_array,
@@ -38,12 +39,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SplitRows:
-    """A split's valid rows: their numbers, labels and per-frame features."""
+    """A split's valid rows (videos) and their views: per-frame features and the label each view shows."""
 
-    rows: np.ndarray
-    labels: np.ndarray
-    features: torch.Tensor  # [n, F, D] float16
+    rows: np.ndarray  # [n] row numbers
+    labels: np.ndarray  # [n] the videos' labels
+    views: int  # K views per video
+    features: torch.Tensor  # [n * K, F, D] float16, video-major
+    targets: np.ndarray  # [n * K] each view's label (a flipped view's through the flip map)
     num_rows: int  # all rows of the split (the arrays' length)
+
+    def per_view(self, per_video: np.ndarray) -> np.ndarray:
+        """A per-video array repeated for each of its views."""
+        return np.repeat(per_video, self.views)
 
 
 @dataclass
@@ -68,7 +75,8 @@ def run(cfg: Config) -> HeadSummary:
     _check_complete(cfg, root)
     device = pick_device(hc.device)
     summary = HeadSummary()
-    splits = {split: _read_split(cfg, root, split) for split in cfg.data.splits}
+    pairs = flip_pairs(class_names(load_labels(labels_path(cfg))))
+    splits = {split: _read_split(cfg, root, split, pairs) for split in cfg.data.splits}
     summary.read_seconds = time.monotonic() - start
     if "train" not in splits:
         raise ValueError("teacher_head: data.splits must include train (heads are fitted on it)")
@@ -81,7 +89,7 @@ def run(cfg: Config) -> HeadSummary:
     write_rows(root, "train", "fold", all_folds, fill=-1)
     out_dir = cfg.paths.teacher_heads_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    num_classes = root["train"]["logits"].shape[1]
+    num_classes = root["train"]["logits"].shape[-1]
     atomic.write_text(out_dir / "config.yaml", dump(cfg))
     for name in hc.heads:
         fingerprint = head_fingerprint(cache_fp, H.head_settings(name, hc))
@@ -92,8 +100,8 @@ def run(cfg: Config) -> HeadSummary:
         set_head_record(root, name, None)  # its arrays are about to change: not a finished head until rewritten
         record, logits = _fit_head(name, splits, folds=folds, num_classes=num_classes, cfg=hc, device=device, out_dir=out_dir)
         for split, data in splits.items():
-            full = np.zeros((data.num_rows, num_classes), dtype=np.float32)
-            full[data.rows] = logits[split]
+            full = np.zeros((data.num_rows, data.views, num_classes), dtype=np.float32)
+            full[data.rows] = logits[split].reshape(len(data.rows), data.views, num_classes)
             write_rows(root, split, head_array(name), full)
         record |= {"fingerprint": fingerprint, "cache_fingerprint": cache_fp, "folds_seed": hc.seed}
         set_head_record(root, name, record)  # last: the head counts from here
@@ -114,13 +122,19 @@ def _check_complete(cfg: Config, root: zarr.Group) -> None:
             )
 
 
-def _read_split(cfg: Config, root: zarr.Group, split: str) -> SplitRows:
+def _read_split(cfg: Config, root: zarr.Group, split: str, pairs: dict[int, int]) -> SplitRows:
     group = root[split]
     valid = group["valid"][:]
     rows = np.flatnonzero(valid)
     labels = row_labels(cfg.paths.shards_dir, split)[rows]
-    features = torch.from_numpy(np.ascontiguousarray(group["frame_features"][:][rows]))
-    return SplitRows(rows, labels, features, len(valid))
+    frames = group["frame_features"][:][rows]  # [n, K, F, D]
+    views = frames.shape[1]
+    targets = np.repeat(labels, views)
+    if "view_flip" in group:
+        flipped = group["view_flip"][:][rows].reshape(-1)
+        targets[flipped] = [pairs.get(int(t), int(t)) for t in targets[flipped]]
+    features = torch.from_numpy(np.ascontiguousarray(frames.reshape(-1, *frames.shape[2:])))
+    return SplitRows(rows, labels, views, features, targets, len(valid))
 
 
 def _zero_shot_record(root: zarr.Group, splits: dict[str, SplitRows], cache_fp: str) -> dict:
@@ -128,8 +142,8 @@ def _zero_shot_record(root: zarr.Group, splits: dict[str, SplitRows], cache_fp: 
     record |= {"fingerprint": head_fingerprint(cache_fp, record["settings"]), "cache_fingerprint": cache_fp}
     val = splits.get("validation")
     if val is not None:
-        logits = root["validation"]["logits"][:][val.rows]
-        record |= {"val_top1": H.top_k(logits, val.labels, 1), "val_top5": H.top_k(logits, val.labels, 5)}
+        logits = root["validation"]["logits"][:][val.rows].reshape(len(val.targets), -1)
+        record |= {"val_top1": H.top_k(logits, val.targets, 1), "val_top5": H.top_k(logits, val.targets, 5)}
     return record
 
 
@@ -143,25 +157,29 @@ def _fit_head(
     device: torch.device,
     out_dir: Path,
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """The head's record and its logits per split (train: out of fold), for the split's valid rows."""
+    """The head's record and its logits per split (train: out of fold), for each view of the split's valid rows.
+
+    Folds and the held-out part are drawn per video, so all views of a video fall on the same side.
+    """
     start = time.monotonic()
     train = splits["train"]
     # on the device once: every fit below takes its rows from there
-    x, y = train.features.to(device), torch.from_numpy(train.labels).to(device)
+    x, y = train.features.to(device), torch.from_numpy(train.targets).to(device)
     fit = lambda idx, wd, seed: H.fit(  # noqa: E731
         name, H.FitData(x[idx], y[idx]), num_classes=num_classes, cfg=cfg, weight_decay=wd, seed=seed, device=device
     )
     # the weight decay: fitted on train less a held-out part, judged on that part (never on validation)
-    held = torch.from_numpy(H.holdout_mask(len(y), cfg.holdout, cfg.seed)).to(device)
+    held = torch.from_numpy(train.per_view(H.holdout_mask(len(train.rows), cfg.holdout, cfg.seed))).to(device)
     scores = {}
     for wd in cfg.weight_decays:
         head = fit(torch.nonzero(~held).flatten(), wd, cfg.seed)
-        scores[wd] = H.top_k(H.predict(head, x[held], device=device), train.labels[held.cpu().numpy()], 1)
+        scores[wd] = H.top_k(H.predict(head, x[held], device=device), train.targets[held.cpu().numpy()], 1)
     weight_decay = max(cfg.weight_decays, key=lambda wd: (scores[wd], -wd))
     # out of fold: each training row's logits from the head fitted without its fold
     oof = np.zeros((len(y), num_classes), dtype=np.float32)
+    view_folds = train.per_view(folds)
     for k in range(cfg.folds):
-        mine = folds == k
+        mine = view_folds == k
         rows = torch.from_numpy(mine).to(device)
         head = fit(torch.nonzero(~rows).flatten(), weight_decay, cfg.seed + 1 + k)
         oof[mine] = H.predict(head, x[rows], device=device)
@@ -169,7 +187,7 @@ def _fit_head(
     full = fit(torch.arange(len(y), device=device), weight_decay, cfg.seed)
     weights = out_dir / f"{name}.pt"
     atomic.write_bytes(weights, _state_bytes(full))
-    temperature = H.fit_temperature(oof, train.labels)
+    temperature = H.fit_temperature(oof, train.targets)
     root_logits = {"train": oof}
     for split, data in splits.items():
         if split != "train":
@@ -179,14 +197,14 @@ def _fit_head(
         "weight_decay": weight_decay,
         "holdout_top1": {str(k): v for k, v in scores.items()},
         "temperature": temperature,
-        "oof_top1": H.top_k(oof, train.labels, 1),
+        "oof_top1": H.top_k(oof, train.targets, 1),
         "weights": str(weights),
     }
     if "validation" in splits:
         val = splits["validation"]
         record |= {
-            "val_top1": H.top_k(root_logits["validation"], val.labels, 1),
-            "val_top5": H.top_k(root_logits["validation"], val.labels, 5),
+            "val_top1": H.top_k(root_logits["validation"], val.targets, 1),
+            "val_top5": H.top_k(root_logits["validation"], val.targets, 5),
         }
     record["fit_seconds"] = time.monotonic() - start
     log.info(

@@ -26,9 +26,16 @@ from pipeline.shards.plan import read_index
 from pipeline.ssv2.annotations import class_names, labels_path, load_labels
 from pipeline.ssv2.frames import normalizer
 from pipeline.teacher.clip import Teacher, load_teacher
-from pipeline.teacher.data import FramePrep, ShardJob, make_loader
+from pipeline.teacher.data import FramePrep, ShardJob, ViewPlan, make_loader
 from pipeline.teacher.flow import ShardFlow
-from pipeline.teacher.store import CacheMismatchError, ShardRowsWriter, create_store, expected_attrs, open_checked
+from pipeline.teacher.store import (
+    CacheMismatchError,
+    ShardRowsWriter,
+    check_views,
+    create_store,
+    expected_attrs,
+    open_checked,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,7 @@ class TeacherSummary:
     shards_computed: list[tuple[str, int]] = field(default_factory=list)
     shards_skipped: int = 0
     videos: int = 0
+    views: int = 0  # clips encoded: videos x their views
     frames: int = 0
     seconds: float = 0.0  # the whole task, teacher loading included
     compute_seconds: float = 0.0  # the loop over shards: read, decode, forward, write
@@ -100,7 +108,7 @@ def _compute(
     pools = PoolKeeper() if cfg.experimental.batch_pool else None
     loader = make_loader(
         jobs,
-        cfg.teacher.num_frames,
+        view_plan(cfg),
         num_workers=cfg.teacher.num_workers,
         gpu_share=gpu_share(cfg.teacher, device),
         prep=prep,
@@ -112,14 +120,15 @@ def _compute(
     progress = Progress("teacher shards", len(jobs), cfg.teacher.progress_every_s, log)
     try:
         with ShardFlow(loader, prep=prep, writer=writer, store=str(cfg.paths.teacher_cache), summary=summary) as flow:
-            for item, frames in flow:  # load: uint8 [V, F, 3, S, S] on the device
-                frame_features = encode(frames)  # encode: [V, F, D]
-                features = frame_features.mean(1)  # pool over time: [V, D]
-                logits = teacher.logits(features)  # zero-shot head: [V, C]
-                flow.write(item, [features, logits, frame_features.half()])
+            for item, frames in flow:  # load: uint8 [V x K views, F, 3, S, S] on the device
+                frame_features = encode(frames).unflatten(0, (len(item.rows), item.per_video))  # encode: [V, K, F, D]
+                features = frame_features.mean(2)  # pool over time: [V, K, D]
+                logits = teacher.logits(features)  # zero-shot head: [V, K, C]
+                flow.write(item, {"features": features, "logits": logits, "frame_features": frame_features.half()})
                 summary.shards_computed.append((item.job.split, item.job.shard))
                 summary.videos += len(item.rows)
-                summary.frames += len(item.rows) * cfg.teacher.num_frames
+                summary.views += len(item.rows) * item.per_video
+                summary.frames += len(item.rows) * item.per_video * cfg.teacher.num_frames
                 progress.update()
     finally:
         if pools is not None:
@@ -127,8 +136,15 @@ def _compute(
 
 
 def shard_bytes(cfg: Config) -> int:
-    """Room for one shard's square crops as the shards stage makes them (a larger shard is sent the old way)."""
-    return cfg.shards.videos_per_shard * cfg.teacher.num_frames * 3 * cfg.shards.short_side**2
+    """Room for one shard's crops as the shards stage makes them, every view (a larger shard is sent the old way)."""
+    return cfg.shards.videos_per_shard * cfg.teacher.views * cfg.teacher.num_frames * 3 * cfg.shards.short_side**2
+
+
+def view_plan(cfg: Config) -> ViewPlan:
+    """The views the teacher encodes: the training views of `teacher.views`, the centre view elsewhere."""
+    check_views(cfg)
+    t = cfg.teacher
+    return ViewPlan(t.num_frames, count=t.views, seed=t.view_seed, clip_frames=cfg.student.num_frames, flip=cfg.train.flip)
 
 
 def gpu_share(cfg: TeacherConfig, device: torch.device) -> float:
@@ -148,6 +164,8 @@ def make_encoder(teacher: Teacher, cfg: TeacherConfig, device: torch.device) -> 
             return teacher.encode_frames(norm(flat))
 
     batch = cfg.batch_videos * cfg.num_frames
+    if device.type == "cuda" and cfg.compile:
+        forward = torch.compile(forward, dynamic=False)  # compiled on the graph's warm-up calls, then captured
     step = forward
     if device.type == "cuda" and cfg.cuda_graphs:
         size = teacher.image_size
@@ -156,7 +174,7 @@ def make_encoder(teacher: Teacher, cfg: TeacherConfig, device: torch.device) -> 
     def encode(frames: torch.Tensor) -> torch.Tensor:
         v, f = frames.shape[:2]
         if v == 0:
-            return torch.zeros(0, cfg.num_frames, teacher.classifier.shape[1], device=device)
+            return torch.zeros(0, cfg.num_frames, teacher.dim, device=device)
         flat = frames.flatten(0, 1)
         out = torch.cat([step(flat[i : i + batch]) for i in range(0, flat.shape[0], batch)])
         return out.view(v, f, -1)
@@ -177,8 +195,7 @@ def _open_store(cfg: Config, teacher: Teacher, names: list[str]) -> zarr.Group:
             "mean": list(teacher.mean),
             "std": list(teacher.std),
         }
-        dim = int(teacher.classifier.shape[1])
-        create_store(path, {**attrs, **extra}, dim, len(names), cfg.teacher.num_frames)
+        create_store(cfg, {**attrs, **extra}, dim=teacher.dim, num_classes=len(names))
     root = open_checked(cfg, mode="r+")
     if root.attrs.get("weights_sha256") != teacher.weights_sha256:
         raise CacheMismatchError(
@@ -224,7 +241,8 @@ def _summary_paragraph(s: TeacherSummary, task_id: int, num_tasks: int, cfg: Con
     )
     return (
         f"Teacher cache task {task_id}/{num_tasks} finished in {format_duration(s.seconds)}: computed "
-        f"{len(s.shards_computed)} shards and skipped {s.shards_skipped} already done; {s.videos} videos, "
+        f"{len(s.shards_computed)} shards and skipped {s.shards_skipped} already done; {s.videos} videos "
+        f"({s.views} views), "
         f"{s.frames} frames ({rate:.0f} frames/s over the shards{steady}{waits}) with {cfg.teacher.model} "
         f"({cfg.teacher.pretrained}) into {cfg.paths.teacher_cache}."
     )

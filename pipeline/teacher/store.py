@@ -4,12 +4,17 @@ Row r of a split belongs to shard r // videos_per_shard, and every array is chun
 shard's rows are exactly one chunk: array tasks working on different shards never share a chunk.
 `done[s]` (its own chunk per shard) is set only after shard s's rows are written.
 
-    <split>/features        [N, D]     float32  mean over frames of the per-frame embeddings
-    <split>/logits          [N, C]     float32  zero-shot logits (scale * cosine to class prompts)
-    <split>/frame_features  [N, F, D]  float16  per-frame embeddings
-    <split>/ids             [N]        str      planned video id of every row ("" past the end)
-    <split>/valid           [N]        bool     the row holds a video's outputs
-    <split>/done            [S]        bool     shard s is complete
+    <split>/features        [N, V, D]     float32  per view, the mean over frames of the per-frame embeddings
+    <split>/logits          [N, V, C]     float32  per view, zero-shot logits (scale * cosine to class prompts)
+    <split>/frame_features  [N, V, F, D]  float16  per view, per-frame embeddings
+    <split>/ids             [N]           str      planned video id of every row ("" past the end)
+    <split>/valid           [N]           bool     the row holds a video's outputs
+    <split>/done            [S]           bool     shard s is complete
+    train/view_frames       [N, V, T]     int32    with teacher.views > 1: each view's frames (the student's T)
+    train/view_box          [N, V, 4]     int32    ... its crop box (top, left, height, width) in stored pixels
+    train/view_flip         [N, V]        bool     ... whether it is flipped
+
+V is `teacher.views` for train and 1 (the centre view) for every other split and for views=1.
 """
 
 from __future__ import annotations
@@ -26,25 +31,57 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.config import Config, TeacherConfig
+from pipeline.config import Config
 from pipeline.shards.plan import manifest_path, read_index, read_manifest
+from pipeline.ssv2 import views as V
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a view axis on every output array
 
 
 class CacheMismatchError(RuntimeError):
     """The cache was built from other shards or another teacher; the message says what differs."""
 
 
-def teacher_fingerprint(cfg: TeacherConfig) -> dict[str, Any]:
-    """The teacher settings a consumer can check without loading the teacher."""
+def teacher_fingerprint(cfg: Config) -> dict[str, Any]:
+    """The teacher settings a consumer can check without loading the teacher, its training views included."""
+    t = cfg.teacher
     return {
-        "model": cfg.model,
-        "pretrained": cfg.pretrained,
-        "num_frames": cfg.num_frames,
-        "prompts": list(cfg.prompts),
-        "preprocess": "frames at segment centres; centred square crop, bicubic antialiased resize, CLIP mean/std",
+        "model": t.model,
+        "pretrained": t.pretrained,
+        "num_frames": t.num_frames,
+        "prompts": list(t.prompts),
+        "preprocess": "crop box (centred square, or the view's), bicubic antialiased resize, the model's mean/std",
+        "views": views_fingerprint(cfg),
     }
+
+
+def views_fingerprint(cfg: Config) -> dict[str, Any]:
+    """What the training views were drawn with; training refuses a cache whose views differ."""
+    if cfg.teacher.views == 1:
+        return {"count": 1, "view": "centre"}
+    return {
+        "count": cfg.teacher.views,
+        "seed": cfg.teacher.view_seed,
+        "clip_frames": cfg.student.num_frames,
+        "flip": cfg.train.flip,
+        "sampler": V.SAMPLER,
+    }
+
+
+def split_views(cfg: Config, split: str) -> int:
+    """Views per video stored for `split`: teacher.views for train, 1 elsewhere."""
+    return cfg.teacher.views if split == "train" else 1
+
+
+def check_views(cfg: Config) -> None:
+    """Refuse view settings that cannot be built."""
+    if cfg.teacher.views < 1:
+        raise ValueError(f"teacher.views={cfg.teacher.views}: at least 1 (1 is the centre view alone)")
+    if cfg.teacher.views > 1 and cfg.teacher.num_frames > cfg.student.num_frames:
+        raise ValueError(
+            f"teacher.num_frames={cfg.teacher.num_frames} exceeds student.num_frames={cfg.student.num_frames}: with "
+            "teacher.views > 1 the teacher encodes a subset of each view's frames; lower teacher.num_frames"
+        )
 
 
 def shards_fingerprint(cfg: Config, split: str) -> dict[str, Any]:
@@ -61,7 +98,7 @@ def shards_fingerprint(cfg: Config, split: str) -> dict[str, Any]:
 def expected_attrs(cfg: Config) -> dict[str, Any]:
     """The store attributes that must match for the cache to be trusted."""
     splits = {split: shards_fingerprint(cfg, split) for split in cfg.data.splits}
-    return {"format_version": FORMAT_VERSION, "teacher": teacher_fingerprint(cfg.teacher), "splits": splits}
+    return {"format_version": FORMAT_VERSION, "teacher": teacher_fingerprint(cfg), "splits": splits}
 
 
 def digest(obj: Any) -> str:
@@ -69,20 +106,31 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def create_store(path: Path, attrs: dict[str, Any], dim: int, num_classes: int, num_frames: int) -> None:
-    """Create the empty store atomically: built under a temporary name, renamed into place."""
-    path = Path(path)
+def create_store(cfg: Config, attrs: dict[str, Any], *, dim: int, num_classes: int, path: Path | None = None) -> None:
+    """Create the empty store at `path` (default `paths.teacher_cache`) atomically: built under a temporary
+    name, renamed into place."""
+    path = Path(path or cfg.paths.teacher_cache)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     root = zarr.open_group(tmp, mode="w")
+    frames = cfg.teacher.num_frames
     for split, fp in attrs["splits"].items():
-        n, per = fp["num_rows"], fp["videos_per_shard"]
+        n, per, k = fp["num_rows"], fp["videos_per_shard"], split_views(cfg, split)
         g = root.create_group(split)
-        g.create_array("features", shape=(n, dim), chunks=(per, dim), dtype="float32", fill_value=0.0)
-        g.create_array("logits", shape=(n, num_classes), chunks=(per, num_classes), dtype="float32", fill_value=0.0)
-        g.create_array(
-            "frame_features", shape=(n, num_frames, dim), chunks=(per, num_frames, dim), dtype="float16", fill_value=0.0
-        )
+        arrays = {
+            "features": ((k, dim), "float32"),
+            "logits": ((k, num_classes), "float32"),
+            "frame_features": ((k, frames, dim), "float16"),
+        }
+        if k > 1:
+            arrays |= {
+                "view_frames": ((k, cfg.student.num_frames), "int32"),
+                "view_box": ((k, 4), "int32"),
+                "view_flip": ((k,), "bool"),
+            }
+        for name, (shape, dtype) in arrays.items():
+            fill = False if dtype == "bool" else 0
+            g.create_array(name, shape=(n, *shape), chunks=(per, *shape), dtype=dtype, fill_value=fill)
         g.create_array("ids", shape=(n,), chunks=(per,), dtype=str, fill_value="")
         g.create_array("valid", shape=(n,), chunks=(per,), dtype=bool, fill_value=False)
         g.create_array("done", shape=(len(fp["shards"]),), chunks=(1,), dtype=bool, fill_value=False)
@@ -139,23 +187,24 @@ class ShardRows:
     """The cached teacher outputs of one shard's rows (one chunk of each array)."""
 
     first_row: int
-    features: np.ndarray
-    logits: np.ndarray
+    features: np.ndarray  # [per, V, D]
+    logits: np.ndarray  # [per, V, C]
     valid: np.ndarray
     ids: np.ndarray
+    views: dict[str, np.ndarray]  # view_frames, view_box, view_flip when the split has training views
 
-    def get(self, row: int, video_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """(feature, logits) of `row`; refuses invalid rows and rows of another video."""
+    def check(self, row: int, video_id: str) -> int:
+        """`row`'s position in the chunk; refuses invalid rows and rows of another video."""
         i = row - self.first_row
         if not self.valid[i]:
             raise KeyError(f"teacher cache row {row} (video {video_id}) is not valid: the video was rejected or never cached")
         if self.ids[i] != video_id:
             raise CacheMismatchError(f"teacher cache row {row} holds video {self.ids[i]}, not {video_id}")
-        return self.features[i], self.logits[i]
+        return i
 
 
 class CacheReader:
-    """O(1) lookup of a video's teacher outputs from its shard record's `row`, one chunk per shard.
+    """O(1) lookup of a video's teacher outputs (per view) from its shard record's `row`, one chunk per shard.
 
     A training loader's shuffle buffer mixes the samples of several shards, so the last
     `keep_shards` shards' rows are kept: re-reading the chunks at every switch of shard cost the CPU
@@ -166,8 +215,10 @@ class CacheReader:
         group = root[split]
         # metadata read once; `logits` names the teacher head's array (head_array), divided by its temperature
         self.arrays = {name: group[name] for name in ("features", "valid", "ids")} | {"logits": group[logits]}
+        self.view_arrays = {name: group[name] for name in VIEW_ARRAYS if name in group}
         self.temperature = temperature
         self.per = self.arrays["features"].chunks[0]
+        self.views = self.arrays["features"].shape[1]
         self.keep = keep_shards
         self._rows: OrderedDict[int, ShardRows] = OrderedDict()
 
@@ -179,7 +230,8 @@ class CacheReader:
         sl = slice(shard * self.per, (shard + 1) * self.per)
         a = self.arrays
         logits = a["logits"][sl] / np.float32(self.temperature)
-        rows = ShardRows(shard * self.per, a["features"][sl], logits, a["valid"][sl], a["ids"][sl])
+        views = {name: array[sl] for name, array in self.view_arrays.items()}
+        rows = ShardRows(shard * self.per, a["features"][sl], logits, a["valid"][sl], a["ids"][sl], views)
         self._rows[shard] = rows
         if len(self._rows) > self.keep:
             self._rows.popitem(last=False)
@@ -190,9 +242,20 @@ class CacheReader:
         """The shards whose rows are kept, least recently used first."""
         return list(self._rows)
 
-    def get(self, row: int, video_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """(feature [D], logits [C]) of the video at `row`."""
-        return self.shard_rows(row // self.per).get(row, video_id)
+    def get(self, row: int, video_id: str, view: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(feature [D], logits [C]) of view `view` of the video at `row`."""
+        rows = self.shard_rows(row // self.per)
+        i = rows.check(row, video_id)
+        return rows.features[i, view], rows.logits[i, view]
+
+    def view(self, row: int, video_id: str, view: int) -> V.View:
+        """The frames, crop box and flip of view `view` of the video at `row` (a split with training views)."""
+        rows = self.shard_rows(row // self.per)
+        i = rows.check(row, video_id)
+        return V.view_from_arrays(*(rows.views[name][i, view] for name in VIEW_ARRAYS))
+
+
+VIEW_ARRAYS = ("view_frames", "view_box", "view_flip")
 
 
 class ShardRowsWriter:
@@ -210,8 +273,8 @@ class ShardRowsWriter:
             self._arrays[(store, split)] = {name: group[name] for name in group.array_keys()}
         return self._arrays[(store, split)]
 
-    def write(self, store: str, split: str, shard: int, rows: list[int], tar: str, features, logits, frame_features) -> None:
-        """Write one shard's rows (one chunk per array), then its done flag."""
+    def write(self, store: str, split: str, shard: int, rows: list[int], tar: str, outputs: dict[str, np.ndarray]) -> None:
+        """Write one shard's rows (one chunk per array named in `outputs`, first axis the shard's videos), then its done flag."""
         group = self._open(store, split)
         per = group["features"].chunks[0]
         first = shard * per
@@ -220,7 +283,7 @@ class ShardRowsWriter:
         ids = np.full(per, "", dtype=object)
         ids[: len(planned)] = planned
         sl = slice(first, first + per)
-        for name, values in (("features", features), ("logits", logits), ("frame_features", frame_features)):
+        for name, values in outputs.items():
             array = group[name]
             block = np.zeros((per, *array.shape[1:]), dtype=array.dtype)
             if len(pos):
@@ -233,7 +296,7 @@ class ShardRowsWriter:
         group["done"][shard] = True  # last: the shard counts only once all its rows are in
 
 
-# Teacher heads (pipeline/teacher/heads.py) in the store: `<split>/heads/<name>/logits` [N, C] float32,
+# Teacher heads (pipeline/teacher/heads.py) in the store: `<split>/heads/<name>/logits` [N, V, C] float32,
 # chunked one shard per chunk like the rest; `train/fold` [N] int8, each training row's fold (-1: none);
 # and one record per head in the root attribute "heads", written last (a head counts once it is there).
 
