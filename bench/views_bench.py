@@ -112,8 +112,12 @@ def main() -> None:
             cfg.teacher.views, cfg.teacher.compile = views, bool(compiled)
             cfg.paths.run_dir = str(work / "run")
             t0 = time.perf_counter()
-            forward = forward_rate(cfg, iters=30 if cuda else 3)
-            summary = end_to_end(cfg)
+            try:
+                forward = forward_rate(cfg, iters=30 if cuda else 3)
+                summary = end_to_end(cfg)
+            except Exception as e:  # one setting failing (a compile, say) must not lose the others' figures
+                print(f"views {views}, compile {compiled}: failed: {type(e).__name__}: {str(e)[:500]}", flush=True)
+                continue
             store = work / f"store-k{views}-c{compiled}.zarr"
             shutil.rmtree(store, ignore_errors=True)
             shutil.move(cfg.paths.teacher_cache, store)
