@@ -135,9 +135,16 @@ def _compute(
             pools.close()
 
 
+# Training views crop 0.69 of the short side's square on average (views.SCALES); slots sized for all
+# of it would double the page-locked pool, so they take 0.75 and a rarer larger shard's last crops
+# travel in a segment of their own.
+_VIEW_AREA = 0.75
+
+
 def shard_bytes(cfg: Config) -> int:
-    """Room for one shard's crops as the shards stage makes them, every view (a larger shard is sent the old way)."""
-    return cfg.shards.videos_per_shard * cfg.teacher.views * cfg.teacher.num_frames * 3 * cfg.shards.short_side**2
+    """Room for one shard's crops as the shards stage makes them, every view (what does not fit is sent the old way)."""
+    square = cfg.shards.videos_per_shard * cfg.teacher.num_frames * 3 * cfg.shards.short_side**2
+    return square if cfg.teacher.views == 1 else int(square * cfg.teacher.views * _VIEW_AREA)
 
 
 def view_plan(cfg: Config) -> ViewPlan:
