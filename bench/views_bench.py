@@ -88,12 +88,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=-1)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--pool-gib", type=float, default=None, help="the teacher pool's size limit (default: the stage's)")
     args = parser.parse_args()
-    if args.pool_gib is not None:
-        from pipeline.teacher import data as teacher_data
-
-        teacher_data._POOL_BYTES = int(args.pool_gib * (1 << 30))
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pipeline.accel").setLevel(logging.INFO)  # the loader pool's size and page-locking time
     work = args.work or Path(tempfile.mkdtemp(prefix="views_bench_"))

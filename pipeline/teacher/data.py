@@ -245,17 +245,6 @@ class FramePrep:
             frames.record_stream(current)  # made on the side stream, used on this one
 
 
-# The page-locked pool's size limit: shards with K views are K times larger, and every slot is
-# page-locked memory counted against the task's memory (docs/benchmarks.md, views).
-_POOL_BYTES = 8 << 30
-
-
-def pool_slots(workers: int, shard_bytes: int) -> int:
-    """Slots for the pool: every worker's ready shards and a few in flight, within _POOL_BYTES (never
-    fewer than one per worker and two in flight)."""
-    return max(workers + 2, min(workers * _PREFETCH + 4, _POOL_BYTES // shard_bytes))
-
-
 def make_loader(
     jobs: list[ShardJob],
     plan: ViewPlan,
@@ -275,7 +264,9 @@ def make_loader(
     """
     workers = min(loader_workers(num_workers, TEACHER_RESERVE), len(jobs))
     pooled = prep is not None and keeper is not None and shard_bytes > 0 and workers > 0
-    memory = keeper.memory(pool_slots(workers, shard_bytes), shard_bytes) if pooled else None
+    # every item a worker may hold ready, plus a few in flight: fewer slots deadlock, since the
+    # loader hands items over in order and a worker waiting for a slot may hold the next one
+    memory = keeper.memory(workers * _PREFETCH + 4, shard_bytes) if pooled else None
     dataset = ShardFrames(jobs, plan, gpu_share=gpu_share, memory=memory)
     loader = worker_loader(
         dataset,
