@@ -87,20 +87,21 @@ class PooledLoader:
 
     def __iter__(self) -> Iterator[Any]:
         pool, cuda = self.memory.pool, self.device.type == "cuda"
-        if cuda and not pool.pinned:
-            start = time.monotonic()
-            pool.pin()
-            log.info(
-                "page-locked a loader pool of %d slots x %.0f MB in %.1f s",
-                pool.slots,
-                pool.slot_bytes / 2**20,
-                time.monotonic() - start,
-            )
         self.memory.refill()
         returner = SlotReturner(self.memory.free) if cuda else None
         copies = (self.stream or torch.cuda.Stream(self.device)) if cuda else None
         it = iter(self.loader)  # forks the workers, which inherit the memory
         try:
+            if cuda and not pool.pinned:
+                # while the workers make their first batches: page-locking a large pool takes seconds
+                start = time.monotonic()
+                pool.pin()
+                log.info(
+                    "page-locked a loader pool of %d slots x %.0f MB in %.1f s",
+                    pool.slots,
+                    pool.slot_bytes / 2**20,
+                    time.monotonic() - start,
+                )
             for got in it:
                 yield self._to_device(got, copies, returner) if cuda else self._copied_out(got)
         finally:
