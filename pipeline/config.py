@@ -118,9 +118,10 @@ class StudentConfig:
     arch: str = "tsm_r50"  # tsm_r50, mobilevit_xxs; tsm_tiny for tests and smoke runs
     pretrained: str = ""  # "" (random), a local checkpoint file, or "imagenet" (downloads: needs internet)
     image_size: int = 224
-    num_frames: int = 16  # T segments per clip while training
+    num_frames: int = 16  # T segments per clip while training (the highest of train.frame_counts)
     feature_dim: int = 512  # the video feature distilled towards the teacher's
     dropout: float = 0.5
+    temporal: Literal["attention", "attention_pos", "shift"] = "attention"  # mobilevit_xxs: how it sees time
 
 
 @dataclass
@@ -156,6 +157,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 500  # latest.pt also at every epoch end
     log_every_steps: int = 50
     eval_frame_counts: list[int] = field(default_factory=lambda: [4, 8, 16])
+    frame_counts: list[int] = field(default_factory=list)  # FFN: e.g. [4, 8, 16]; empty: student.num_frames alone
+    ffn_lambda: float = 1.0  # FFN: weight of KL(highest count's prediction || each lower count's)
     max_steps: int = 0  # stop after this many steps in total (0: train all epochs)
     channels_last: bool = True  # CUDA: NHWC convolutions, faster for both students (docs/benchmarks.md)
     compile: bool = False  # CUDA: torch.compile the student (faster again; not yet validated under multi-GPU DDP)

@@ -255,3 +255,33 @@ def test_the_linear_head_is_blind_to_order_and_the_temporal_head_is_not():
         head = H.build_head(name, dim=16, num_classes=5, frames=8, cfg=cfg).eval()
         same = torch.allclose(head(x), head(x.flip(1)), atol=1e-6)
         assert same == blind, name
+
+
+@pytest.mark.parametrize("positions", [False, True])
+def test_the_students_position_head_learns_direction_where_the_seeds_head_cannot(fitted, positions):
+    # MobileViT-XXS's two heads (student.temporal attention / attention_pos) trained on the same
+    # per-frame features of the synthetic set's time-reversed pairs: the stand-in teacher's (a
+    # from-scratch MobileViT learns too slowly on a CPU for a test; docs/frame_flexible.md)
+    from pipeline.student.models.mobilevit import TemporalAttentionHead
+
+    cfg, _ = fitted
+    group = zarr.open_group(cfg.paths.teacher_cache, mode="r")
+    data = {}
+    for split in ("train", "validation"):
+        rows = np.flatnonzero(group[split]["valid"][:])
+        x = torch.from_numpy(group[split]["frame_features"][:][rows, 0]).float()  # [n, F, D]: the centre view
+        y = torch.from_numpy(row_labels(cfg.paths.shards_dir, split)[rows]).long()
+        data[split] = (x, y)
+    torch.manual_seed(0)
+    head = TemporalAttentionHead(x.shape[-1], 64, 174, 0.0, positions=positions)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
+    x, y = data["train"]
+    for _ in range(300):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(head(x).logits, y).backward()
+        optimizer.step()
+    x, y = data["validation"]
+    with torch.no_grad():
+        top1 = (head(x).logits.argmax(1) == y).float().mean().item()
+    # two pairs of reversed classes: a head blind to order is at best 0.5
+    assert (top1 >= 0.75) if positions else (top1 <= 0.6), top1

@@ -84,13 +84,15 @@ def throughput(train: list[dict], path: Path) -> str:
     return _save(fig, path)
 
 
-def frame_counts(results: dict[str, dict], trained: int, path: Path) -> str:
-    """Top-1 at each evaluated frame count, the trained one marked."""
+def frame_counts(results: dict[str, dict], trained: list[int], path: Path) -> str:
+    """Top-1 at each evaluated frame count, the trained ones marked."""
     counts = sorted(int(k) for k in results)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(counts, [results[str(c)]["top1"] for c in counts], "o-", label="validation top-1")
     ax.plot(counts, [results[str(c)]["top5"] for c in counts], "s--", label="validation top-5")
-    ax.axvline(trained, color="grey", linestyle=":", label=f"trained at {trained} frames")
+    for i, count in enumerate(trained):
+        label = f"trained at {', '.join(map(str, trained))} frames" if i == 0 else None
+        ax.axvline(count, color="grey", linestyle=":", label=label)
     ax.set(
         title="Accuracy by frames per clip",
         xlabel="frames per clip at evaluation",

@@ -158,10 +158,17 @@ def _training_section(training: TrainFacts | None, cfg: Config, folder: Path) ->
         lines.append("Missing: no frame-count evaluation yet (written when training finishes).\n")
     else:
         counts = training.frame_counts
-        trained = counts["trained_num_frames"]
+        trained = counts.get("trained_counts", [counts["trained_num_frames"]])
+        if len(trained) > 1:
+            lines.append(
+                f"Trained frame-flexibly (FFN) at {', '.join(map(str, trained))} frames: each count has its own "
+                "norms and alterations; other counts use the nearest trained one's.\n"
+            )
+        else:
+            lines.append(f"Trained at {trained[0]} frames only.\n")
         lines += ["| frames | top-1 | top-5 |", "| --- | --- | --- |"]
         for k, r in sorted(counts["results"].items(), key=lambda kv: int(kv[0])):
-            mark = " (trained)" if int(k) == trained else ""
+            mark = " (trained)" if int(k) in trained else ""
             lines.append(f"| {k}{mark} | {r['top1']:.4f} | {r['top5']:.4f} |")
         lines.append(f"\n![frame counts]({plots.frame_counts(counts['results'], trained, folder / 'frame_counts.png')})\n")
     return "\n".join(lines)

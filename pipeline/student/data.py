@@ -26,7 +26,7 @@ import webdataset as wds
 import zarr
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline.accel.batch_pool import BatchMemory, SegmentMemory
+from pipeline.accel.batch_pool import BatchMemory, SegmentMemory, map_tensors
 from pipeline.accel.pool_loader import PooledLoader, PoolKeeper, worker_loader
 from pipeline.accel.shm import empty_for_handover
 from pipeline.config import Config
@@ -36,7 +36,7 @@ from pipeline.shards.plan import read_index
 from pipeline.ssv2.frames import channels_last_empty, decode, stack_channels_last
 from pipeline.ssv2.records import select_frames
 from pipeline.ssv2.sampling import segment_centres, segment_random
-from pipeline.ssv2.views import View, crop_box, replay_view
+from pipeline.ssv2.views import View, crop_box, replay_view, teacher_subset
 from pipeline.teacher.heads import HeadChoice
 from pipeline.teacher.store import CacheMismatchError, CacheReader
 
@@ -50,11 +50,11 @@ class ClipBatch:
     teacher_feature: torch.Tensor | None
     teacher_logits: torch.Tensor | None
     ids: list[str]
+    lower: tuple[torch.Tensor, ...] = ()  # FFN training: the same videos at the lower frame counts, ascending
 
     def pin_memory(self) -> "ClipBatch":
         """Pinned copies, for asynchronous host-to-device transfer."""
-        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
-        return ClipBatch(pin(self.clips), pin(self.labels), pin(self.teacher_feature), pin(self.teacher_logits), self.ids)
+        return map_tensors(self, lambda t: t.pin_memory())
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class ClipSpec:
     batch_size: int
     train: bool
     flip: bool = False
+    lower_counts: tuple[int, ...] = ()  # FFN training: the lower frame counts, ascending (num_frames is the highest)
     shuffle_buffer: int = 256
     seed: int = 0
     epoch: int = 0
@@ -154,47 +155,77 @@ class ShardClips(IterableDataset):
         spec, cache = self.spec, self.source.cache
         record = json.loads(sample["json"])
         label, view = record["label"], 0
-        if spec.train and cache is not None and cache.views > 1:
-            # replay: exactly the frames, crop and flip the teacher saw for this epoch's view
-            view = replay_view(spec.seed, record["row"], spec.epoch, cache.views)
-            frames, flipped = self.replayed_crop(sample, record, view)
-            frames = TF.resize(frames, [spec.image_size, spec.image_size], antialias=True)
-        elif spec.train:
-            rng = np.random.default_rng([spec.seed, spec.epoch, self.source.rank, worker, index])
-            picks = segment_random(record["num_frames"], spec.num_frames, rng)
-            frames = multiscale_crop(decode(select_frames(record, sample["jpgs"], picks)), spec.image_size, rng)
-            flipped = spec.flip and rng.random() < 0.5
-        else:
+        if not spec.train:
             picks = segment_centres(record["num_frames"], spec.num_frames)
-            frames = centre_crop(stack_channels_last(decode(select_frames(record, sample["jpgs"], picks))), spec.image_size)
-            flipped = False
+            frames = decode(select_frames(record, sample["jpgs"], picks))
+            clips, flipped = [centre_crop(stack_channels_last(frames), spec.image_size)], False
+        else:
+            if cache is not None and cache.views > 1:
+                # replay: exactly the frames, crop and flip the teacher saw for this epoch's view
+                view = replay_view(spec.seed, record["row"], spec.epoch, cache.views)
+                picks, box, flipped = self._replayed(record, view)
+            else:
+                picks, box, flipped = self._drawn(record, worker, index)
+            size = [spec.image_size, spec.image_size]
+            clips = [TF.resize(crop, size, antialias=True) for crop in cut_clips(sample, record, picks, box)]
         if flipped:
-            frames, label = frames.flip(-1), self.source.flip_pairs.get(label, label)
+            clips, label = [c.flip(-1) for c in clips], self.source.flip_pairs.get(label, label)
         feature = logits = None
         if cache is not None:
             feature, logits = cache.get(record["row"], record["id"], view)
-        return frames, label, feature, logits, record["id"]
+        return clips[0], label, feature, logits, record["id"], tuple(clips[1:])
 
-    def replayed_crop(self, sample: dict, record: dict, view: int) -> tuple[torch.Tensor, bool]:
-        """View `view` of a training video as stored with the teacher's outputs: its frames cut to
-        the view's box, before any resize ([T, 3, h, w], channels last), and whether it is flipped."""
+    def _drawn(self, record: dict, worker: int, index: int) -> tuple[list[list[int]], tuple, bool]:
+        """A fresh training clip: a random frame per segment at every trained count (drawn
+        independently, as FFN does), one multi-scale crop box and one flip for all of them."""
+        spec = self.spec
+        rng = np.random.default_rng([spec.seed, spec.epoch, self.source.rank, worker, index])
+        n = record["num_frames"]
+        picks = [segment_random(n, spec.num_frames, rng)]
+        box = crop_box(record["height"], record["width"], rng)
+        flipped = spec.flip and rng.random() < 0.5
+        picks += [segment_random(n, count, rng) for count in spec.lower_counts]
+        return picks, box, bool(flipped)
+
+    def _replayed(self, record: dict, view: int) -> tuple[list[list[int]], tuple, bool]:
+        """A stored view's frames (lower counts: evenly spaced subsets of them), box and flip."""
         v = self.source.cache.view(record["row"], record["id"], view)
         if len(v.frames) != self.spec.num_frames:
             raise CacheMismatchError(
                 f"the teacher cache's views have {len(v.frames)} frames, the student trains on {self.spec.num_frames}: "
                 "rebuild the cache (make teacher-cache) with this student.num_frames"
             )
-        top, left, h, w = v.box
-        frames = decode(select_frames(record, sample["jpgs"], v.frames))
-        return stack_channels_last([f[..., top : top + h, left : left + w] for f in frames]), v.flip
+        picks = [list(v.frames)] + [list(teacher_subset(v.frames, count)) for count in self.spec.lower_counts]
+        return picks, v.box, v.flip
+
+    def replayed_crop(self, sample: dict, record: dict, view: int) -> tuple[torch.Tensor, bool]:
+        """View `view` of a training video as stored with the teacher's outputs: its frames cut to
+        the view's box, before any resize ([T, 3, h, w], channels last), and whether it is flipped."""
+        picks, box, flipped = self._replayed(record, view)
+        return cut_clips(sample, record, picks[:1], box)[0], flipped
+
+
+def cut_clips(sample: dict, record: dict, picks: list[list[int]], box: tuple[int, int, int, int]) -> list[torch.Tensor]:
+    """Per frame list in `picks`, its frames cut to `box` ([T, 3, h, w], channels last); every
+    frame is decoded once however many lists hold it."""
+    union = sorted(set().union(*picks))
+    decoded = dict(zip(union, decode(select_frames(record, sample["jpgs"], union))))
+    top, left, h, w = box
+    return [stack_channels_last([decoded[i][..., top : top + h, left : left + w] for i in p]) for p in picks]
 
 
 def collate(items: list[tuple], make=empty_for_handover) -> ClipBatch:
-    """Stack clips (channels last in memory, like the clips), labels and (when present) teacher outputs,
-    each into a tensor from `make(shape, dtype)`."""
-    frames, labels, features, logits, ids = zip(*items)
-    clips = stack_channels_last(frames, out=channels_last_empty((len(frames), *frames[0].shape), make))
-    return ClipBatch(clips, _stacked(labels, make), _stacked(features, make), _stacked(logits, make), list(ids))
+    """Stack clips (channels last in memory, like the clips; lower frame counts each on their own),
+    labels and (when present) teacher outputs, each into a tensor from `make(shape, dtype)`."""
+    frames, labels, features, logits, ids, *lower = zip(*items)
+
+    def stack(clips):
+        return stack_channels_last(clips, out=channels_last_empty((len(clips), *clips[0].shape), make))
+
+    per_count = tuple(stack(clips) for clips in zip(*lower[0])) if lower else ()
+    return ClipBatch(
+        stack(frames), _stacked(labels, make), _stacked(features, make), _stacked(logits, make), list(ids), per_count
+    )
 
 
 def _stacked(values: Sequence, make) -> torch.Tensor | None:
@@ -206,7 +237,8 @@ def _stacked(values: Sequence, make) -> torch.Tensor | None:
 
 
 def multiscale_crop(frames: Sequence[torch.Tensor], size: int, rng: np.random.Generator) -> torch.Tensor:
-    """TSN multi-scale crop of [3, H, W] frames, resized; [T, 3, size, size] out, channels last in memory."""
+    """TSN multi-scale crop of [3, H, W] frames, resized; [T, 3, size, size] out, channels last in memory
+    (the loader's crop, `cut_clips` then resize, for a list of decoded frames)."""
     top, left, ch, cw = crop_box(*frames[0].shape[-2:], rng)
     # only the crops are stacked: resizing a crop view of whole frames copies it first, slower
     crop = stack_channels_last([f[..., top : top + ch, left : left + cw] for f in frames])
@@ -287,8 +319,9 @@ def make_loader(source: ClipSource, *, workers: int, device: torch.device, keepe
 
 
 def batch_bytes(spec: ClipSpec) -> int:
-    """Room for one batch: its uint8 clips, plus labels and teacher outputs (a generous 16 KiB a clip)."""
-    return spec.batch_size * (spec.num_frames * 3 * spec.image_size**2 + 16 * 1024)
+    """Room for one batch: its uint8 clips at every count, plus labels and teacher outputs (a generous 16 KiB a clip)."""
+    frames = spec.num_frames + sum(spec.lower_counts)
+    return spec.batch_size * (frames * 3 * spec.image_size**2 + 16 * 1024)
 
 
 def split_shards(cfg: Config, split: str) -> tuple[list[str], int]:
@@ -300,8 +333,7 @@ def split_shards(cfg: Config, split: str) -> tuple[list[str], int]:
 def to_device(batch: ClipBatch, device: torch.device) -> ClipBatch:
     """The batch on `device` (asynchronously where the host memory is pinned; a no-op for a batch
     the pooled loader already put there)."""
-    move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-    return ClipBatch(move(batch.clips), move(batch.labels), move(batch.teacher_feature), move(batch.teacher_logits), batch.ids)
+    return map_tensors(batch, lambda t: t.to(device, non_blocking=True))
 
 
 def train_workers(cfg: Config, env: DistEnv) -> int:

@@ -114,25 +114,26 @@ def write_predictions(folder: Path, result: EvalResult, num_frames: int) -> None
     write_bytes(Path(folder) / "val_predictions.npz", buffer.getvalue())
 
 
-def frame_count_table(results: dict[int, EvalResult], trained_at: int) -> str:
+def frame_count_table(results: dict[int, EvalResult], trained: list[int]) -> str:
     """A Markdown table of accuracy at each evaluated frame count."""
     lines = ["| frames | top-1 | top-5 | loss | videos |", "| --- | --- | --- | --- | --- |"]
     for frames, r in sorted(results.items()):
-        mark = " (trained)" if frames == trained_at else ""
+        mark = " (trained)" if frames in trained else ""
         lines.append(f"| {frames}{mark} | {r.top1:.4f} | {r.top5:.4f} | {r.loss:.4f} | {r.videos} |")
     return "\n".join(lines) + "\n"
 
 
-def write_frame_count_eval(folder: Path, results: dict[int, EvalResult], trained_at: int) -> None:
-    """eval_frames.json and eval_frames.md next to the checkpoints."""
+def write_frame_count_eval(folder: Path, results: dict[int, EvalResult], trained: list[int]) -> None:
+    """eval_frames.json and eval_frames.md next to the checkpoints; `trained`: the frame counts trained."""
 
     write_json(
         Path(folder) / "eval_frames.json",
         {
-            "trained_num_frames": trained_at,
+            "trained_num_frames": max(trained),  # the clip length trained on (FFN: the highest count)
+            "trained_counts": sorted(trained),
             "results": {
                 str(k): {f: getattr(v, f) for f in ("loss", "top1", "top5", "videos")} for k, v in sorted(results.items())
             },
         },
     )
-    write_text(Path(folder) / "eval_frames.md", frame_count_table(results, trained_at))
+    write_text(Path(folder) / "eval_frames.md", frame_count_table(results, trained))

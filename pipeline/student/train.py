@@ -38,6 +38,7 @@ from pipeline.student.data import (
     train_workers,
 )
 from pipeline.student.evaluate import EvalResult, evaluate, write_frame_count_eval, write_predictions
+from pipeline.student.ffn import consistency_loss, trained_counts
 from pipeline.student.loss import distill_loss
 from pipeline.student.metrics import AverageMeter, MetricsLog, topk_accuracy
 from pipeline.student.models import build_student
@@ -140,7 +141,7 @@ def run(
             dist.broadcast_buffers(state.model)
             counts = trainer.frame_counts(state.model)
             if env.is_main:
-                write_frame_count_eval(out, counts, cfg.student.num_frames)
+                write_frame_count_eval(out, counts, trained_counts(cfg))
     finally:
         trainer.close()
     summary = TrainSummary(
@@ -162,7 +163,7 @@ def _device(cfg: Config, env: DistEnv) -> torch.device:
 def build_state(cfg: Config, device: torch.device, *, num_classes: int, total_steps: int) -> TrainState:
     """A fresh student with its optimiser, schedule and grad scaler (same weights on every rank)."""
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank and in every rerun
-    model = prepare_model(build_student(cfg.student, num_classes), cfg, device)
+    model = prepare_model(build_student(cfg.student, num_classes, trained_counts(cfg)), cfg, device)
     optimizer = make_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(cfg.train.warmup_steps, total_steps))
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and cfg.train.precision == "fp16")
@@ -220,10 +221,13 @@ def _resume(path: Path, state: TrainState, env: DistEnv) -> None:
 def train_step(state: TrainState, batch, *, cfg: Config, norm, dtype: torch.dtype | None) -> tuple[list, tuple]:
     """One optimisation step on a batch already on the device; returns (loss parts, (top-1, top-5,
     top-1 agreement with the teacher or None)) as tensors."""
-    # forward
+    # forward: the clip, and with FFN the same videos at the lower counts (one call)
     with torch.autocast(batch.clips.device.type, dtype=dtype, enabled=dtype is not None):
-        out = state.wrapped(norm(batch.clips))
+        outs = state.wrapped(norm(batch.clips), *(norm(c) for c in batch.lower))
+    out, lower = (outs[0], outs[1:]) if batch.lower else (outs, ())
     parts = distill_loss(cfg.loss, out.logits, out.feature, batch.labels, batch.teacher_logits, batch.teacher_feature)
+    if lower:  # FFN: each lower count's prediction towards the highest's (in the total, beside its parts)
+        parts = parts._replace(total=parts.total + consistency_loss(out.logits, [o.logits for o in lower], cfg.train.ffn_lambda))
     # backward, clip, update
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(parts.total).backward()
@@ -300,6 +304,7 @@ class Trainer:
             cfg.train.batch_size,
             train=True,
             flip=cfg.train.flip,
+            lower_counts=tuple(trained_counts(cfg)[:-1]),
             shuffle_buffer=cfg.train.shuffle_buffer,
             seed=cfg.train.seed,
             epoch=progress.epoch,
@@ -409,7 +414,7 @@ class Trainer:
     def frame_counts(self, model: torch.nn.Module) -> dict[int, EvalResult]:
         """Validation at every `train.eval_frame_counts`; the trained count's predictions are written."""
         cfg, results = self.cfg, {}
-        trained = cfg.student.num_frames
+        trained = cfg.student.num_frames  # the highest trained count
         for frames in sorted(set(cfg.train.eval_frame_counts) | {trained}):
             result = self.evaluate(model, frames, collect=frames == trained)
             if frames == trained and self.env.is_main:

@@ -9,15 +9,17 @@ from pipeline.student.models.base import VideoStudent
 from pipeline.student.models.mobilevit import build_mobilevit_xxs
 from pipeline.student.models.tsm import build_tsm
 
-BUILDERS: dict[str, Callable[[StudentConfig, int], VideoStudent]] = {
-    "tsm_r50": lambda cfg, n: build_tsm(cfg, n, depth=50),
-    "tsm_tiny": lambda cfg, n: build_tsm(cfg, n, depth=10),  # tests and smoke runs
+BUILDERS: dict[str, Callable[..., VideoStudent]] = {
+    "tsm_r50": lambda cfg, n, counts: build_tsm(cfg, n, depth=50, counts=counts),
+    "tsm_tiny": lambda cfg, n, counts: build_tsm(cfg, n, depth=10, counts=counts),  # tests and smoke runs
     "mobilevit_xxs": build_mobilevit_xxs,
 }
 
 
-def build_student(cfg: StudentConfig, num_classes: int) -> VideoStudent:
-    """The student named by `cfg.arch`."""
+def build_student(cfg: StudentConfig, num_classes: int, counts: list[int] | None = None) -> VideoStudent:
+    """The student named by `cfg.arch`; with several trained frame `counts`, frame-flexible (FFN)."""
     if cfg.arch not in BUILDERS:
         raise ValueError(f"student.arch={cfg.arch!r} is not one of {', '.join(BUILDERS)}")
-    return BUILDERS[cfg.arch](cfg, num_classes)
+    if cfg.temporal != "attention" and cfg.arch != "mobilevit_xxs":
+        raise ValueError(f"student.temporal={cfg.temporal!r} is for mobilevit_xxs (TSM shifts in every block already)")
+    return BUILDERS[cfg.arch](cfg, num_classes, counts)

@@ -19,7 +19,13 @@ class StudentOutput(NamedTuple):
 
 
 class VideoStudent(nn.Module):
-    """Clips [B, T, 3, H, W] (normalised float) -> StudentOutput."""
+    """Clips [B, T, 3, H, W] (normalised float) -> StudentOutput.
+
+    Modules that depend on the clip's frame count (temporal shifts, per-count norms) have a
+    `set_frames(t)` method, called before every clip goes through. Given more clips (the same
+    videos at other frame counts, FFN training), the forward returns one output per clip tensor:
+    one call, so DDP sees one forward per step.
+    """
 
     channels_last = False  # set by the trainer on CUDA when train.channels_last is on
 
@@ -28,7 +34,21 @@ class VideoStudent(nn.Module):
         flat = clips.flatten(0, 1)
         return flat.contiguous(memory_format=torch.channels_last) if self.channels_last else flat
 
-    def forward(self, clips: torch.Tensor) -> StudentOutput:  # pragma: no cover - interface
+    def forward(self, clips: torch.Tensor, *more: torch.Tensor) -> StudentOutput | tuple[StudentOutput, ...]:
+        """The output of `clips`; with `more` clip tensors, a tuple of every tensor's output."""
+        if more:
+            return tuple(self._one(c) for c in (clips, *more))
+        return self._one(clips)
+
+    def _one(self, clips: torch.Tensor) -> StudentOutput:
+        if not hasattr(self, "_frame_aware"):
+            self._frame_aware = [m for m in self.modules() if hasattr(m, "set_frames")]
+        for module in self._frame_aware:
+            module.set_frames(clips.shape[1])
+        return self.forward_clip(clips)
+
+    def forward_clip(self, clips: torch.Tensor) -> StudentOutput:  # pragma: no cover - interface
+        """One clip tensor's output; the frame-aware modules are already set for its count."""
         raise NotImplementedError
 
 

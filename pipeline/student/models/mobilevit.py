@@ -1,21 +1,40 @@
-"""MobileViT-XXS per frame (320-d) -> linear to 512 -> temporal attention over frames -> classifier."""
+"""MobileViT-XXS per frame (320-d) -> linear to 512 -> temporal attention over frames -> classifier.
+
+`student.temporal` picks how the student sees time:
+- `attention` (the seeds' head): a learned score per frame, softmax, weighted sum. It is blind to
+  frame order: reversed or shuffled frames give the same logits.
+- `attention_pos`: a learned temporal position embedding added to each frame's feature before the
+  scores, so the weighted sum depends on where each frame is. The embedding is stored at 16
+  positions and linearly resampled to the clip's count.
+- `shift`: TSM's temporal shift (1/8 of the channels from the next frame, 1/8 from the previous)
+  before the expanding 1x1 conv of every inverted-residual block that has a residual path (the TSM
+  paper's mobile model shifts there), with the seeds' attention head on top.
+"""
 
 from __future__ import annotations
 
 import timm
 import torch
+import torch.nn.functional as F
+from timm.models.byobnet import BottleneckBlock
 from torch import nn
 
 from pipeline.config import StudentConfig
 from pipeline.student.models.base import StudentOutput, VideoStudent, load_backbone_weights
+from pipeline.student.models.flexible import alter_before, specialise_norms
+from pipeline.student.models.tsm import TemporalShift
+
+POSITIONS = 16  # temporal position embeddings stored; resampled to other frame counts
 
 
 class TemporalAttentionHead(nn.Module):
-    """A learned score per frame, softmax over time, the weighted sum of frame features."""
+    """A learned score per frame, softmax over time, the weighted sum of frame features; with
+    `positions`, a temporal position embedding added first."""
 
-    def __init__(self, in_dim: int, feature_dim: int, num_classes: int, dropout: float):
+    def __init__(self, in_dim: int, feature_dim: int, num_classes: int, dropout: float, *, positions: bool = False):
         super().__init__()
         self.proj = nn.Linear(in_dim, feature_dim)
+        self.position = nn.Parameter(torch.randn(POSITIONS, feature_dim) * 0.02) if positions else None
         self.score = nn.Linear(feature_dim, 1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(feature_dim, num_classes)
@@ -23,31 +42,52 @@ class TemporalAttentionHead(nn.Module):
     def forward(self, frames: torch.Tensor) -> StudentOutput:
         """frames [B, T, in_dim] -> logits [B, C], feature [B, feature_dim]."""
         x = self.proj(frames)
+        if self.position is not None:
+            x = x + self._positions(x.shape[1]).to(x.dtype)
         weights = self.score(x).softmax(dim=1)  # [B, T, 1]
         video = (weights * x).sum(1)
         return StudentOutput(self.fc(self.dropout(video)), video)
+
+    def _positions(self, frames: int) -> torch.Tensor:
+        if frames == POSITIONS:
+            return self.position
+        resampled = F.interpolate(self.position.T[None], size=frames, mode="linear", align_corners=True)
+        return resampled[0].T
 
 
 class FrameEncoderWithHead(VideoStudent):
     """Any per-frame image encoder followed by the temporal attention head."""
 
-    def __init__(self, encoder: nn.Module, in_dim: int, feature_dim: int, num_classes: int, dropout: float):
+    def __init__(self, encoder: nn.Module, head: TemporalAttentionHead):
         super().__init__()
-        self.encoder = encoder
-        self.head = TemporalAttentionHead(in_dim, feature_dim, num_classes, dropout)
+        self.encoder, self.head = encoder, head
 
-    def forward(self, clips: torch.Tensor) -> StudentOutput:
+    def forward_clip(self, clips: torch.Tensor) -> StudentOutput:
+        """clips [B, T, 3, H, W] -> logits [B, C], feature [B, D]."""
         b, t = clips.shape[:2]
         frames = self.encoder(self.frames(clips)).view(b, t, -1)
         return self.head(frames)
 
 
-def build_mobilevit_xxs(cfg: StudentConfig, num_classes: int) -> FrameEncoderWithHead:
-    """timm's MobileViT-XXS without its classifier (320-d pooled features per frame)."""
+def build_mobilevit_xxs(cfg: StudentConfig, num_classes: int, counts: list[int] | None = None) -> FrameEncoderWithHead:
+    """timm's MobileViT-XXS without its classifier (320-d pooled features per frame), the head of
+    `student.temporal`; with several trained frame counts, FFN's per-count norms and alterations."""
     encoder = timm.create_model("mobilevit_xxs", pretrained=False, num_classes=0)
 
     def download(tag: str) -> dict:
         return timm.create_model("mobilevit_xxs", pretrained=True, num_classes=0).state_dict()
 
     load_backbone_weights(encoder, cfg.pretrained, download)
-    return FrameEncoderWithHead(encoder, encoder.num_features, cfg.feature_dim, num_classes, cfg.dropout)
+    blocks = [m for m in encoder.modules() if isinstance(m, BottleneckBlock)]
+    if counts is not None and len(counts) > 1:
+        for block in blocks:
+            alter_before(block, "conv1_1x1", block.conv1_1x1.conv.in_channels, counts)
+        specialise_norms(encoder, counts)
+    if cfg.temporal == "shift":
+        for block in blocks:
+            if block.shortcut is not None and isinstance(block.shortcut, nn.Identity):
+                block.conv1_1x1 = TemporalShift(block.conv1_1x1)
+    head = TemporalAttentionHead(
+        encoder.num_features, cfg.feature_dim, num_classes, cfg.dropout, positions=cfg.temporal == "attention_pos"
+    )
+    return FrameEncoderWithHead(encoder, head)

@@ -13,6 +13,7 @@ from torchvision.models import resnet
 
 from pipeline.config import StudentConfig
 from pipeline.student.models.base import StudentOutput, VideoStudent, load_backbone_weights
+from pipeline.student.models.flexible import alter_before, specialise_norms
 
 
 def temporal_shift(x: torch.Tensor, num_frames: int, fold_div: int = 8) -> torch.Tensor:
@@ -28,11 +29,15 @@ def temporal_shift(x: torch.Tensor, num_frames: int, fold_div: int = 8) -> torch
 
 
 class TemporalShift(nn.Module):
-    """Shift, then the wrapped conv; `num_frames` is set by the model for each forward."""
+    """Shift, then the wrapped conv; the model sets the clip's frame count before each forward."""
 
     def __init__(self, conv: nn.Module, fold_div: int = 8):
         super().__init__()
         self.conv, self.fold_div, self.num_frames = conv, fold_div, 1
+
+    def set_frames(self, frames: int) -> None:
+        """Shift within clips of `frames` frames."""
+        self.num_frames = frames
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(temporal_shift(x, self.num_frames, self.fold_div))
@@ -46,26 +51,30 @@ class TSM(VideoStudent):
         width = backbone.fc.in_features
         backbone.fc = nn.Identity()
         self.backbone = backbone
-        self.shifts = [m for m in backbone.modules() if isinstance(m, TemporalShift)]
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(width, num_classes)
         self.proj = nn.Linear(width, feature_dim)
 
-    def forward(self, clips: torch.Tensor) -> StudentOutput:
+    def forward_clip(self, clips: torch.Tensor) -> StudentOutput:
         """clips [B, T, 3, H, W] -> logits [B, C], feature [B, D]."""
         b, t = clips.shape[:2]
-        for shift in self.shifts:
-            shift.num_frames = t
         frames = self.backbone(self.frames(clips))  # [B*T, width]
         pooled = frames.view(b, t, -1).mean(1)  # average consensus (equal to averaging frame logits)
         return StudentOutput(self.fc(self.dropout(pooled)), self.proj(pooled))
 
 
-def add_shifts(net: resnet.ResNet, fold_div: int = 8) -> resnet.ResNet:
-    """Wrap the first conv of every residual block's branch with a temporal shift."""
+def add_shifts(net: resnet.ResNet, fold_div: int = 8, counts: list[int] | None = None) -> resnet.ResNet:
+    """Wrap the first conv of every residual block's branch with a temporal shift; with several
+    trained frame counts (FFN), a per-count weight alteration between the shift and the conv, and
+    per-count BatchNorms throughout."""
+    flexible = counts is not None and len(counts) > 1
     for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
         for block in layer:
+            if flexible:
+                alter_before(block, "conv1", block.conv1.in_channels, counts)
             block.conv1 = TemporalShift(block.conv1, fold_div)
+    if flexible:
+        specialise_norms(net, counts)
     return net
 
 
@@ -75,7 +84,7 @@ def _imagenet_state(tag: str) -> dict:
     return resnet.ResNet50_Weights.IMAGENET1K_V2.get_state_dict(progress=False)
 
 
-def build_tsm(cfg: StudentConfig, num_classes: int, depth: int) -> TSM:
+def build_tsm(cfg: StudentConfig, num_classes: int, depth: int, counts: list[int] | None = None) -> TSM:
     """TSM on ResNet-50 (depth 50) or a one-block-per-stage ResNet-10 (depth 10, for tests)."""
     if depth == 50:
         net = resnet.ResNet(resnet.Bottleneck, [3, 4, 6, 3])
@@ -83,4 +92,4 @@ def build_tsm(cfg: StudentConfig, num_classes: int, depth: int) -> TSM:
         net = resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1])
     # Weights are loaded before the shifts wrap conv1, so torchvision/timm keys match.
     load_backbone_weights(net, cfg.pretrained, _imagenet_state)
-    return TSM(add_shifts(net), num_classes, cfg.feature_dim, cfg.dropout)
+    return TSM(add_shifts(net, counts=counts), num_classes, cfg.feature_dim, cfg.dropout)

@@ -1,0 +1,143 @@
+"""Frame flexibility and order, measured on the synthetic set (CPU).
+
+    python -m experiments.frame_flexible tfd [--videos 300] [--seeds 0 1 2] [--epochs 4] [--work DIR]
+    python -m experiments.frame_flexible order [--videos 300] [--seeds 0 1 2] [--epochs 6] [--work DIR]
+
+`tfd`: temporal frequency deviation. tsm_tiny (64 px) trained at 16 frames against FFN-trained at
+4, 8 and 16 (`train.frame_counts=[4, 8, 16]`, lambda 1), each vanilla (CE alone) and distilled from
+the stand-in teacher's temporal head (centre-view cache, 8 teacher frames); every student is
+evaluated at 4, 8 and 16 frames. `order`: MobileViT-XXS (64 px, 8 frames, vanilla) with the seeds'
+attention head, the attention head with temporal positions, and the temporal shift. Same budget
+(epochs, batch, AdamW lr 1e-3, data order per seed) within each table. Prints Markdown tables of
+validation top-1, mean and spread (population standard deviation) over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+from pathlib import Path
+
+from pipeline import config
+from pipeline.runtime.progress import setup_logging
+from pipeline.shards import build as shards
+from pipeline.ssv2 import synthetic
+from pipeline.student import train
+from pipeline.teacher import head_run
+from pipeline.teacher import run as teacher_run
+
+log = logging.getLogger("experiments.frame_flexible")
+REPO = Path(__file__).resolve().parents[1]
+DATA = (
+    "shards.videos_per_shard=16",
+    "teacher.model=stand-in",
+    "teacher.num_frames=8",
+    "teacher.num_workers=1",
+    "teacher.views=1",
+    "teacher_head.weight_decays=[0.0001, 0.01]",
+    "teacher_head.min_steps=300",
+    "teacher_head.temporal_width=64",
+)
+TRAIN = (
+    "student.image_size=64",
+    "student.dropout=0",
+    "train.batch_size=8",
+    "train.num_workers=2",
+    "train.optimizer=adamw",
+    "train.lr=0.001",
+    "train.weight_decay=0.0001",
+    "train.log_every_steps=1000",
+    "loss.teacher_head=temporal",
+)
+TFD = {
+    "plain 16, vanilla": ("student.num_frames=16", "loss.mode=vanilla"),
+    "FFN 4/8/16, vanilla": ("student.num_frames=16", "train.frame_counts=[4, 8, 16]", "loss.mode=vanilla"),
+    "plain 16, distilled": ("student.num_frames=16",),
+    "FFN 4/8/16, distilled": ("student.num_frames=16", "train.frame_counts=[4, 8, 16]"),
+}
+ORDER = {
+    f"mobilevit_xxs, {t}": ("student.arch=mobilevit_xxs", f"student.temporal={t}", "student.num_frames=8", "loss.mode=vanilla")
+    for t in ("attention", "attention_pos", "shift")
+}
+
+
+def make_cfg(root: Path, run_dir: Path, *extra: str) -> config.Config:
+    """pipeline.yaml + configs/smoke.yaml with this experiment's settings."""
+    files = [REPO / "pipeline.yaml", REPO / "configs" / "smoke.yaml"]
+    return config.load(files, [f"paths.ssv2_root={root}", f"paths.run_dir={run_dir}", *DATA, *TRAIN, *extra])
+
+
+def prepare(work: Path, videos: int, *, teacher: bool) -> Path:
+    """The data set, its shards and (for distillation) the stand-in cache and heads, in work/base."""
+    root = work / "ssv2"
+    if not (root / "labels" / "labels.json").exists():
+        synthetic.generate(root, config.SyntheticConfig(num_videos=videos))
+    cfg = make_cfg(root, work / "base", "student.num_frames=16")
+    shards.run(cfg)
+    if teacher:
+        teacher_run.run(cfg)
+        head_run.run(cfg)
+    return root
+
+
+def train_one(work: Path, root: Path, name: str, settings: tuple, *, seed: int, epochs: int, counts: list[int]) -> dict:
+    """One student in its own folder, sharing the base shards and cache; top-1 per evaluated count."""
+    run_dir = work / f"{name.replace(' ', '_').replace('/', '-').replace(',', '')}-seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for shared in ("shards", "teacher_cache.zarr"):
+        link, target = run_dir / shared, work / "base" / shared
+        if not link.exists() and target.exists():
+            link.symlink_to(target)
+    cfg = make_cfg(root, run_dir, *settings, f"train.seed={seed}", f"train.epochs={epochs}", f"train.eval_frame_counts={counts}")
+    summary = train.run(cfg)
+    history = [h["val"]["top1"] for h in summary.progress.history]
+    return {"name": name, "seed": seed, "best": max(history), "counts": {c: r.top1 for c, r in summary.frame_counts.items()}}
+
+
+def table(results: list[dict], names: list[str], counts: list[int]) -> str:
+    """Mean ± spread over seeds of top-1 at each evaluated count (final model) and the best at the trained count."""
+    head = " | ".join(f"top-1 at {c} frames" for c in counts)
+    lines = [f"| student | {head} | best during training | seeds |", "|" + " --- |" * (len(counts) + 3)]
+    for name in names:
+        runs = [r for r in results if r["name"] == name]
+        cells = []
+        for c in counts:
+            values = [r["counts"][c] for r in runs]
+            cells.append(f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}")
+        best = [r["best"] for r in runs]
+        lines.append(
+            f"| {name} | {' | '.join(cells)} | {statistics.mean(best):.3f} ± {statistics.pstdev(best):.3f} | {len(runs)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run one of the two comparisons for every seed and print its table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", choices=["tfd", "order"])
+    parser.add_argument("--videos", type=int, default=300)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=None, help="default: 4 (tfd), 6 (order)")
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args()
+    setup_logging()
+    logging.getLogger("pipeline").setLevel(logging.WARNING)
+    work = args.work or Path(tempfile.mkdtemp(prefix=f"frame_flexible-{args.which}-"))
+    conditions, counts = (TFD, [4, 8, 16]) if args.which == "tfd" else (ORDER, [8])
+    epochs = args.epochs or (4 if args.which == "tfd" else 6)
+    root = prepare(work, args.videos, teacher=args.which == "tfd")
+    results = []
+    for seed in args.seeds:
+        for name, settings in conditions.items():
+            results.append(train_one(work, root, name, settings, seed=seed, epochs=epochs, counts=counts))
+            log.info("%s", results[-1])
+    (work / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"\n{args.videos} synthetic videos (2 time-reversed pairs), {epochs} epochs, seeds {args.seeds}\n")
+    print(table(results, list(conditions), counts))
+
+
+if __name__ == "__main__":
+    main()
