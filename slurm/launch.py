@@ -23,7 +23,7 @@ from pipeline.runtime.progress import setup_logging
 from pipeline.shards import build as shards_lib
 from pipeline.teacher import run as teacher_run
 from pipeline.teacher.heads import head_settings
-from pipeline.teacher.store import head_fingerprint, head_records
+from pipeline.teacher.store import CacheMismatchError, head_fingerprint, head_records
 from slurm.executor import executor_kind, make_executor, max_array_size, submission_folder
 from slurm.jobs import TrainJob
 from slurm.status import status_report
@@ -236,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         if step == "shards":
             jobs, _ = submit_shards(cfg)
         elif step == "teacher":
-            jobs, _ = submit_teacher(cfg, after=previous if not local else None)
+            try:
+                jobs, _ = submit_teacher(cfg, after=previous if not local else None)
+            except CacheMismatchError as e:  # a cache built with other settings: say what differs, submit nothing
+                log.error("%s", e)
+                return 2
         elif step == "head":
             jobs, _ = submit_head(cfg, after=previous if not local else None)
         else:

@@ -234,7 +234,7 @@ def missing(cfg: Config) -> list[int]:
     shards = all_shards(cfg)
     if not cfg.paths.teacher_cache.exists():
         return list(range(len(shards)))
-    root = zarr.open_group(cfg.paths.teacher_cache, mode="r")
+    root = open_checked(cfg)  # a cache from other settings is refused here, not reported as complete
     done = {split: root[split]["done"][:] for split in cfg.data.splits if split in root}
     return [i for i, job in enumerate(shards) if job.split not in done or not done[job.split][job.shard]]
 
