@@ -138,7 +138,8 @@ def test_stopped_and_resumed_run_ends_with_the_same_weights(synth_root, prepared
     assert (cfg.paths.student_dir / "best.pt").exists()
 
 
-def test_two_process_gloo_ddp_with_unequal_shards_agrees_on_weights(synth_root, tmp_path):
+@pytest.mark.parametrize("frame_counts", [[], [2, 4]], ids=["plain", "ffn"])
+def test_two_process_gloo_ddp_with_unequal_shards_agrees_on_weights(synth_root, tmp_path, frame_counts):
     run_dir = tmp_path / "run"
     overrides = [
         f"paths.ssv2_root={synth_root}",
@@ -149,6 +150,7 @@ def test_two_process_gloo_ddp_with_unequal_shards_agrees_on_weights(synth_root, 
         *SMALL,
         "train.epochs=1",
         "train.num_workers=1",
+        f"train.frame_counts={frame_counts}",  # FFN: every count's norms and alterations stay in step too
     ]
     cfg = make_config(synth_root, run_dir, *overrides[2:])
     shards.run(cfg)
