@@ -109,13 +109,16 @@ def measure(
     with_loader: bool = True,
     online: bool = False,
     variants: dict | None = None,
+    counts: tuple[int, ...] = (),
 ) -> tuple[float, float, float]:
     """(synthetic clips/s, real-loader clips/s, peak GPU memory GiB with synthetic input) for one model,
     frame count and batch size; with `online`, the teacher runs in every step instead of coming from the cache;
     `variants` {(workers, batch_pool): None} gets the real-loader clips/s of those loaders too (same compiled step).
-    The table's real loader uses the batch pool as `cfg.experimental.batch_pool` says."""
+    The table's real loader uses the batch pool as `cfg.experimental.batch_pool` says; `counts` (FFN
+    training): every step also takes the clips at these lower frame counts."""
     variants = {} if variants is None else variants
     cfg.student.arch, cfg.student.num_frames, cfg.train.batch_size = arch, frames, batch
+    cfg.train.frame_counts = [*counts, frames] if counts else []
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -126,21 +129,26 @@ def measure(
     add = online_teacher(cfg, device, frames, batch) if online else (lambda b: b)
     step = lambda b: train_step(state, add(b), cfg=cfg, norm=norm, dtype=dtype)  # noqa: E731
     size = cfg.student.image_size
+
     # laid out like the loader's batches (channels last), so both sides run the same compiled graph
-    pixels = channels_last_empty((batch, frames, 3, size, size), partial(torch.empty, dtype=torch.uint8, device=device))
+    def pixels(t: int) -> torch.Tensor:
+        empty = channels_last_empty((batch, t, 3, size, size), partial(torch.empty, dtype=torch.uint8, device=device))
+        return empty.copy_(torch.randint(0, 256, empty.shape, dtype=torch.uint8, device=device))
+
     fake = ClipBatch(
-        pixels.copy_(torch.randint(0, 256, pixels.shape, dtype=torch.uint8, device=device)),
+        pixels(frames),
         torch.randint(0, 174, (batch,), device=device),
         torch.randn(batch, 512, device=device),
         torch.randn(batch, 174, device=device),
         [],
+        lower=tuple(pixels(t) for t in counts),
     )
     synthetic = _timed(step, [fake] * (warmup + steps), warmup, device)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     if not with_loader:
         return synthetic, float("nan"), peak
     shards, _ = split_shards(cfg, "train")
-    spec = ClipSpec(frames, size, batch, train=True, seed=0, shuffle_buffer=cfg.train.shuffle_buffer)
+    spec = ClipSpec(frames, size, batch, train=True, seed=0, shuffle_buffer=cfg.train.shuffle_buffer, lower_counts=tuple(counts))
     source = ClipSource(
         shards,
         spec,
@@ -197,6 +205,12 @@ def loader_rate(cfg, frames: int, batch: int, workers: int, batches: int, mode: 
         return clips / (time.perf_counter() - start)
 
 
+def _parse(config: str) -> tuple[str, int, int, tuple[int, ...]]:
+    """'arch:frames:batch[:c1,c2]' -> (arch, frames, batch, lower frame counts)."""
+    arch, frames, batch, *lower = config.split(":")
+    return arch, int(frames), int(batch), tuple(sorted(int(c) for c in lower[0].split(","))) if lower else ()
+
+
 def main() -> None:
     """Build shards and a cache, then measure every configuration; print Markdown tables."""
     cuda = torch.cuda.is_available()
@@ -209,7 +223,9 @@ def main() -> None:
         help="loader processes (default on CUDA: the trainer's automatic count)",
     )
     default = ["mobilevit_xxs:8:64", "mobilevit_xxs:16:64", "tsm_r50:8:32", "tsm_r50:16:16"] if cuda else ["tsm_tiny:8:4"]
-    parser.add_argument("--configs", nargs="+", default=default, help="arch:frames:batch")
+    parser.add_argument(
+        "--configs", nargs="+", default=default, help="arch:frames:batch[:lower,counts] (FFN: e.g. tsm_r50:16:16:4,8)"
+    )
     parser.add_argument("--image-size", type=int, default=224 if cuda else 64)
     parser.add_argument("--steps", type=int, default=60 if cuda else 6)
     parser.add_argument("--warmup", type=int, default=8 if cuda else 2)
@@ -269,7 +285,7 @@ def main() -> None:
                     rate = loader_rate(cfg, int(frames), int(batch), workers, args.steps + args.warmup, mode)
                     print(f"| {workers} | {mode} | {frames} | {batch} | {rate:.1f} | {rate * int(frames):.0f} |")
         return
-    configs = [(arch, int(frames), int(batch)) for arch, frames, batch in (c.split(":") for c in args.configs)]
+    configs = [_parse(c) for c in args.configs]
     cfg.train.compile = args.compile
     cfg.experimental.batch_pool = bool(args.batch_pool[0])
     warm = args.warmup + (10 if args.compile else 0)  # compilation happens in the first steps
@@ -282,19 +298,30 @@ def main() -> None:
     )
     figures: dict = {"device": name, "compile": args.compile, "loader": [], "online": [], "levers": []}
     if not args.online:
-        print("| model | frames | batch | synthetic input clips/s | real loader clips/s | real / synthetic |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        for arch, frames, batch in configs:
+        print(
+            "| model | frames (FFN: every count) | batch | synthetic input clips/s | real loader clips/s | real / synthetic "
+            "| step time against the plain step at the same frames and batch |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        plain: dict[tuple, float] = {}
+        for arch, frames, batch, counts in configs:
             extra = dict.fromkeys(
                 [(n, cfg.experimental.batch_pool) for n in args.loader_workers or []]
                 + [(args.workers, bool(p)) for p in args.batch_pool[1:]]
             )
-            synthetic, real, _ = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps, variants=extra)
+            synthetic, real, _ = measure(
+                cfg, device, arch, frames, batch, args.workers, warm, args.steps, variants=extra, counts=counts
+            )
+            if not counts:
+                plain[(arch, frames, batch)] = synthetic
+            base = plain.get((arch, frames, batch))
+            cost = f"{base / synthetic:.2f}x" if counts and base else ""
             others = {f"{n} workers, {'pool' if p else 'segments'}": r for (n, p), r in extra.items()}
             figures["loader"].append(
                 dict(
                     arch=arch,
                     frames=frames,
+                    lower_counts=list(counts),
                     batch=batch,
                     synthetic=synthetic,
                     real=real,
@@ -303,14 +330,15 @@ def main() -> None:
                 )
             )
             others = "".join(f" ({k}: {r:.1f}, {r / synthetic:.0%})" for k, r in others.items())
-            print(f"| {arch} | {frames} | {batch} | {synthetic:.1f} | {real:.1f} | {real / synthetic:.0%}{others} |")
+            shown = "/".join(str(c) for c in (*counts, frames))
+            print(f"| {arch} | {shown} | {batch} | {synthetic:.1f} | {real:.1f} | {real / synthetic:.0%}{others} | {cost} |")
     else:
         print(
             "| model | frames | batch | cached teacher, synthetic input | online teacher, synthetic input | step speed-up "
             "| cached, real loader | online, real loader | epoch speed-up | peak GPU memory cached / online (GiB) |"
         )
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for arch, frames, batch in configs:
+        for arch, frames, batch, _ in configs:
             cached = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps)
             online = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps, online=True)
             figures["online"].append(dict(arch=arch, frames=frames, batch=batch, cached=cached, online=online))
@@ -322,7 +350,7 @@ def main() -> None:
     if args.levers:
         print("\n| model | frames | batch | eager | channels_last | channels_last + compile | best / eager |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
-        for arch, frames, batch in configs:
+        for arch, frames, batch, _ in configs:
             rates = []
             for channels_last, compiled in ((False, False), (True, False), (True, True)):
                 cfg.train.channels_last, cfg.train.compile = channels_last, compiled

@@ -3,6 +3,10 @@
     python -m experiments.frame_flexible tfd [--videos 300] [--seeds 0 1 2] [--epochs 4] [--work DIR]
     python -m experiments.frame_flexible order [--videos 300] [--seeds 0 1 2] [--epochs 6] [--work DIR]
 
+In pieces (data made where ffmpeg is, seeds trained side by side elsewhere, one table at the end):
+`--prepare-only --work DIR`, then `--work DIR --seeds S` for each seed (each writes
+results-<which>-seedS.json in DIR), then `--tabulate --work DIR`.
+
 `tfd`: temporal frequency deviation. tsm_tiny (64 px) trained at 16 frames against FFN-trained at
 4, 8 and 16 (`train.frame_counts=[4, 8, 16]`, lambda 1), each vanilla (CE alone) and distilled from
 the stand-in teacher's temporal head (centre-view cache, 8 teacher frames); every student is
@@ -33,6 +37,7 @@ log = logging.getLogger("experiments.frame_flexible")
 REPO = Path(__file__).resolve().parents[1]
 DATA = (
     "shards.videos_per_shard=16",
+    "shards.short_side=96",  # students see 64 px; smaller shards travel to a GPU machine
     "teacher.model=stand-in",
     "teacher.num_frames=8",
     "teacher.num_workers=1",
@@ -122,20 +127,31 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="default: 4 (tfd), 6 (order)")
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--prepare-only", action="store_true", help="make the data, shards and cache, then stop")
+    parser.add_argument("--tabulate", action="store_true", help="only print the table of the results in --work")
     args = parser.parse_args()
     setup_logging()
     logging.getLogger("pipeline").setLevel(logging.WARNING)
     work = args.work or Path(tempfile.mkdtemp(prefix=f"frame_flexible-{args.which}-"))
     conditions, counts = (TFD, [4, 8, 16]) if args.which == "tfd" else (ORDER, [8])
     epochs = args.epochs or (4 if args.which == "tfd" else 6)
-    root = prepare(work, args.videos, teacher=args.which == "tfd")
-    results = []
-    for seed in args.seeds:
-        for name, settings in conditions.items():
-            results.append(train_one(work, root, name, settings, seed=seed, epochs=epochs, counts=counts))
-            log.info("%s", results[-1])
-    (work / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"\n{args.videos} synthetic videos (2 time-reversed pairs), {epochs} epochs, seeds {args.seeds}\n")
+    if args.tabulate:
+        results = [r for f in sorted(work.glob(f"results-{args.which}-seed*.json")) for r in json.loads(f.read_text())]
+        for r in results:  # JSON keys are strings
+            r["counts"] = {int(c): top1 for c, top1 in r["counts"].items()}
+        seeds = sorted({r["seed"] for r in results})
+    else:
+        root = prepare(work, args.videos, teacher=args.which == "tfd")
+        if args.prepare_only:
+            return
+        results, seeds = [], args.seeds
+        for seed in args.seeds:
+            for name, settings in conditions.items():
+                results.append(train_one(work, root, name, settings, seed=seed, epochs=epochs, counts=counts))
+                log.info("%s", results[-1])
+            done = [r for r in results if r["seed"] == seed]
+            (work / f"results-{args.which}-seed{seed}.json").write_text(json.dumps(done, indent=1))
+    print(f"\n{args.videos} synthetic videos (2 time-reversed pairs), {epochs} epochs, seeds {seeds}\n")
     print(table(results, list(conditions), counts))
 
 

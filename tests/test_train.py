@@ -60,6 +60,37 @@ def test_temporal_shift_matches_a_plain_loop():
     assert x.data_ptr() != temporal_shift(x, t).data_ptr()
 
 
+def _sliced_shift(x: torch.Tensor, t: int) -> torch.Tensor:
+    """The reference's shift (mit-han-lab TSM, not in place), differentiated by autograd."""
+    nt, c, h, w = x.shape
+    v, fold = x.view(nt // t, t, c, h, w), c // 8
+    out = torch.zeros_like(v)
+    out[:, :-1, :fold] = v[:, 1:, :fold]
+    out[:, 1:, fold : 2 * fold] = v[:, :-1, fold : 2 * fold]
+    out[:, :, 2 * fold :] = v[:, :, 2 * fold :]
+    return out.view(nt, c, h, w)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_temporal_shift_forward_and_gradient_equal_the_reference(channels_last):
+    torch.manual_seed(0)
+    n, t, c = 3, 4, 24
+    x = torch.randn(n * t, c, 5, 6)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(n * t, c, 5, 6)  # a loss that weighs every output differently
+    grads = []
+    for shift in (temporal_shift, _sliced_shift):
+        leaf = x.clone().requires_grad_(True)
+        out = shift(leaf, t)
+        (out * weight).sum().backward()
+        grads.append((out.detach(), leaf.grad))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert torch.equal(grads[0][1], grads[1][1])
+    assert grads[0][0].is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
 @pytest.mark.unit
 def test_loss_equals_the_formula_and_feature_term_vanishes_for_equal_features():
     torch.manual_seed(0)

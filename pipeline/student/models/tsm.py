@@ -16,16 +16,40 @@ from pipeline.student.models.base import StudentOutput, VideoStudent, load_backb
 from pipeline.student.models.flexible import alter_before, specialise_norms
 
 
-def temporal_shift(x: torch.Tensor, num_frames: int, fold_div: int = 8) -> torch.Tensor:
-    """[N*T, C, H, W] -> same shape, channels [0, C/8) taken from t+1, [C/8, C/4) from t-1."""
+def _shifted(x: torch.Tensor, num_frames: int, fold_div: int, *, backward: bool) -> torch.Tensor:
+    """One read and one write: the first fold from frame t+1 and the second from t-1 (`backward`:
+    the other way round, which is the forward shift's adjoint), the rest as it is, ends zero."""
     nt, c, h, w = x.shape
-    x = x.view(nt // num_frames, num_frames, c, h, w)
     fold = c // fold_div
-    out = torch.zeros_like(x)
-    out[:, :-1, :fold] = x[:, 1:, :fold]  # each frame sees the next frame's first fold
-    out[:, 1:, fold : 2 * fold] = x[:, :-1, fold : 2 * fold]  # and the previous frame's second
-    out[:, :, 2 * fold :] = x[:, :, 2 * fold :]
-    return out.view(nt, c, h, w)
+    src = x.reshape(nt // num_frames, num_frames, c, h, w)
+    out = torch.empty_like(x)  # keeps channels_last
+    dst = out.view(nt // num_frames, num_frames, c, h, w)
+    ahead, behind = (slice(fold, 2 * fold), slice(0, fold)) if backward else (slice(0, fold), slice(fold, 2 * fold))
+    dst[:, :-1, ahead] = src[:, 1:, ahead]
+    dst[:, -1, ahead] = 0
+    dst[:, 1:, behind] = src[:, :-1, behind]
+    dst[:, 0, behind] = 0
+    dst[:, :, 2 * fold :] = src[:, :, 2 * fold :]
+    return out
+
+
+class _Shift(torch.autograd.Function):
+    """The shift with its adjoint as backward: autograd through slice assignments would build a
+    zero tensor of the input's size per slice and add them up."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, num_frames: int, fold_div: int) -> torch.Tensor:
+        ctx.num_frames, ctx.fold_div = num_frames, fold_div
+        return _shifted(x, num_frames, fold_div, backward=False)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return _shifted(grad, ctx.num_frames, ctx.fold_div, backward=True), None, None
+
+
+def temporal_shift(x: torch.Tensor, num_frames: int, fold_div: int = 8) -> torch.Tensor:
+    """[N*T, C, H, W] -> a new tensor of that shape, channels [0, C/8) taken from t+1, [C/8, C/4) from t-1."""
+    return _Shift.apply(x, num_frames, fold_div)
 
 
 class TemporalShift(nn.Module):

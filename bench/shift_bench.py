@@ -1,0 +1,163 @@
+"""The temporal shift's own cost: TSM-R50 training steps beside a plain ResNet-50 step, on the same
+number of images, eager and compiled, in one run.
+
+    python -m bench.shift_bench [--images 256] [--steps 30] [--compile 0 1]
+
+Every row runs the same bare step (bf16 autocast on CUDA, channels_last, cross-entropy, fused SGD),
+so what differs is the model: torchvision's ResNet-50 on single images; TSM-R50 (the student's own
+model: shifts, average consensus) at 8 and 16 frames; the same at 8 frames with the shift written as
+the reference writes it (slice assignments, differentiated by autograd) for contrast; and the FFN
+TSM-R50 at 4/8/16 frames (each step takes every count, with FFN's consistency term). Images/s counts
+every frame the step processes; the last column is that against the plain ResNet-50 of the same mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.models import resnet50
+
+from pipeline import config
+from pipeline.runtime.device import pick_device
+from pipeline.student.ffn import consistency_loss
+from pipeline.student.models import build_student
+from pipeline.student.models import tsm as tsm_module
+from pipeline.student.models.base import StudentOutput
+
+CLASSES = 174
+
+
+def sliced_shift(x: torch.Tensor, num_frames: int, fold_div: int = 8) -> torch.Tensor:
+    """The shift as mit-han-lab/temporal-shift-module writes it, left to autograd."""
+    nt, c, h, w = x.shape
+    v, fold = x.view(nt // num_frames, num_frames, c, h, w), c // fold_div
+    out = torch.zeros_like(v)
+    out[:, :-1, :fold] = v[:, 1:, :fold]
+    out[:, 1:, fold : 2 * fold] = v[:, :-1, fold : 2 * fold]
+    out[:, :, 2 * fold :] = v[:, :, 2 * fold :]
+    return out.view(nt, c, h, w)
+
+
+@dataclass
+class Row:
+    """One model: how to build it, its inputs, and how many images one step processes."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    inputs: Callable[[torch.device], list[torch.Tensor]]
+    images: int
+    shift: Callable | None = None  # the shift to patch in while this row runs
+
+
+def _tsm(counts: list[int]) -> Callable[[], nn.Module]:
+    cfg = config.load(None, ["student.arch=tsm_r50"])
+    return lambda: build_student(cfg.student, CLASSES, counts if len(counts) > 1 else None)
+
+
+def _clips(batch: int, counts: list[int]) -> Callable[[torch.device], list[torch.Tensor]]:
+    # the clip at the highest count first, then the lower ones ascending (the trainer's order)
+    order = [max(counts), *sorted(counts)[:-1]]
+    return lambda device: [torch.randn(batch, t, 3, 224, 224, device=device) for t in order]
+
+
+def _images(n: int) -> Callable[[torch.device], list[torch.Tensor]]:
+    return lambda device: [torch.randn(n, 3, 224, 224, device=device)]
+
+
+def rows(images: int) -> list[Row]:
+    """The models compared, each sized to `images` frames per step (FFN: its 16-frame batch)."""
+    return [
+        Row("ResNet-50, single images", lambda: resnet50(num_classes=CLASSES), _images(images), images),
+        Row("TSM-R50, 8 frames, reference's sliced shift", _tsm([8]), _clips(images // 8, [8]), images, shift=sliced_shift),
+        Row("TSM-R50, 8 frames", _tsm([8]), _clips(images // 8, [8]), images),
+        Row("TSM-R50, 16 frames", _tsm([16]), _clips(images // 16, [16]), images),
+        Row("FFN TSM-R50, 4/8/16 frames", _tsm([4, 8, 16]), _clips(images // 16, [4, 8, 16]), images // 16 * 28),
+    ]
+
+
+def make_step(model: nn.Module, device: torch.device, compiled: bool) -> Callable[[list[torch.Tensor], torch.Tensor], None]:
+    """One SGD step on `inputs`: cross-entropy on the first output, FFN's KL term on the others."""
+    model.to(device).to(memory_format=torch.channels_last).train()
+    model.channels_last = True
+    forward = torch.compile(model) if compiled else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=device.type == "cuda")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    def step(inputs: list[torch.Tensor], labels: torch.Tensor) -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+            outs = forward(*inputs)
+            if isinstance(outs, torch.Tensor):  # plain ResNet-50
+                loss = nn.functional.cross_entropy(outs, labels)
+            else:
+                outs = (outs,) if isinstance(outs, StudentOutput) else outs
+                loss = nn.functional.cross_entropy(outs[0].logits, labels)
+                if len(outs) > 1:
+                    loss = loss + consistency_loss(outs[0].logits, [o.logits for o in outs[1:]], 1.0)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def images_per_s(row: Row, device: torch.device, *, compiled: bool, warmup: int, steps: int) -> float:
+    """Images/s of `row`'s step after `warmup` steps."""
+    torch.manual_seed(0)
+    original = tsm_module.temporal_shift
+    if row.shift is not None:
+        tsm_module.temporal_shift = row.shift
+    try:
+        model = row.build()
+        inputs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in row.inputs(device)]
+        labels = torch.randint(0, CLASSES, (inputs[0].shape[0],), device=device)
+        step = make_step(model, device, compiled)
+        for _ in range(warmup):
+            step(inputs, labels)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step(inputs, labels)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return row.images * steps / (time.perf_counter() - start)
+    finally:
+        tsm_module.temporal_shift = original
+        torch._dynamo.reset()
+
+
+def main() -> None:
+    """Time every row eager and compiled; print one Markdown table."""
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=256 if cuda else 32, help="frames per step (a multiple of 16)")
+    parser.add_argument("--steps", type=int, default=30 if cuda else 2)
+    parser.add_argument("--warmup", type=int, default=5 if cuda else 1)
+    parser.add_argument("--compile", type=int, nargs="+", default=[0, 1] if cuda else [0], choices=[0, 1])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    device = pick_device("auto")
+    name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    modes = ["compiled" if c else "eager" for c in args.compile]
+    print(f"\n{name}, {'bf16' if cuda else 'fp32'}, channels_last, image 224, {args.steps} timed steps\n")
+    print("| model | images per step | " + " | ".join(f"{m} images/s | {m} / ResNet-50" for m in modes) + " |")
+    print("| --- | --- |" + " --- | --- |" * len(modes))
+    base: dict[int, float] = {}
+    for row in rows(args.images):
+        cells = []
+        for c in args.compile:
+            warmup = args.warmup + (5 if c else 0)
+            rate = images_per_s(row, device, compiled=bool(c), warmup=warmup, steps=args.steps)
+            base.setdefault(c, rate)
+            cells.append(f"{rate:.0f} | {rate / base[c]:.0%}")
+        print(f"| {row.name} | {row.images} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
