@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30 if cuda else 2)
     parser.add_argument("--warmup", type=int, default=5 if cuda else 1)
     parser.add_argument("--compile", type=int, nargs="+", default=[0, 1] if cuda else [0], choices=[0, 1])
+    parser.add_argument("--skip", nargs="*", default=[], help="leave out the rows whose name contains one of these")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     device = pick_device("auto")
@@ -150,6 +151,8 @@ def main() -> None:
     print("| --- | --- |" + " --- | --- |" * len(modes))
     base: dict[int, float] = {}
     for row in rows(args.images):
+        if any(word in row.name for word in args.skip):
+            continue
         cells = []
         for c in args.compile:
             warmup = args.warmup + (5 if c else 0)

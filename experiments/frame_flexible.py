@@ -132,7 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()
     logging.getLogger("pipeline").setLevel(logging.WARNING)
-    work = args.work or Path(tempfile.mkdtemp(prefix=f"frame_flexible-{args.which}-"))
+    work = (args.work or Path(tempfile.mkdtemp(prefix=f"frame_flexible-{args.which}-"))).resolve()
     conditions, counts = (TFD, [4, 8, 16]) if args.which == "tfd" else (ORDER, [8])
     epochs = args.epochs or (4 if args.which == "tfd" else 6)
     if args.tabulate:
