@@ -1,15 +1,17 @@
-# Every target sets up .venv itself. Pass overrides as ARGS="section.key=value ...".
+# Every target sets up .venv itself. Pass overrides as ARGS="section.key=value ...", a recipe
+# (recipes/*.yaml, layered on CONFIG) as RECIPE=recipes/NAME.yaml.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= pipeline.yaml
+RECIPE ?=
 ARGS ?=
 SMOKE_DIR ?= runs/smoke
 # The smoke run: configs/smoke.yaml (small settings, also the tests' base) over the config, on the
 # tiny synthetic set under SMOKE_DIR, so it runs on a laptop CPU in minutes.
-SMOKE_ARGS := --config $(CONFIG) --config configs/smoke.yaml paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR)
+SMOKE_ARGS := --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) --config configs/smoke.yaml paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR)
 
 .PHONY: help venv smoke test test-fast lint format shards teacher-cache teacher-head train-student all report status slurm-up slurm-down synthetic bench-shards clean-smoke
 
@@ -44,28 +46,28 @@ format: $(STAMP) ## ruff: apply the formatter and the safe lint fixes
 	$(PY) -m ruff check --fix .
 
 synthetic: $(STAMP) ## Write the synthetic SSv2-format set to paths.ssv2_root
-	$(PY) -m stages.synthetic --config $(CONFIG) $(ARGS)
+	$(PY) -m stages.synthetic --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
 
 shards: $(STAMP) ## Stage 1: submit the shard array job (only shards not done) and wait
-	$(PY) -m slurm.launch shards --config $(CONFIG) $(ARGS)
+	$(PY) -m slurm.launch shards --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
 
 teacher-cache: $(STAMP) ## Stage 2: submit the teacher-cache array job (only shards not cached) and wait
-	$(PY) -m slurm.launch teacher-cache --config $(CONFIG) $(ARGS)
+	$(PY) -m slurm.launch teacher-cache --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
 
 teacher-head: $(STAMP) ## Stage 2b: submit the job fitting teacher heads on the cached features (only heads not fitted) and wait
-	$(PY) -m slurm.launch teacher-head --config $(CONFIG) $(ARGS)
+	$(PY) -m slurm.launch teacher-head --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
 
 train-student: $(STAMP) ## Stage 3: submit the DDP training job (requeues itself when preempted) and wait
-	$(PY) -m slurm.launch train-student --config $(CONFIG) $(ARGS)
+	$(PY) -m slurm.launch train-student --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
 
 all: $(STAMP) ## Submit every stage (shards, teacher-cache, teacher-head, train-student) chained with afterok dependencies
-	$(PY) -m slurm.launch all --no-wait --config $(CONFIG) $(ARGS)
+	$(PY) -m slurm.launch all --no-wait --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
 
 report: $(STAMP) ## Write <run_dir>/report/report.md and its PNG plots from the run's own files
-	$(PY) -m stages.report --config $(CONFIG) $(ARGS)
+	$(PY) -m stages.report --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
 
 status: $(STAMP) ## Each stage's jobs and states, and shards/rows/steps done versus expected
-	$(PY) -m slurm.launch status --config $(CONFIG) $(ARGS)
+	$(PY) -m slurm.launch status --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
 
 slurm-up: ## Start a single-node SLURM cluster on this machine (root, Debian)
 	bash slurm/dev-cluster/start.sh

@@ -31,8 +31,8 @@ def worker(configs: list[str], steps: int, warmup: int, data: Path | None) -> No
     from pipeline import config
     from pipeline.runtime import dist
     from pipeline.runtime.device import autocast_dtype
-    from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD, normalizer
     from pipeline.student.data import ClipBatch
+    from pipeline.student.models import input_normalizer
     from pipeline.student.train import build_state, train_step
 
     env = dist.from_environment()
@@ -47,7 +47,7 @@ def worker(configs: list[str], steps: int, warmup: int, data: Path | None) -> No
         state = build_state(cfg, device, num_classes=174, total_steps=10_000)  # same seed, so same weights on every rank
         if env.world_size > 1:
             state.wrapped = DDP(state.wrapped, device_ids=[device.index])
-        norm, dtype = normalizer(IMAGENET_MEAN, IMAGENET_STD, device), autocast_dtype(device, "bf16")
+        norm, dtype = input_normalizer(state.model, device), autocast_dtype(device, "bf16")
         b, t = int(batch), int(frames)
         pixels = torch.randint(0, 256, (b, t, 224, 224, 3), dtype=torch.uint8, device=device).movedim(-1, -3)
         fake = ClipBatch(

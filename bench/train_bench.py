@@ -31,7 +31,7 @@ from pipeline.accel.pool_loader import PoolKeeper
 from pipeline.runtime.cpus import TRAIN_RESERVE, loader_workers
 from pipeline.runtime.device import autocast_dtype, pick_device
 from pipeline.ssv2.annotations import LABELS_FILE, class_names, flip_pairs, load_labels
-from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD, channels_last_empty, normalizer
+from pipeline.ssv2.frames import channels_last_empty
 from pipeline.student.data import (
     CacheSource,
     ClipBatch,
@@ -41,6 +41,7 @@ from pipeline.student.data import (
     split_shards,
     to_device,
 )
+from pipeline.student.models import input_normalizer
 from pipeline.student.train import build_state, train_step
 from pipeline.teacher import run as teacher_run
 from pipeline.teacher.clip import load_teacher
@@ -124,7 +125,7 @@ def measure(
         torch.cuda.reset_peak_memory_stats()
     # the trainer's own set-up: same seed, optimiser and schedule; compiled when train.compile is set (CUDA)
     state = build_state(cfg, device, num_classes=174, total_steps=10_000)
-    norm = normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
+    norm = input_normalizer(state.model, device)
     dtype = autocast_dtype(device, cfg.train.precision)
     add = online_teacher(cfg, device, frames, batch) if online else (lambda b: b)
     step = lambda b: train_step(state, add(b), cfg=cfg, norm=norm, dtype=dtype)  # noqa: E731

@@ -53,6 +53,7 @@ TRAIN = (
     "train.num_workers=2",
     "train.optimizer=adamw",
     "train.lr=0.001",
+    "train.lr_batch=0",  # for this batch of 8, as given
     "train.weight_decay=0.0001",
     "train.log_every_steps=1000",
     "loss.teacher_head=temporal",

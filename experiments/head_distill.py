@@ -44,6 +44,7 @@ STUDENT = (
     "train.num_workers=2",
     "train.optimizer=adamw",
     "train.lr=0.001",
+    "train.lr_batch=0",  # for this batch of 8, as given
     "train.weight_decay=0.0001",
     "train.eval_frame_counts=[8]",
     "train.log_every_steps=1000",

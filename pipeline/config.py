@@ -116,11 +116,13 @@ class StudentConfig:
     """Stage 3's model."""
 
     arch: str = "tsm_r50"  # tsm_r50, mobilevit_xxs; tsm_tiny for tests and smoke runs
-    pretrained: str = ""  # "" (random), a local checkpoint file, or "imagenet" (downloads: needs internet)
+    pretrained: str = ""  # "" (random), a local state-dict file, or "imagenet" (the library's cache, else a download)
     image_size: int = 224
     num_frames: int = 16  # T segments per clip while training (the highest of train.frame_counts)
     feature_dim: int = 512  # the video feature distilled towards the teacher's
     dropout: float = 0.5
+    dropout_at: Literal["clip", "frame"] = "clip"  # clip: after pooling the frames (the seeds'); frame: per frame (TSM)
+    fc_init_std: float = 0.0  # > 0: classifier weights from N(0, std), bias 0 (TSM, mmaction2: 0.001); 0: PyTorch's
     temporal: Literal["attention", "attention_pos", "shift"] = "attention"  # mobilevit_xxs: how it sees time
 
 
@@ -134,6 +136,7 @@ class LossConfig:
     beta: float = 1.0
     gamma: float = 0.1
     temperature: float = 3.0
+    feature_reduction: Literal["mean", "sum"] = "mean"  # MSE over the feature's dimensions: mean (the seeds') or sum (D x)
 
 
 @dataclass
@@ -143,11 +146,16 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 8  # clips per GPU (per process)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.01
+    lr: float = 0.01  # for lr_batch clips per step; the step's lr is lr x (world size x batch_size) / lr_batch
+    lr_batch: int = 64  # the global batch `lr` is given for (TSM and mmaction2: 0.01 per 64 clips); 0: lr as given
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
+    decay_norms_and_biases: bool = False  # false: no weight decay on norm weights and biases (TSM and mmaction2)
+    lr_multipliers: bool = False  # TSM's policy: biases 2x lr; the new classifier and feature projection weights 5x, biases 10x
+    warmup_epochs: float = 0.0  # linear warm-up of the lr from 0
+    schedule: Literal["cosine", "step"] = "cosine"  # cosine to 0, or step: x0.1 at each of lr_milestones
+    lr_milestones: list[int] = field(default_factory=list)  # epochs, for schedule=step (mmaction2 SSv2: [25, 45])
+    grad_clip: float = 1.0  # max gradient norm (the seeds' walkthrough: 1; TSM, FFN and mmaction2: 20)
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast on CUDA; fp16 with a grad scaler
     device: str = "auto"
     num_workers: int = -1  # loader processes per rank; -1: the rank's CPUs less six (see runtime/cpus.py)

@@ -66,6 +66,9 @@ def test_numbers_trace_back_to_the_run_files(full_run):
     teacher_top = np.array([logits[rows[i]].argmax() for i in ids])
     assert _number(text, r"top-1 agreement ([0-9.]+)") == pytest.approx((teacher_top == student.argmax(1)).mean(), abs=1e-4)
     assert "Most confused pairs" in text and "Missing" not in text
+    # The lr the run trained with: train.lr per 64 clips, scaled to the run's batch of one rank.
+    lr = cfg.train.lr * cfg.train.batch_size / cfg.train.lr_batch
+    assert _number(text, r"effective lr ([0-9.e-]+) \(") == pytest.approx(lr, rel=1e-4)
 
 
 def test_a_partial_run_says_what_is_missing(synth_root, tmp_path):

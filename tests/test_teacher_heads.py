@@ -262,6 +262,7 @@ def test_the_students_position_head_learns_direction_where_the_seeds_head_cannot
     # MobileViT-XXS's two heads (student.temporal attention / attention_pos) trained on the same
     # per-frame features of the synthetic set's time-reversed pairs: the stand-in teacher's (a
     # from-scratch MobileViT learns too slowly on a CPU for a test; docs/frame_flexible.md)
+    from pipeline.config import StudentConfig
     from pipeline.student.models.mobilevit import TemporalAttentionHead
 
     cfg, _ = fitted
@@ -273,7 +274,8 @@ def test_the_students_position_head_learns_direction_where_the_seeds_head_cannot
         y = torch.from_numpy(row_labels(cfg.paths.shards_dir, split)[rows]).long()
         data[split] = (x, y)
     torch.manual_seed(0)
-    head = TemporalAttentionHead(x.shape[-1], 64, 174, 0.0, positions=positions)
+    student = StudentConfig(feature_dim=64, dropout=0.0, temporal="attention_pos" if positions else "attention")
+    head = TemporalAttentionHead(x.shape[-1], student, 174)
     optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
     x, y = data["train"]
     for _ in range(300):

@@ -226,6 +226,7 @@ def test_tsm_learns_the_temporal_classes_on_cpu(tmp_path):
         "train.num_workers=2",
         "train.optimizer=adamw",
         "train.lr=0.001",
+        "train.lr_batch=0",  # the lr is for this batch of 8, as given
         "train.weight_decay=0.0001",
         "train.eval_frame_counts=[8]",
     )

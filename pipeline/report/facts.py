@@ -123,6 +123,7 @@ class TrainFacts:
     best: dict | None
     frame_counts: dict | None
     predictions: dict | None
+    optimiser: dict | None = None  # student/optimiser.json: the effective lr, its groups and schedule
 
 
 def train_facts(cfg: Config) -> TrainFacts | None:
@@ -143,8 +144,14 @@ def train_facts(cfg: Config) -> TrainFacts | None:
     if (folder / "val_predictions.npz").exists():
         with np.load(folder / "val_predictions.npz") as z:
             predictions = {k: z[k] for k in z.files}
+    optimiser = json.loads((folder / "optimiser.json").read_text()) if (folder / "optimiser.json").exists() else None
     return TrainFacts(
-        [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "val"], best, counts, predictions
+        [r for r in records if r["kind"] == "train"],
+        [r for r in records if r["kind"] == "val"],
+        best,
+        counts,
+        predictions,
+        optimiser,
     )
 
 

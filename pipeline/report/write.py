@@ -127,6 +127,18 @@ def _heads_table(teacher: TeacherFacts) -> str:
     return "\n".join(lines) + f"\n\nThe student learned from: {learned}.\n"
 
 
+def _optimiser_line(o: dict) -> str:
+    given = f"train.lr {o['lr_given']:g} per {o['lr_batch']} clips" if o["lr_batch"] else f"train.lr {o['lr_given']:g} as given"
+    schedule = o["schedule"] + (f" at epochs {o['lr_milestones']}" if o["schedule"] == "step" else "")
+    groups = ", ".join(
+        f"{g['parameters']:,} parameters at {g['lr_mult']:g}x lr, weight decay {g['weight_decay']:g}" for g in o["groups"]
+    )
+    return (
+        f"Optimiser: {o['optimizer']}, effective lr {o['effective_lr']:.5g} ({given}, global batch {o['global_batch']}), "
+        f"warm-up {o['warmup_epochs']:g} epochs, {schedule}, gradient clipped at {o['grad_clip']:g}; groups: {groups}.\n"
+    )
+
+
 def _training_section(training: TrainFacts | None, cfg: Config, folder: Path) -> str:
     lines = ["## Training\n"]
     if training is None or not training.train:
@@ -136,6 +148,8 @@ def _training_section(training: TrainFacts | None, cfg: Config, folder: Path) ->
         f"{cfg.student.arch}, {cfg.loss.mode}; last logged step {last['step']} (epoch {last['epoch']}), "
         f"last loss {last['loss']:.4f}, {last['clips_per_s']:.1f} clips/s.\n"
     )
+    if training.optimiser:
+        lines.append(_optimiser_line(training.optimiser))
     if "teacher_agree" in last:
         lines.append(
             f"Student-teacher top-1 agreement on the training clips it last saw (the replayed views when the cache has "

@@ -15,10 +15,10 @@ from pipeline.runtime import dist
 from pipeline.runtime.atomic import write_bytes, write_json, write_text
 from pipeline.runtime.device import autocast_dtype
 from pipeline.runtime.dist import DistEnv
-from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD, normalizer
 from pipeline.student.data import ClipSource, ClipSpec, make_loader, split_shards, teacher_source, to_device, train_workers
 from pipeline.student.loss import distill_loss
 from pipeline.student.metrics import topk_hits
+from pipeline.student.models import input_normalizer
 from pipeline.teacher.heads import HeadChoice
 
 
@@ -56,7 +56,7 @@ def evaluate(
     workers = min(train_workers(cfg, env), max(1, len(shards) // env.world_size))
     source = ClipSource(shards, spec, env.rank, env.world_size, None, cache, {})
     loader = make_loader(source, workers=workers, device=device, keeper=pools)
-    norm = normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
+    norm = input_normalizer(model, device)
     dtype = autocast_dtype(device, cfg.train.precision)
     was_training = model.training
     model.eval()

@@ -27,7 +27,8 @@ def distill_loss(
     teacher_logits: torch.Tensor | None = None,
     teacher_feature: torch.Tensor | None = None,
 ) -> LossParts:
-    """alpha * MSE(normalised features) + beta * KL(teacher_T || student_T) * T^2 + gamma * CE.
+    """alpha * MSE(normalised features) + beta * KL(teacher_T || student_T) * T^2 + gamma * CE; the MSE
+    averages over the feature's dimensions or sums them (`loss.feature_reduction`), over the batch it averages.
 
     Vanilla mode is CE alone (weight 1): the parts that need a teacher are zero.
     """
@@ -40,7 +41,11 @@ def distill_loss(
         raise ValueError(f"loss.mode must be distill or vanilla, got {cfg.mode!r}")
     s = F.normalize(feature.float(), dim=-1)
     t = F.normalize(teacher_feature.float(), dim=-1)
-    mse = F.mse_loss(s, t)
+    mse = F.mse_loss(s, t)  # the seeds' mean over the D dimensions: its gradient is 1/D of the sum's
+    if cfg.feature_reduction == "sum":
+        mse = mse * s.shape[-1]
+    elif cfg.feature_reduction != "mean":
+        raise ValueError(f"loss.feature_reduction must be mean or sum, got {cfg.feature_reduction!r}")
     temp = cfg.temperature
     kl = (
         F.kl_div(

@@ -8,7 +8,6 @@ checkpoints and metrics, and finish with an evaluation at several frame counts.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,6 @@ from pipeline.runtime.device import autocast_dtype, pick_device
 from pipeline.runtime.dist import DistEnv
 from pipeline.runtime.progress import format_duration
 from pipeline.ssv2.annotations import class_names, flip_pairs, labels_path, load_labels
-from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD, normalizer
 from pipeline.student import checkpoint
 from pipeline.student.data import (
     ClipSource,
@@ -41,7 +39,8 @@ from pipeline.student.evaluate import EvalResult, evaluate, write_frame_count_ev
 from pipeline.student.ffn import consistency_loss, trained_counts
 from pipeline.student.loss import distill_loss
 from pipeline.student.metrics import AverageMeter, MetricsLog, topk_accuracy
-from pipeline.student.models import build_student
+from pipeline.student.models import build_student, input_normalizer
+from pipeline.student.optim import base_lr, effective_lr, lr_factor, make_optimizer, optimiser_facts
 from pipeline.teacher.heads import HeadChoice, choose_head
 from pipeline.teacher.store import head_records, open_checked
 
@@ -121,7 +120,22 @@ def run(
         raise ValueError(f"{train_videos} training videos are fewer than one batch per rank")
     total_steps = cfg.train.epochs * per_rank
 
-    state = build_state(cfg, device, num_classes=len(names), total_steps=total_steps)
+    state = build_state(
+        cfg, device, num_classes=len(names), total_steps=total_steps, steps_per_epoch=per_rank, world_size=env.world_size
+    )
+    if env.is_main:
+        lr = effective_lr(cfg.train, world_size=env.world_size)
+        log.info(
+            "lr %.5g: train.lr %.5g for %s clips, global batch %d (%d x %d)%s",
+            lr,
+            cfg.train.lr,
+            cfg.train.lr_batch or "any number of",
+            env.world_size * cfg.train.batch_size,
+            env.world_size,
+            cfg.train.batch_size,
+            ", TSM's lr multipliers" if cfg.train.lr_multipliers else "",
+        )
+        write_json(out / "optimiser.json", optimiser_facts(cfg.train, state.optimizer, world_size=env.world_size))
     _resume(out / "latest.pt", state, env)
     resumed_from = state.progress.step
     if env.world_size > 1:
@@ -160,12 +174,15 @@ def _device(cfg: Config, env: DistEnv) -> torch.device:
     return device
 
 
-def build_state(cfg: Config, device: torch.device, *, num_classes: int, total_steps: int) -> TrainState:
+def build_state(
+    cfg: Config, device: torch.device, *, num_classes: int, total_steps: int, steps_per_epoch: int = 1, world_size: int = 1
+) -> TrainState:
     """A fresh student with its optimiser, schedule and grad scaler (same weights on every rank)."""
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank and in every rerun
     model = prepare_model(build_student(cfg.student, num_classes, trained_counts(cfg)), cfg, device)
-    optimizer = make_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(cfg.train.warmup_steps, total_steps))
+    optimizer = make_optimizer(cfg.train, model, world_size=world_size)
+    factor = lr_factor(cfg.train, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and cfg.train.precision == "fp16")
     wrapped = torch.compile(model) if cfg.train.compile and device.type == "cuda" else model
     return TrainState(model, wrapped, optimizer, scheduler, scaler)
@@ -178,29 +195,6 @@ def prepare_model(model: torch.nn.Module, cfg: Config, device: torch.device) -> 
         model = model.to(memory_format=torch.channels_last)
         model.channels_last = True
     return model
-
-
-def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum or AdamW over every parameter, as `train.optimizer` says."""
-    t = cfg.train
-    fused = {"fused": True} if next(model.parameters()).is_cuda else {}
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, **fused)
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, **fused)
-    raise ValueError(f"train.optimizer must be sgd or adamw, got {t.optimizer!r}")
-
-
-def cosine_schedule(warmup: int, total: int) -> Callable[[int], float]:
-    """The lr factor at each step: linear warm-up over `warmup` steps, then cosine to 0 at `total`."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 def _resume(path: Path, state: TrainState, env: DistEnv) -> None:
@@ -259,7 +253,7 @@ class Trainer:
         self.cfg, self.env, self.device, self.teacher = cfg, env, device, teacher
         self.per_rank, self.total_steps = per_rank, total_steps
         self.flip_pairs = flip_pairs(names)
-        self.norm = normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
+        self.norm = None  # the student's own input normalisation, set when training starts
         self.dtype = autocast_dtype(device, cfg.train.precision)
         self.pools = PoolKeeper() if cfg.experimental.batch_pool else None
         self.metrics = MetricsLog(cfg.paths.student_dir, enabled=env.is_main)
@@ -274,6 +268,7 @@ class Trainer:
     def train(self, state: TrainState, stop_after: int | None, should_stop) -> bool:
         """Run the remaining epochs; True if stopped early (after writing latest.pt)."""
         cfg, p = self.cfg, state.progress
+        self.norm = input_normalizer(state.model, self.device)
         max_steps = cfg.train.max_steps or self.total_steps
         while p.epoch < cfg.train.epochs and p.step < max_steps:
             for _ in self._epoch(state):
@@ -340,7 +335,7 @@ class Trainer:
         now = time.monotonic()
         rate = clips / max(now - tick, 1e-9)
         self.clips_per_s = rate
-        lr = state.optimizer.param_groups[0]["lr"]
+        lr = base_lr(state.optimizer)
         left = (self.total_steps - p.step) * self.cfg.train.batch_size * self.env.world_size / max(rate, 1e-9)
         v = {k: m.avg for k, m in meters.items()}
         self.metrics.write(

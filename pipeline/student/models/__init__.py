@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
 from pipeline.config import StudentConfig
+from pipeline.ssv2.frames import normalizer
 from pipeline.student.models.base import VideoStudent
 from pipeline.student.models.mobilevit import build_mobilevit_xxs
 from pipeline.student.models.tsm import build_tsm
@@ -23,3 +26,10 @@ def build_student(cfg: StudentConfig, num_classes: int, counts: list[int] | None
     if cfg.temporal != "attention" and cfg.arch != "mobilevit_xxs":
         raise ValueError(f"student.temporal={cfg.temporal!r} is for mobilevit_xxs (TSM shifts in every block already)")
     return BUILDERS[cfg.arch](cfg, num_classes, counts)
+
+
+def input_normalizer(model: torch.nn.Module, device: torch.device):
+    """The normaliser of the student's input (uint8 -> float), with the mean and std its weights expect."""
+    inner = getattr(model, "module", model)  # DDP
+    inner = getattr(inner, "_orig_mod", inner)  # torch.compile
+    return normalizer(inner.input_mean, inner.input_std, device)

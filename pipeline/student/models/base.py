@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -9,6 +11,7 @@ import torch
 from torch import nn
 
 from pipeline.runtime.paths import looks_like_path
+from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD
 
 
 class StudentOutput(NamedTuple):
@@ -28,6 +31,8 @@ class VideoStudent(nn.Module):
     """
 
     channels_last = False  # set by the trainer on CUDA when train.channels_last is on
+    input_mean: tuple[float, float, float] = IMAGENET_MEAN  # the normalisation its pretrained weights expect
+    input_std: tuple[float, float, float] = IMAGENET_STD
 
     def frames(self, clips: torch.Tensor) -> torch.Tensor:
         """[B, T, 3, H, W] -> [B*T, 3, H, W] in the memory layout the convolutions were set up for."""
@@ -61,13 +66,14 @@ def load_backbone_weights(module: nn.Module, source: str, download: callable) ->
     if not source:
         return
     if Path(source).is_file():
-        state = torch.load(source, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state.get("model", state))
+        state = _read_state(Path(source))
     elif looks_like_path(source):
         raise WeightsError(f"student.pretrained={source!r}: no such file")
     else:
         try:
             state = download(source)
+        except WeightsError:
+            raise
         except Exception as e:
             raise WeightsError(
                 f"could not download student weights {source!r} ({type(e).__name__}: {str(e)[:160]}); without "
@@ -78,3 +84,42 @@ def load_backbone_weights(module: nn.Module, source: str, download: callable) ->
     if not usable:
         raise WeightsError(f"student.pretrained={source!r}: no tensor matches the backbone")
     module.load_state_dict(usable, strict=False)
+
+
+def classifier(width: int, num_classes: int, init_std: float) -> nn.Linear:
+    """The class layer; with `init_std` > 0 its weights come from N(0, init_std) and its bias is 0 (TSM's)."""
+    fc = nn.Linear(width, num_classes)
+    if init_std > 0:
+        nn.init.normal_(fc.weight, std=init_std)
+        nn.init.zeros_(fc.bias)
+    return fc
+
+
+def offline() -> bool:
+    """True when downloads are switched off (HF_HUB_OFFLINE=1, as for the Hugging Face hub)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def cached_or_download(cached: Path | None, download: Callable[[], dict], *, what: str, place: str) -> dict:
+    """A state dict from the library's cache file, else downloaded; offline or failing, a WeightsError
+    that says which file to place where (or which setting to change)."""
+    if cached is not None and cached.is_file():
+        return _read_state(cached)
+    advice = f"place {place}, or set student.pretrained to a local state-dict file"
+    if offline():
+        raise WeightsError(f"student.pretrained=imagenet: {what} is not in the cache and downloads are off: {advice}")
+    try:
+        return download()
+    except Exception as e:
+        raise WeightsError(
+            f"student.pretrained=imagenet: could not download {what} ({type(e).__name__}: {str(e)[:120]}); {advice}"
+        ) from e
+
+
+def _read_state(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state.get("model", state))

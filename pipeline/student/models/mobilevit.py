@@ -13,14 +13,26 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import timm
 import torch
 import torch.nn.functional as F
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.constants import HF_HUB_CACHE
 from timm.models.byobnet import BottleneckBlock
 from torch import nn
 
 from pipeline.config import StudentConfig
-from pipeline.student.models.base import StudentOutput, VideoStudent, load_backbone_weights
+from pipeline.student.models.base import (
+    StudentOutput,
+    VideoStudent,
+    WeightsError,
+    cached_or_download,
+    classifier,
+    load_backbone_weights,
+)
 from pipeline.student.models.flexible import alter_before, specialise_norms
 from pipeline.student.models.tsm import TemporalShift
 
@@ -31,13 +43,15 @@ class TemporalAttentionHead(nn.Module):
     """A learned score per frame, softmax over time, the weighted sum of frame features; with
     `positions`, a temporal position embedding added first."""
 
-    def __init__(self, in_dim: int, feature_dim: int, num_classes: int, dropout: float, *, positions: bool = False):
+    def __init__(self, in_dim: int, cfg: StudentConfig, num_classes: int):
         super().__init__()
-        self.proj = nn.Linear(in_dim, feature_dim)
-        self.position = nn.Parameter(torch.randn(POSITIONS, feature_dim) * 0.02) if positions else None
-        self.score = nn.Linear(feature_dim, 1)
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(feature_dim, num_classes)
+        self.proj = nn.Linear(in_dim, cfg.feature_dim)
+        positions = cfg.temporal == "attention_pos"
+        self.position = nn.Parameter(torch.randn(POSITIONS, cfg.feature_dim) * 0.02) if positions else None
+        self.score = nn.Linear(cfg.feature_dim, 1)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.per_frame = cfg.dropout_at == "frame"
+        self.fc = classifier(cfg.feature_dim, num_classes, cfg.fc_init_std)
 
     def forward(self, frames: torch.Tensor) -> StudentOutput:
         """frames [B, T, in_dim] -> logits [B, C], feature [B, feature_dim]."""
@@ -46,7 +60,9 @@ class TemporalAttentionHead(nn.Module):
             x = x + self._positions(x.shape[1]).to(x.dtype)
         weights = self.score(x).softmax(dim=1)  # [B, T, 1]
         video = (weights * x).sum(1)
-        return StudentOutput(self.fc(self.dropout(video)), video)
+        # per frame: each frame drops its own units before the weighted sum the classifier sees
+        dropped = (weights * self.dropout(x)).sum(1) if self.per_frame else self.dropout(video)
+        return StudentOutput(self.fc(dropped), video)
 
     def _positions(self, frames: int) -> torch.Tensor:
         if frames == POSITIONS:
@@ -56,11 +72,14 @@ class TemporalAttentionHead(nn.Module):
 
 
 class FrameEncoderWithHead(VideoStudent):
-    """Any per-frame image encoder followed by the temporal attention head."""
+    """Any per-frame image encoder followed by the temporal attention head; input normalised as the
+    encoder's pretrained config says."""
 
     def __init__(self, encoder: nn.Module, head: TemporalAttentionHead):
         super().__init__()
         self.encoder, self.head = encoder, head
+        self.input_mean = tuple(encoder.pretrained_cfg["mean"])
+        self.input_std = tuple(encoder.pretrained_cfg["std"])
 
     def forward_clip(self, clips: torch.Tensor) -> StudentOutput:
         """clips [B, T, 3, H, W] -> logits [B, C], feature [B, D]."""
@@ -73,11 +92,7 @@ def build_mobilevit_xxs(cfg: StudentConfig, num_classes: int, counts: list[int] 
     """timm's MobileViT-XXS without its classifier (320-d pooled features per frame), the head of
     `student.temporal`; with several trained frame counts, FFN's per-count norms and alterations."""
     encoder = timm.create_model("mobilevit_xxs", pretrained=False, num_classes=0)
-
-    def download(tag: str) -> dict:
-        return timm.create_model("mobilevit_xxs", pretrained=True, num_classes=0).state_dict()
-
-    load_backbone_weights(encoder, cfg.pretrained, download)
+    load_backbone_weights(encoder, cfg.pretrained, _imagenet_state)
     blocks = [m for m in encoder.modules() if isinstance(m, BottleneckBlock)]
     if counts is not None and len(counts) > 1:
         for block in blocks:
@@ -87,7 +102,19 @@ def build_mobilevit_xxs(cfg: StudentConfig, num_classes: int, counts: list[int] 
         for block in blocks:
             if block.shortcut is not None and isinstance(block.shortcut, nn.Identity):
                 block.conv1_1x1 = TemporalShift(block.conv1_1x1)
-    head = TemporalAttentionHead(
-        encoder.num_features, cfg.feature_dim, num_classes, cfg.dropout, positions=cfg.temporal == "attention_pos"
+    return FrameEncoderWithHead(encoder, TemporalAttentionHead(encoder.num_features, cfg, num_classes))
+
+
+def _imagenet_state(tag: str) -> dict:
+    """timm's MobileViT-XXS ImageNet weights (`timm/mobilevit_xxs.cvnets_in1k` on the Hugging Face hub)."""
+    if tag != "imagenet":
+        raise WeightsError(f"student.pretrained={tag!r}: not a file, and the only tag is 'imagenet'")
+    repo = timm.models.get_pretrained_cfg("mobilevit_xxs").hf_hub_id
+    cache = os.environ.get("HF_HUB_CACHE") or HF_HUB_CACHE  # read now, so a changed environment counts
+    cached = try_to_load_from_cache(repo, "model.safetensors", cache_dir=cache)
+    return cached_or_download(
+        Path(cached) if isinstance(cached, str) else None,
+        lambda: timm.create_model("mobilevit_xxs", pretrained=True, num_classes=0).state_dict(),
+        what=f"timm's MobileViT-XXS weights ({repo})",
+        place=f"model.safetensors of https://huggingface.co/{repo} in the Hugging Face cache ({cache})",
     )
-    return FrameEncoderWithHead(encoder, head)

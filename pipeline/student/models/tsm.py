@@ -7,12 +7,21 @@ identity path keeps the frame's own features. Ends are zero-padded; the shift ma
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torchvision.models import resnet
 
 from pipeline.config import StudentConfig
-from pipeline.student.models.base import StudentOutput, VideoStudent, load_backbone_weights
+from pipeline.student.models.base import (
+    StudentOutput,
+    VideoStudent,
+    WeightsError,
+    cached_or_download,
+    classifier,
+    load_backbone_weights,
+)
 from pipeline.student.models.flexible import alter_before, specialise_norms
 
 
@@ -87,21 +96,24 @@ class TemporalShift(nn.Module):
 class TSM(VideoStudent):
     """ResNet with temporal shift, average consensus, a classifier and a feature projection."""
 
-    def __init__(self, backbone: resnet.ResNet, num_classes: int, feature_dim: int, dropout: float):
+    def __init__(self, backbone: resnet.ResNet, cfg: StudentConfig, num_classes: int):
         super().__init__()
         width = backbone.fc.in_features
         backbone.fc = nn.Identity()
         self.backbone = backbone
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(width, num_classes)
-        self.proj = nn.Linear(width, feature_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.per_frame = cfg.dropout_at == "frame"
+        self.fc = classifier(width, num_classes, cfg.fc_init_std)
+        self.proj = nn.Linear(width, cfg.feature_dim)
 
     def forward_clip(self, clips: torch.Tensor) -> StudentOutput:
         """clips [B, T, 3, H, W] -> logits [B, C], feature [B, D]."""
         b, t = clips.shape[:2]
-        frames = self.backbone(self.frames(clips))  # [B*T, width]
-        pooled = frames.view(b, t, -1).mean(1)  # average consensus (equal to averaging frame logits)
-        return StudentOutput(self.fc(self.dropout(pooled)), self.proj(pooled))
+        frames = self.backbone(self.frames(clips)).view(b, t, -1)  # [B, T, width]
+        pooled = frames.mean(1)  # average consensus (the fc is linear: equal to averaging frame logits)
+        # per frame, TSM's place: each frame drops its own units before the (shared) fc
+        dropped = self.dropout(frames).mean(1) if self.per_frame else self.dropout(pooled)
+        return StudentOutput(self.fc(dropped), self.proj(pooled))
 
 
 def add_shifts(net: resnet.ResNet, fold_div: int = 8, counts: list[int] | None = None) -> resnet.ResNet:
@@ -120,9 +132,18 @@ def add_shifts(net: resnet.ResNet, fold_div: int = 8, counts: list[int] | None =
 
 
 def _imagenet_state(tag: str) -> dict:
+    """torchvision's ResNet-50 IMAGENET1K_V1, the weights TSM and mmaction2 start from (not V2)."""
     if tag != "imagenet":
-        raise ValueError(f"unknown tag {tag!r} (only 'imagenet')")
-    return resnet.ResNet50_Weights.IMAGENET1K_V2.get_state_dict(progress=False)
+        raise WeightsError(f"student.pretrained={tag!r}: not a file, and the only tag is 'imagenet'")
+    weights = resnet.ResNet50_Weights.IMAGENET1K_V1
+    name = weights.url.rsplit("/", 1)[1]
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    return cached_or_download(
+        cache / name,
+        lambda: weights.get_state_dict(progress=False),
+        what=f"torchvision's ResNet-50 IMAGENET1K_V1 ({name})",
+        place=f"{name} (from {weights.url}) in {cache}/",
+    )
 
 
 def build_tsm(cfg: StudentConfig, num_classes: int, depth: int, counts: list[int] | None = None) -> TSM:
@@ -133,4 +154,4 @@ def build_tsm(cfg: StudentConfig, num_classes: int, depth: int, counts: list[int
         net = resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1])
     # Weights are loaded before the shifts wrap conv1, so torchvision/timm keys match.
     load_backbone_weights(net, cfg.pretrained, _imagenet_state)
-    return TSM(add_shifts(net, counts=counts), num_classes, cfg.feature_dim, cfg.dropout)
+    return TSM(add_shifts(net, counts=counts), cfg, num_classes)
