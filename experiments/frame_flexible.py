@@ -1,11 +1,11 @@
 """Frame flexibility and order, measured on the synthetic set (CPU).
 
-    python -m experiments.frame_flexible tfd [--videos 300] [--seeds 0 1 2] [--epochs 4] [--work DIR]
+    python -m experiments.frame_flexible tfd [--counts 4 8 16] [--videos 300] [--seeds 0 1 2] [--epochs 4] [--work DIR]
     python -m experiments.frame_flexible order [--videos 300] [--seeds 0 1 2] [--epochs 6] [--work DIR]
 
 In pieces (data made where ffmpeg is, seeds trained side by side elsewhere, one table at the end):
 `--prepare-only --work DIR`, then `--work DIR --seeds S` for each seed (each writes
-results-<which>-seedS.json in DIR), then `--tabulate --work DIR`.
+results-<which>[-counts]-seedS.json in DIR), then `--tabulate --work DIR`.
 
 `tfd`: temporal frequency deviation. tsm_tiny (64 px) trained at 16 frames against FFN-trained at
 4, 8 and 16 (`train.frame_counts=[4, 8, 16]`, lambda 1), each vanilla (CE alone) and distilled from
@@ -58,12 +58,20 @@ TRAIN = (
     "train.log_every_steps=1000",
     "loss.teacher_head=temporal",
 )
-TFD = {
-    "plain 16, vanilla": ("student.num_frames=16", "loss.mode=vanilla"),
-    "FFN 4/8/16, vanilla": ("student.num_frames=16", "train.frame_counts=[4, 8, 16]", "loss.mode=vanilla"),
-    "plain 16, distilled": ("student.num_frames=16",),
-    "FFN 4/8/16, distilled": ("student.num_frames=16", "train.frame_counts=[4, 8, 16]"),
-}
+
+
+def tfd_conditions(counts: list[int]) -> dict[str, tuple[str, ...]]:
+    """Plain training at the highest count against FFN at all of them, each vanilla and distilled."""
+    top, shown = max(counts), "/".join(str(c) for c in counts)
+    plain, ffn = (f"student.num_frames={top}",), (f"student.num_frames={top}", f"train.frame_counts={counts}")
+    return {
+        f"plain {top}, vanilla": (*plain, "loss.mode=vanilla"),
+        f"FFN {shown}, vanilla": (*ffn, "loss.mode=vanilla"),
+        f"plain {top}, distilled": plain,
+        f"FFN {shown}, distilled": ffn,
+    }
+
+
 ORDER = {
     f"mobilevit_xxs, {t}": ("student.arch=mobilevit_xxs", f"student.temporal={t}", "student.num_frames=8", "loss.mode=vanilla")
     for t in ("attention", "attention_pos", "shift")
@@ -128,16 +136,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="default: 4 (tfd), 6 (order)")
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--counts", type=int, nargs="+", default=[4, 8, 16], help="tfd: the frame counts (FFN trains all)")
     parser.add_argument("--prepare-only", action="store_true", help="make the data, shards and cache, then stop")
     parser.add_argument("--tabulate", action="store_true", help="only print the table of the results in --work")
     args = parser.parse_args()
     setup_logging()
     logging.getLogger("pipeline").setLevel(logging.WARNING)
     work = (args.work or Path(tempfile.mkdtemp(prefix=f"frame_flexible-{args.which}-"))).resolve()
-    conditions, counts = (TFD, [4, 8, 16]) if args.which == "tfd" else (ORDER, [8])
+    counts = sorted(args.counts)
+    conditions, counts = (tfd_conditions(counts), counts) if args.which == "tfd" else (ORDER, [8])
+    tag = f"tfd-{'-'.join(map(str, counts))}" if args.which == "tfd" else args.which
     epochs = args.epochs or (4 if args.which == "tfd" else 6)
     if args.tabulate:
-        results = [r for f in sorted(work.glob(f"results-{args.which}-seed*.json")) for r in json.loads(f.read_text())]
+        files = sorted(work.glob(f"results-{tag}-seed*.json"))
+        results = [r for f in files for r in json.loads(f.read_text()) if r["name"] in conditions]
         for r in results:  # JSON keys are strings
             r["counts"] = {int(c): top1 for c, top1 in r["counts"].items()}
         seeds = sorted({r["seed"] for r in results})
@@ -151,7 +163,7 @@ def main() -> None:
                 results.append(train_one(work, root, name, settings, seed=seed, epochs=epochs, counts=counts))
                 log.info("%s", results[-1])
             done = [r for r in results if r["seed"] == seed]
-            (work / f"results-{args.which}-seed{seed}.json").write_text(json.dumps(done, indent=1))
+            (work / f"results-{tag}-seed{seed}.json").write_text(json.dumps(done, indent=1))
     print(f"\n{args.videos} synthetic videos (2 time-reversed pairs), {epochs} epochs, seeds {seeds}\n")
     print(table(results, list(conditions), counts))
 
