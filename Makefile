@@ -13,7 +13,7 @@ SMOKE_DIR ?= runs/smoke
 # tiny synthetic set under SMOKE_DIR, so it runs on a laptop CPU in minutes.
 SMOKE_ARGS := --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) --config configs/smoke.yaml paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR)
 
-.PHONY: help venv smoke test test-fast lint format shards teacher-cache teacher-head train-student all report status slurm-up slurm-down synthetic bench-shards clean-smoke
+.PHONY: help venv smoke test test-fast lint format shards teacher-cache teacher-head train-student evaluate all report status slurm-up slurm-down synthetic bench-shards clean-smoke
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -29,6 +29,7 @@ $(STAMP): requirements.txt
 smoke: $(STAMP) ## Run every stage on the embedded tiny synthetic data set (CPU, a few minutes)
 	$(PY) -m stages.synthetic $(SMOKE_ARGS)
 	$(PY) -m slurm.launch all $(SMOKE_ARGS) $(ARGS)
+	$(PY) -m slurm.launch evaluate $(SMOKE_ARGS) $(ARGS)
 	$(PY) -m stages.report $(SMOKE_ARGS) $(ARGS)
 
 test: $(STAMP) ## Run the whole test suite (what CI runs): unit, integration and real-SLURM tests
@@ -59,6 +60,9 @@ teacher-head: $(STAMP) ## Stage 2b: submit the job fitting teacher heads on the 
 
 train-student: $(STAMP) ## Stage 3: submit the DDP training job (requeues itself when preempted) and wait
 	$(PY) -m slurm.launch train-student --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
+
+evaluate: $(STAMP) ## The published test protocol (eval.clips x eval.crops views, softmax averaged) on a checkpoint, as a job; waits
+	$(PY) -m slurm.launch evaluate --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
 
 all: $(STAMP) ## Submit every stage (shards, teacher-cache, teacher-head, train-student) chained with afterok dependencies
 	$(PY) -m slurm.launch all --no-wait --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)

@@ -173,6 +173,19 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The evaluate stage: the published test protocol on a trained checkpoint (ssv2/test_views.py)."""
+
+    checkpoint: str = "best"  # best or latest (in the student folder), or a checkpoint file
+    split: str = "validation"
+    clips: int = 2  # clips per video: mmaction2's twice_sample (segment centres, then segment starts)
+    crops: int = 3  # 3: mmaction2's ThreeCrop of the short side; 1: the centre crop
+    image_size: int = 256  # the three crops' size (mmaction2: Resize short side 256, ThreeCrop 256)
+    frame_counts: list[int] = field(default_factory=list)  # empty: train.eval_frame_counts and the trained counts
+    batch_size: int = 4  # videos per step per rank; each is clips x crops clips
+
+
+@dataclass
 class SlurmStageConfig:
     """Resources of one stage's SLURM jobs."""
 
@@ -205,6 +218,9 @@ class SlurmConfig:
     )
     train_student: SlurmStageConfig = field(
         default_factory=lambda: SlurmStageConfig(time_min=2880, gpus_per_node=8, tasks_per_node=8, cpus_per_task=12, mem_gb=400)
+    )
+    evaluate: SlurmStageConfig = field(
+        default_factory=lambda: SlurmStageConfig(time_min=120, gpus_per_node=1, tasks_per_node=1, cpus_per_task=16, mem_gb=64)
     )
 
 
@@ -239,6 +255,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     experimental: ExperimentalConfig = field(default_factory=ExperimentalConfig)

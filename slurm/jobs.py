@@ -11,7 +11,7 @@ import time
 import submitit
 
 from pipeline.config import Config
-from stages import train_student
+from stages import evaluate, train_student
 
 log = logging.getLogger(__name__)
 
@@ -62,3 +62,19 @@ class TrainJob:
         with open(folder / "requeue.jsonl", "a") as f:
             f.write(json.dumps({"event": event, "path": path, "step": step, "job_id": env.job_id, "time": time.time()}) + "\n")
         log.info("%s %s (job %s)", event, path, env.job_id)
+
+
+class EvaluateJob:
+    """Runs one rank of the evaluate stage; a rerun (or a requeue) evaluates again from the start."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def __call__(self) -> dict:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        rows = evaluate.run_task(self.cfg)
+        return {"rows": len(rows), "best_top1": max((r["top1"] for r in rows), default=0.0)}
+
+    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
+        """Preempted: run it again (evaluation keeps no state worth resuming)."""
+        return submitit.helpers.DelayedSubmission(self)

@@ -1,4 +1,4 @@
-"""Submit the pipeline's stages (`python -m slurm.launch {shards,teacher-cache,teacher-head,train-student,all,status}`).
+"""Submit the pipeline's stages (`python -m slurm.launch {shards,teacher-cache,teacher-head,train-student,evaluate,all,status}`).
 
 Array stages submit only the shards that are not done yet, in groups of one task each; `all` chains
 the four stages with afterok dependencies; with --wait (the default for single stages) the command
@@ -25,7 +25,7 @@ from pipeline.teacher import run as teacher_run
 from pipeline.teacher.heads import head_settings
 from pipeline.teacher.store import CacheMismatchError, head_fingerprint, head_records
 from slurm.executor import executor_kind, make_executor, max_array_size, submission_folder
-from slurm.jobs import TrainJob
+from slurm.jobs import EvaluateJob, TrainJob
 from slurm.status import status_report
 from stages import shards as shards_stage
 from stages import teacher_cache as teacher_stage
@@ -179,6 +179,19 @@ def submit_train(cfg: Config, after: list | None = None) -> tuple[list, Path | N
     return [job], folder
 
 
+def submit_evaluate(cfg: Config, after: list | None = None) -> tuple[list, Path | None]:
+    """One evaluation job over nodes x tasks_per_node processes (one per GPU)."""
+    folder = submission_folder(cfg, "evaluate")
+    resources = cfg.slurm.evaluate
+    executor = make_executor(cfg, "evaluate", resources, folder)
+    _run_after(executor, cfg, resources, after)
+    job = executor.submit(EvaluateJob(cfg))
+    _record(folder, cfg, "evaluate", [{"job_id": job.job_id}])
+    tasks = resources.nodes * resources.tasks_per_node
+    log.info("evaluate: submitted job %s (%d task(s); logs in %s)", job.job_id, tasks, folder)
+    return [job], folder
+
+
 def wait(jobs: list, stage: str) -> bool:
     """Wait for the jobs; log each failure with its log file and what it owned. True if all succeeded."""
     ok, results = True, []
@@ -213,7 +226,8 @@ def wait(jobs: list, stage: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and submit (and by default wait for) the asked stage."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["shards", "teacher-cache", "teacher-head", "train-student", "all", "status"])
+    stages = ["shards", "teacher-cache", "teacher-head", "train-student", "evaluate", "all", "status"]
+    parser.add_argument("stage", choices=stages)
     parser.add_argument("--no-wait", action="store_true", help="submit and return")
     cli.add_config_args(parser)
     args = parser.parse_intermixed_args(argv)
@@ -227,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "teacher-cache": ["teacher"],
         "teacher-head": ["head"],
         "train-student": ["train"],
+        "evaluate": ["evaluate"],
         "all": ["shards", "teacher", "head", "train"],
     }[args.stage]
     local = executor_kind(cfg) == "local"
@@ -243,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         elif step == "head":
             jobs, _ = submit_head(cfg, after=previous if not local else None)
+        elif step == "evaluate":
+            jobs, _ = submit_evaluate(cfg, after=previous if not local else None)
         else:
             jobs, _ = submit_train(cfg, after=previous if not local else None)
         submitted.append((step, jobs))

@@ -106,6 +106,16 @@ def _train_progress(cfg: Config) -> str:
     )
 
 
+def _evaluate_progress(cfg: Config) -> str:
+    path = cfg.paths.student_dir / "test" / "test.json"
+    if not path.exists():
+        return "not evaluated yet (make evaluate)"
+    facts = json.loads(path.read_text())
+    best = max(facts["rows"], key=lambda r: r["top1"])
+    where = f"{best['frames']} frames, {best['protocol']}"
+    return f"{len(facts['rows'])} rows in {path.parent / 'test.md'}; best top-1 {best['top1']:.4f} ({where})"
+
+
 def status_report(cfg: Config) -> str:
     """A few lines per stage."""
     lines = [f"run folder {cfg.paths.run_dir}"]
@@ -114,6 +124,7 @@ def status_report(cfg: Config) -> str:
         ("teacher-cache", "teacher_cache", _cache_progress),
         ("teacher-head", "teacher_head", _head_progress),
         ("train-student", "train_student", _train_progress),
+        ("evaluate", "evaluate", _evaluate_progress),
     ):
         lines.append(f"{title}: {progress(cfg)}")
         lines += _submissions(cfg, stage)

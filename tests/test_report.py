@@ -9,7 +9,7 @@ from PIL import Image
 from pipeline.report import write as report
 from pipeline.shards import build as shards
 from pipeline.ssv2.records import read_shard
-from pipeline.student import train
+from pipeline.student import test_run, train
 from pipeline.teacher import run as teacher_run
 from tests.helpers import TINY_TRAINING, make_config
 
@@ -22,6 +22,8 @@ def full_run(synth_root, tmp_path_factory):
     shards.run(cfg)
     teacher_run.run(cfg)
     train.run(cfg)
+    cfg.eval.checkpoint = "latest"  # the final weights: its single view is the trainer's last evaluation
+    test_run.run(cfg)
     return cfg, report.write_report(cfg).read_text()
 
 
@@ -81,3 +83,18 @@ def test_a_partial_run_says_what_is_missing(synth_root, tmp_path):
     assert "Missing: no validation predictions yet" in text
     empty = make_config(synth_root, tmp_path / "nothing", *SMALL)
     assert "Missing: no complete shard index for train, validation" in report.write_report(empty).read_text()
+
+
+def test_the_test_protocol_table_traces_back_to_its_scores(full_run):
+    cfg, text = full_run
+    facts = json.loads((cfg.paths.student_dir / "test" / "test.json").read_text())
+    trained = json.loads((cfg.paths.student_dir / "eval_frames.json").read_text())["results"]
+    for row in facts["rows"]:
+        with np.load(cfg.paths.student_dir / "test" / f"scores-{row['frames']}f-{row['clips']}x{row['crops']}.npz") as z:
+            top1 = float((z["scores"].astype(np.float32).argmax(1) == z["labels"]).mean())
+        assert row["top1"] == pytest.approx(top1, abs=1e-6)
+        if row["clips"] * row["crops"] == 1:  # the same clips and weights as the trainer's evaluation at that count
+            assert row["top1"] == pytest.approx(trained[str(row["frames"])]["top1"], abs=1e-6)
+    multi = next(r for r in facts["rows"] if r["clips"] == 2 and r["crops"] == 3)
+    cell = re.search(rf"\| {multi['frames']}(?: \(trained\))? \| [0-9.]+ \| [0-9.]+ \| ([0-9.]+) \|", text)
+    assert cell and float(cell.group(1)) == pytest.approx(100 * multi["top1"], abs=0.006)

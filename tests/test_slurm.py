@@ -43,6 +43,10 @@ SLURM = (
     "slurm.train_student.cpus_per_task=2",
     "slurm.train_student.mem_gb=4",
     "slurm.train_student.time_min=20",
+    "slurm.evaluate.gpus_per_node=0",
+    "slurm.evaluate.cpus_per_task=2",
+    "slurm.evaluate.mem_gb=3",
+    "slurm.evaluate.time_min=20",
 )
 SMALL = (
     "teacher.model=clip-tiny",
@@ -155,6 +159,9 @@ def test_smoke_pipeline_end_to_end_through_sbatch(cluster, data, tmp_path):
     assert set(head_records(root)) == {"zero_shot", "linear", "temporal"}  # the head stage ran as its own job
     assert json.loads((cfg.paths.student_dir / "teacher_head.json").read_text())["name"] in {"linear", "temporal"}
     assert json.loads((cfg.paths.student_dir / "eval_frames.json").read_text())["trained_num_frames"] == 4
+    assert launch.main(["evaluate", *_overrides(data, tmp_path)]) == 0  # the test protocol as its own job
+    rows = json.loads((cfg.paths.student_dir / "test" / "test.json").read_text())["rows"]
+    assert {(r["clips"], r["crops"]) for r in rows} == {(1, 1), (2, 3)}
     submissions = list((tmp_path / "slurm").glob("*/*/submission.json"))
     assert {json.loads(p.read_text())["executor"] for p in submissions} == {"slurm"}
     ids = ",".join(t["job_id"] for p in submissions for t in json.loads(p.read_text())["tasks"])

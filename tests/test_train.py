@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from pipeline.config import LossConfig
 from pipeline.shards import build as shards
 from pipeline.ssv2.annotations import LABELS_FILE, class_names, flip_pairs, load_labels
+from pipeline.ssv2.records import read_shard
 from pipeline.student import checkpoint, train
 from pipeline.student.data import check_shards_feed
 from pipeline.student.loss import distill_loss
@@ -176,7 +178,7 @@ def test_two_process_gloo_ddp_with_unequal_shards_agrees_on_weights(synth_root, 
     overrides = [
         f"paths.ssv2_root={synth_root}",
         f"paths.run_dir={run_dir}",
-        "shards.videos_per_shard=6",
+        "shards.videos_per_shard=5",
         "data.splits=[train, validation]",
         "loss.mode=vanilla",
         *SMALL,
@@ -187,8 +189,9 @@ def test_two_process_gloo_ddp_with_unequal_shards_agrees_on_weights(synth_root, 
     cfg = make_config(synth_root, run_dir, *overrides[2:])
     shards.run(cfg)
     sizes = [m["num_videos"] for m in json.loads((cfg.paths.shards_dir / "train.index.json").read_text())["shards"]]
-    assert len(set(sizes)) > 1, sizes  # unequal shards: 6, 6, 6, 6, 6, 2
-    env = {**os.environ, "MASTER_PORT": "29533", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    assert len(set(sizes)) > 1, sizes  # unequal shards: 5, 5, 5, 5, 5, 5, 2
+    evaluate = not frame_counts  # the evaluate stage too, on the plain run: every video gathered once
+    env = {**os.environ, "MASTER_PORT": "29533", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "EVALUATE": str(int(evaluate))}
     cmd = [
         sys.executable,
         "-m",
@@ -204,6 +207,17 @@ def test_two_process_gloo_ddp_with_unequal_shards_agrees_on_weights(synth_root, 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["digest"] == ranks[1]["digest"]
     assert ranks[0]["steps"] == ranks[1]["steps"] == 32 // (2 * 4) and ranks[0]["epoch"] == 1
+    if evaluate:
+        index = json.loads((cfg.paths.shards_dir / "validation.index.json").read_text())
+        per_rank = [sum(s["num_videos"] for s in index["shards"][r::2]) for r in (0, 1)]
+        assert per_rank[0] != per_rank[1], per_rank  # the ranks evaluate different numbers of videos
+        ids = sorted(r["id"] for t in sorted(cfg.paths.shards_dir.glob("validation-*.tar")) for r, _ in read_shard(str(t)))
+        for scores in sorted((cfg.paths.student_dir / "test").glob("scores-*.npz")):
+            with np.load(scores) as z:
+                assert sorted(z["ids"].tolist()) == ids, scores.name  # every video exactly once
+                assert np.allclose(z["scores"].astype(np.float32).sum(1), 1.0, atol=1e-2)
+        facts = json.loads((cfg.paths.student_dir / "test" / "test.json").read_text())
+        assert {r["videos"] for r in facts["rows"]} == {len(ids)}
 
 
 def test_tsm_learns_the_temporal_classes_on_cpu(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def write_report(cfg: Config) -> Path:
         _data_section(data, class_names, folder),
         _teacher_section(teacher, data.videos),
         _training_section(training, cfg, folder),
+        _test_section(cfg),
         _classes_section(training, teacher, data, class_names, folder),
     ]
     path = folder / "report.md"
@@ -186,6 +188,27 @@ def _training_section(training: TrainFacts | None, cfg: Config, folder: Path) ->
             lines.append(f"| {k}{mark} | {r['top1']:.4f} | {r['top5']:.4f} |")
         lines.append(f"\n![frame counts]({plots.frame_counts(counts['results'], trained, folder / 'frame_counts.png')})\n")
     return "\n".join(lines)
+
+
+def _test_section(cfg: Config) -> str:
+    lines = ["## Test protocol\n"]
+    path = cfg.paths.student_dir / "test" / "test.json"
+    if not path.exists():
+        return "\n".join(lines + ["Missing: no test-protocol evaluation yet (run `make evaluate`).\n"])
+    facts = json.loads(path.read_text())
+    protocols = list(dict.fromkeys(r["protocol"] for r in facts["rows"]))
+    by = {(r["frames"], r["protocol"]): r for r in facts["rows"]}
+    lines.append(
+        f"`{Path(facts['checkpoint']).name}` (epoch {facts['epoch']}), each video's softmax averaged over its views; "
+        "single view: the centre clip and crop of validation during training.\n"
+    )
+    lines.append("| frames | " + " | ".join(f"{p} top-1 | {p} top-5" for p in protocols) + " |")
+    lines.append("| --- |" + " --- | --- |" * len(protocols))
+    for frames in sorted({r["frames"] for r in facts["rows"]}):
+        cells = [f"{100 * by[(frames, p)]['top1']:.2f} | {100 * by[(frames, p)]['top5']:.2f}" for p in protocols]
+        mark = " (trained)" if frames in facts["trained_counts"] else ""
+        lines.append(f"| {frames}{mark} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _classes_section(

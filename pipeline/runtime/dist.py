@@ -82,3 +82,10 @@ def shutdown() -> None:
     """Leave the process group."""
     if torch_dist.is_initialized():
         torch_dist.destroy_process_group()
+
+
+def cuda_device(local_rank: int) -> torch.device:
+    """This process's GPU (one per local rank), made current."""
+    device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    return device

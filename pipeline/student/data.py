@@ -36,6 +36,8 @@ from pipeline.shards.plan import read_index
 from pipeline.ssv2.frames import channels_last_empty, decode, stack_channels_last
 from pipeline.ssv2.records import select_frames
 from pipeline.ssv2.sampling import segment_centres, segment_random
+from pipeline.ssv2.test_views import clip_frames as test_clips
+from pipeline.ssv2.test_views import three_crop_boxes
 from pipeline.ssv2.views import View, crop_box, replay_view, teacher_subset
 from pipeline.teacher.heads import HeadChoice
 from pipeline.teacher.store import CacheMismatchError, CacheReader
@@ -67,6 +69,9 @@ class ClipSpec:
     train: bool
     flip: bool = False
     lower_counts: tuple[int, ...] = ()  # FFN training: the lower frame counts, ascending (num_frames is the highest)
+    test_clips: int = 1  # evaluation: clips per video (ssv2/test_views.py); with test_crops > 1 or clips > 1,
+    test_crops: int = 1  # each video's views are stacked clip by clip into one [views * T, 3, S, S] tensor
+    test_size: int = 0  # the three crops' size (test_crops=3); one crop is the usual centre crop at image_size
     shuffle_buffer: int = 256
     seed: int = 0
     epoch: int = 0
@@ -155,7 +160,9 @@ class ShardClips(IterableDataset):
         spec, cache = self.spec, self.source.cache
         record = json.loads(sample["json"])
         label, view = record["label"], 0
-        if not spec.train:
+        if not spec.train and spec.test_clips * spec.test_crops > 1:
+            clips, flipped = [test_views(sample, record, spec)], False
+        elif not spec.train:
             picks = segment_centres(record["num_frames"], spec.num_frames)
             frames = decode(select_frames(record, sample["jpgs"], picks))
             clips, flipped = [centre_crop(stack_channels_last(frames), spec.image_size)], False
@@ -212,6 +219,28 @@ def cut_clips(sample: dict, record: dict, picks: list[list[int]], box: tuple[int
     decoded = dict(zip(union, decode(select_frames(record, sample["jpgs"], union))))
     top, left, h, w = box
     return [stack_channels_last([decoded[i][..., top : top + h, left : left + w] for i in p]) for p in picks]
+
+
+def test_views(sample: dict, record: dict, spec: ClipSpec) -> torch.Tensor:
+    """The test protocol's views of a video, clip by clip and crop by crop: [views * T, 3, S, S]."""
+    picks = test_clips(record["num_frames"], spec.num_frames, spec.test_clips)
+    union = sorted(set().union(*picks))
+    decoded = dict(zip(union, decode(select_frames(record, sample["jpgs"], union))))
+    views = []
+    for clip in picks:
+        frames = stack_channels_last([decoded[i] for i in clip])
+        if spec.test_crops == 1:
+            views.append(centre_crop(frames, spec.image_size))
+            continue
+        for top, left, h, w in three_crop_boxes(record["height"], record["width"]):
+            crop = stack_channels_last([f[..., top : top + h, left : left + w] for f in frames])
+            views.append(TF.resize(crop, [spec.test_size, spec.test_size], antialias=True))
+    return stack_channels_last([f for view in views for f in view])
+
+
+def view_size(spec: ClipSpec) -> int:
+    """The side of the frames a batch of `spec` holds."""
+    return spec.test_size if not spec.train and spec.test_crops > 1 else spec.image_size
 
 
 def collate(items: list[tuple], make=empty_for_handover) -> ClipBatch:
@@ -320,8 +349,8 @@ def make_loader(source: ClipSource, *, workers: int, device: torch.device, keepe
 
 def batch_bytes(spec: ClipSpec) -> int:
     """Room for one batch: its uint8 clips at every count, plus labels and teacher outputs (a generous 16 KiB a clip)."""
-    frames = spec.num_frames + sum(spec.lower_counts)
-    return spec.batch_size * (frames * 3 * spec.image_size**2 + 16 * 1024)
+    frames = (spec.num_frames + sum(spec.lower_counts)) * (1 if spec.train else spec.test_clips * spec.test_crops)
+    return spec.batch_size * (frames * 3 * view_size(spec) ** 2 + 16 * 1024)
 
 
 def split_shards(cfg: Config, split: str) -> tuple[list[str], int]:

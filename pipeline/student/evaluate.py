@@ -77,11 +77,12 @@ def evaluate(
     model.train(was_training)
     total = dist.all_reduce_sum(sums, device)
     n = max(1.0, total[3])
-    predictions = _gather(ids, labels, logits, env) if collect else None
+    predictions = gather_predictions(ids, labels, logits, env) if collect else None
     return EvalResult(total[0] / n, total[1] / n, total[2] / n, int(total[3]), predictions)
 
 
-def _gather(ids: list, labels: list, logits: list, env: DistEnv) -> dict | None:
+def gather_predictions(ids: list, labels: list, logits: list, env: DistEnv) -> dict | None:
+    """Every rank's ids, labels and scores on rank 0 (ranks may hold different numbers of videos)."""
     mine = {
         "ids": ids,
         "labels": torch.cat(labels).numpy() if labels else [],

@@ -168,10 +168,7 @@ def run(
 
 def _device(cfg: Config, env: DistEnv) -> torch.device:
     device = pick_device(cfg.train.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", env.local_rank)
-        torch.cuda.set_device(device)
-    return device
+    return dist.cuda_device(env.local_rank) if device.type == "cuda" else device
 
 
 def build_state(
