@@ -199,7 +199,7 @@ def _test_section(cfg: Config) -> str:
     protocols = list(dict.fromkeys(r["protocol"] for r in facts["rows"]))
     by = {(r["frames"], r["protocol"]): r for r in facts["rows"]}
     lines.append(
-        f"`{Path(facts['checkpoint']).name}` (epoch {facts['epoch']}), each video's softmax averaged over its views; "
+        f"`{Path(facts['checkpoint']).name}` (saved after epoch {facts['epoch']}), each video's softmax averaged over its views; "
         "single view: the centre clip and crop of validation during training.\n"
     )
     lines.append("| frames | " + " | ".join(f"{p} top-1 | {p} top-5" for p in protocols) + " |")

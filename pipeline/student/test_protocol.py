@@ -50,7 +50,7 @@ class ProtocolResult:
     top1: float
     top5: float
     videos: int
-    clips_per_s: float
+    videos_per_s: float  # over the whole pass, loader start included
     predictions: dict | None
 
 

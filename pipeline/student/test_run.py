@@ -70,7 +70,7 @@ def _row(frames: int, protocol: Protocol, result: ProtocolResult) -> dict:
         "top1": result.top1,
         "top5": result.top5,
         "videos": result.videos,
-        "clips_per_s": result.clips_per_s,
+        "videos_per_s": result.videos_per_s,
     }
 
 
