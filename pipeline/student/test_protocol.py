@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.accel.pool_loader import PoolKeeper
 from pipeline.config import Config
 from pipeline.runtime import dist
 from pipeline.runtime.atomic import write_bytes
@@ -56,9 +57,17 @@ class ProtocolResult:
 
 @torch.no_grad()
 def evaluate_views(
-    cfg: Config, model: torch.nn.Module, *, env: DistEnv, device: torch.device, num_frames: int, protocol: Protocol
+    cfg: Config,
+    model: torch.nn.Module,
+    *,
+    env: DistEnv,
+    device: torch.device,
+    num_frames: int,
+    protocol: Protocol,
+    pools: PoolKeeper | None = None,
 ) -> ProtocolResult:
-    """Every video of cfg.eval.split at `num_frames`, its views' softmax averaged."""
+    """Every video of cfg.eval.split at `num_frames`, its views' softmax averaged; `pools` keeps the
+    loader's page-locked pool between calls (none: batches in shared-memory segments)."""
     shards, videos = split_shards(cfg, cfg.eval.split)
     spec = ClipSpec(
         num_frames,
@@ -70,7 +79,8 @@ def evaluate_views(
         test_size=protocol.size,
     )
     workers = min(train_workers(cfg, env), max(1, len(shards) // env.world_size))
-    loader = make_loader(ClipSource(shards, spec, env.rank, env.world_size, None, None, {}), workers=workers, device=device)
+    source = ClipSource(shards, spec, env.rank, env.world_size, None, None, {})
+    loader = make_loader(source, workers=workers, device=device, keeper=pools)
     norm, dtype = input_normalizer(model, device), autocast_dtype(device, cfg.train.precision)
     views = protocol.clips * protocol.crops
     model.eval()

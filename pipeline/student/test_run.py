@@ -3,10 +3,12 @@ frame count, beside the single view; the table and every video's scores in <stud
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
 
+from pipeline.accel.pool_loader import PoolKeeper
 from pipeline.config import Config
 from pipeline.runtime import dist
 from pipeline.runtime.atomic import write_json, write_text
@@ -45,19 +47,27 @@ def run(cfg: Config, env: DistEnv | None = None) -> list[dict]:
     model.load_state_dict(saved["model"])
     counts = cfg.eval.frame_counts or sorted(set(cfg.train.eval_frame_counts) | set(trained_counts(cfg)))
     out = cfg.paths.student_dir / "test"
-    rows = []
-    for frames in counts:
-        for protocol in protocols(cfg):
-            result = evaluate_views(cfg, model, env=env, device=device, num_frames=frames, protocol=protocol)
-            rows.append(_row(frames, protocol, result))
-            if env.is_main:
-                name = f"scores-{frames}f-{protocol.clips}x{protocol.crops}.npz"
-                write_scores(out / name, result, num_frames=frames, protocol=protocol)
+    rows: list[dict] = []
+    with contextlib.closing(PoolKeeper()) if cfg.experimental.batch_pool else contextlib.nullcontext() as pools:
+        for frames in counts:
+            rows += _evaluate_count(cfg, model, env=env, device=device, frames=frames, pools=pools)
     if env.is_main:
         facts = {"checkpoint": str(path), "epoch": saved["state"]["epoch"], "trained_counts": trained_counts(cfg), "rows": rows}
         write_json(out / "test.json", facts)
         write_text(out / "test.md", table(rows))
         log.info(_summary(rows, path, time.monotonic() - start))
+    return rows
+
+
+def _evaluate_count(cfg: Config, model, *, env: DistEnv, device, frames: int, pools: PoolKeeper | None) -> list[dict]:
+    """Every protocol at one frame count; rank 0 writes each one's scores."""
+    rows = []
+    for protocol in protocols(cfg):
+        result = evaluate_views(cfg, model, env=env, device=device, num_frames=frames, protocol=protocol, pools=pools)
+        rows.append(_row(frames, protocol, result))
+        if env.is_main:
+            path = cfg.paths.student_dir / "test" / f"scores-{frames}f-{protocol.clips}x{protocol.crops}.npz"
+            write_scores(path, result, num_frames=frames, protocol=protocol)
     return rows
 
 
