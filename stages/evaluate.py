@@ -11,6 +11,7 @@ import sys
 from pipeline import cli
 from pipeline.config import Config
 from pipeline.student import test_run
+from pipeline.student.checkpoint import CheckpointError
 from pipeline.student.models.base import WeightsError
 
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = cli.parse(__doc__, argv)
     try:
         test_run.run(cfg)
-    except (WeightsError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, WeightsError, FileNotFoundError, ValueError) as e:
         sys.exit(f"evaluate: {e}")
     return 0
 

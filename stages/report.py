@@ -6,12 +6,16 @@ import sys
 
 from pipeline import cli
 from pipeline.report import write as report
+from pipeline.student.checkpoint import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:
     """Report on whatever the run has produced so far."""
     cfg, _ = cli.parse(__doc__, argv)
-    report.write_report(cfg)
+    try:
+        report.write_report(cfg)
+    except CheckpointError as e:
+        sys.exit(f"report: {e}")
     return 0
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pipeline import cli
 from pipeline.config import Config
 from pipeline.student import train
+from pipeline.student.checkpoint import CheckpointError
 from pipeline.student.models.base import WeightsError
 from pipeline.teacher.store import CacheMismatchError
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = cli.parse(__doc__, argv)
     try:
         train.run(cfg)
-    except (CacheMismatchError, WeightsError, FileNotFoundError, ValueError) as e:
+    except (CacheMismatchError, CheckpointError, WeightsError, FileNotFoundError, ValueError) as e:
         sys.exit(f"train-student: {e}")
     return 0
 

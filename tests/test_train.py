@@ -321,3 +321,28 @@ def test_training_on_shards_without_videos_is_a_clear_error_not_a_hang(tmp_path)
     clips = ShardClips(ClipSource([str(empty)], ClipSpec(4, 32, 2, train=True), 0, 1, 3, None, {}))
     with pytest.raises(ValueError, match="hold no videos: .*train-000000.tar"):
         next(iter(clips))
+
+
+class _RunsCode:
+    """A pickle that would create a file when unpickled: what a checkpoint from elsewhere can hide."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+@pytest.mark.unit
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_does_not_run(tmp_path):
+    target = tmp_path / "pwned"
+    torch.save({"model": {}, "state": _RunsCode(str(target))}, tmp_path / "latest.pt")
+    with pytest.raises(checkpoint.CheckpointError) as refused:
+        checkpoint.load(tmp_path / "latest.pt")
+    assert not target.exists()
+    assert "latest.pt" in str(refused.value) and "\n" not in str(refused.value)
+    # what the trainer saves loads (tensors, plain values, every generator's state)
+    checkpoint.save(tmp_path / "ok.pt", {"model": {"w": torch.ones(2)}, "rng": [checkpoint.rng_state()], "state": {"epoch": 1}})
+    saved = checkpoint.load(tmp_path / "ok.pt")
+    checkpoint.set_rng_state(saved["rng"][0])
+    assert saved["state"]["epoch"] == 1

@@ -135,9 +135,9 @@ def train_facts(cfg: Config) -> TrainFacts | None:
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     best = None
     if (folder / "best.pt").exists():
-        import torch
+        from pipeline.student import checkpoint
 
-        state = torch.load(folder / "best.pt", map_location="cpu", weights_only=False)["state"]
+        state = checkpoint.load(folder / "best.pt")["state"]
         best = {"epoch": state["epoch"] - 1, "step": state["step"], "top1": state["best_top1"]}
     counts = json.loads((folder / "eval_frames.json").read_text()) if (folder / "eval_frames.json").exists() else None
     predictions = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from pipeline.runtime.atomic import publish, tmp_name
 
 def rng_state() -> dict[str, Any]:
     """Every random generator's state, so a resumed run draws what the uninterrupted one would."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)]  # plain values: loads with weights_only
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -24,7 +27,8 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what `rng_state` saved."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -39,12 +43,29 @@ def save(path: Path, state: dict[str, Any]) -> None:
     publish(tmp, path)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is not one the trainer wrote; the message says what to do."""
+
+
+# Earlier versions stored numpy's RNG state as an array: these rebuild exactly that, nothing else.
+_EARLIER_FORMAT = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
+
+
 def load(path: Path) -> dict[str, Any] | None:
-    """The checkpoint at `path`, or None when there is none."""
+    """The checkpoint at `path`, or None when there is none. Loaded with `weights_only=True`: tensors
+    and plain values only, so a file from elsewhere cannot run code; anything else is refused."""
     path = Path(path)
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_EARLIER_FORMAT):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        raise CheckpointError(
+            f"{path}: not a checkpoint this pipeline wrote ({reason[:160]}); it was not loaded, since that could run "
+            "code. Move it away to train afresh, or point eval.checkpoint at one the trainer saved"
+        ) from e
 
 
 def clean_tmp(folder: Path) -> None:
