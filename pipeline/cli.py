@@ -43,6 +43,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="a pipeline config; give it again to layer another file on top (default: pipeline.yaml)",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also PIPELINE_DEBUG=1)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. shards.videos_per_shard=64")
 
 
@@ -50,8 +51,8 @@ def load_config(args: argparse.Namespace) -> Config:
     """The config the parsed arguments name; exits with a one-line message when it does not fit."""
     try:
         return load(args.config or ["pipeline.yaml"], args.overrides)
-    except (ConfigError, OSError) as e:
-        sys.exit(f"config error: {e}")
+    except OSError as e:
+        raise ConfigError(f"config file {e.filename}: {e.strerror}; name an existing file with --config") from e
 
 
 def parse(description: str, argv: list[str] | None = None, tasks: bool = False) -> tuple[Config, argparse.Namespace]:

@@ -15,8 +15,10 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.runtime.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the config tree."""
 
 

@@ -19,6 +19,7 @@ import zarr
 
 from pipeline import cli
 from pipeline.config import Config
+from pipeline.runtime.errors import guarded
 from pipeline.runtime.progress import setup_logging
 from pipeline.shards import build as shards_lib
 from pipeline.teacher import run as teacher_run
@@ -278,4 +279,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(" ".join(["launch", *sys.argv[1:2]]), main))

@@ -10,9 +10,8 @@ import sys
 
 from pipeline import cli
 from pipeline.config import Config
+from pipeline.runtime.errors import UserError, guarded
 from pipeline.student import test_run
-from pipeline.student.checkpoint import CheckpointError
-from pipeline.student.models.base import WeightsError
 
 
 def run_task(cfg: Config) -> list[dict]:
@@ -26,10 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = cli.parse(__doc__, argv)
     try:
         test_run.run(cfg)
-    except (CheckpointError, WeightsError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"evaluate: {e}")
+    except ValueError as e:  # a setting that does not fit: said in one line
+        raise UserError(str(e)) from e
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded("evaluate", main))

@@ -6,18 +6,15 @@ import sys
 
 from pipeline import cli
 from pipeline.report import write as report
-from pipeline.student.checkpoint import CheckpointError
+from pipeline.runtime.errors import guarded
 
 
 def main(argv: list[str] | None = None) -> int:
     """Report on whatever the run has produced so far."""
     cfg, _ = cli.parse(__doc__, argv)
-    try:
-        report.write_report(cfg)
-    except CheckpointError as e:
-        sys.exit(f"report: {e}")
+    report.write_report(cfg)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded("report", main))

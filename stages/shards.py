@@ -6,6 +6,7 @@ import sys
 
 from pipeline import cli
 from pipeline.config import Config
+from pipeline.runtime.errors import guarded
 from pipeline.shards import build as shards
 
 
@@ -25,4 +26,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded("shards", main))

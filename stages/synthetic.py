@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from pipeline import cli
+from pipeline.runtime.errors import guarded
 from pipeline.ssv2 import synthetic
 
 log = logging.getLogger("stages.synthetic")
@@ -24,4 +25,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded("synthetic", main))

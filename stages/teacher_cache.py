@@ -6,9 +6,8 @@ import sys
 
 from pipeline import cli
 from pipeline.config import Config
+from pipeline.runtime.errors import guarded
 from pipeline.teacher import run as teacher_run
-from pipeline.teacher.clip import TeacherWeightsError
-from pipeline.teacher.store import CacheMismatchError
 
 
 def run_task(cfg: Config, shard_positions: list[int] | None, task_id: int = 0, num_tasks: int = 1) -> dict:
@@ -21,12 +20,9 @@ def run_task(cfg: Config, shard_positions: list[int] | None, task_id: int = 0, n
 def main(argv: list[str] | None = None) -> int:
     """Compute this task's shards of the teacher cache."""
     cfg, args = cli.parse(__doc__, argv, tasks=True)
-    try:
-        teacher_run.run(cfg, args.task_id, args.num_tasks)
-    except (TeacherWeightsError, CacheMismatchError, FileNotFoundError) as e:
-        sys.exit(f"teacher-cache: {e}")
+    teacher_run.run(cfg, args.task_id, args.num_tasks)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded("teacher-cache", main))

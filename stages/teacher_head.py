@@ -6,8 +6,8 @@ import sys
 
 from pipeline import cli
 from pipeline.config import Config
+from pipeline.runtime.errors import UserError, guarded
 from pipeline.teacher import head_run
-from pipeline.teacher.store import CacheMismatchError
 
 
 def run_task(cfg: Config) -> dict:
@@ -22,10 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = cli.parse(__doc__, argv)
     try:
         head_run.run(cfg)
-    except (CacheMismatchError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"teacher-head: {e}")
+    except ValueError as e:  # a setting that does not fit: said in one line
+        raise UserError(str(e)) from e
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded("teacher-head", main))

@@ -10,10 +10,8 @@ from collections.abc import Callable
 
 from pipeline import cli
 from pipeline.config import Config
+from pipeline.runtime.errors import UserError, guarded
 from pipeline.student import train
-from pipeline.student.checkpoint import CheckpointError
-from pipeline.student.models.base import WeightsError
-from pipeline.teacher.store import CacheMismatchError
 
 
 def run_task(cfg: Config, should_stop: Callable[[], bool] | None = None) -> train.TrainSummary:
@@ -27,10 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = cli.parse(__doc__, argv)
     try:
         train.run(cfg)
-    except (CacheMismatchError, CheckpointError, WeightsError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"train-student: {e}")
+    except ValueError as e:  # a setting that does not fit: said in one line
+        raise UserError(str(e)) from e
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded("train-student", main))

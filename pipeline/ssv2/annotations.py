@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.runtime.errors import UserError
 
 NUM_CLASSES = 174
 LABELS_FILE = Path(__file__).parent / "resources" / "ssv2_labels.json"
@@ -23,7 +25,7 @@ class VideoEntry:
     problem: str = ""  # why the annotation itself is unusable; such a video is rejected, not dropped
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation file that cannot be read as SSv2."""
 
 
@@ -37,10 +39,38 @@ def labels_path(cfg: Config) -> Path:
     return Path(cfg.paths.ssv2_root) / cfg.data.labels_subdir / "labels.json"
 
 
+PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # ids become file and tar member names
+
+
+def read_json(path: Path, what: str):
+    """A JSON file's content; a missing or malformed file is an AnnotationError that says where and what to do."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise AnnotationError(
+            f"{path}: no such file; set paths.ssv2_root to the SSv2 download's folder (the one that holds "
+            f"{path.parent.name}/{path.name})"
+        ) from None
+    except OSError as e:
+        raise AnnotationError(f"{path}: cannot read {what} ({e.strerror})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AnnotationError(
+            f"{path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}); fix or re-download the {what}"
+        ) from None
+
+
 def load_labels(path: Path) -> dict[str, int]:
     """labels.json: class name -> index (SSv2 stores the indices as strings)."""
-    raw = json.loads(Path(path).read_text())
-    return {name: int(index) for name, index in raw.items()}
+    raw = read_json(path, "label file")
+    if not isinstance(raw, dict):
+        raise AnnotationError(f"{path}: expected a JSON object of class name -> index")
+    try:
+        return {name: int(index) for name, index in raw.items()}
+    except (TypeError, ValueError):
+        raise AnnotationError(f"{path}: every class index must be a whole number") from None
 
 
 def class_names(labels: dict[str, int]) -> list[str]:
@@ -53,18 +83,25 @@ def class_names(labels: dict[str, int]) -> list[str]:
 
 def load_split(path: Path, labels: dict[str, int]) -> list[VideoEntry]:
     """Read one split's annotation list, in file order; unusable entries carry their `problem`."""
-    try:
-        items = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise AnnotationError(f"{path}: cannot read annotations: {e}") from e
+    items = read_json(path, "annotation file")
     if not isinstance(items, list):
         raise AnnotationError(f"{path}: expected a JSON list of videos")
-    entries = []
+    entries, seen = [], {}
+    labelled = any(isinstance(item, dict) and "template" in item for item in items)
     for i, item in enumerate(items):
         if not isinstance(item, dict) or "id" not in item:
-            raise AnnotationError(f"{path}: entry {i} has no 'id'")
+            raise AnnotationError(f"{path}: entry {i} has no 'id'; every entry needs one")
         vid = str(item["id"])
+        if not PLAIN_ID.fullmatch(vid):
+            raise AnnotationError(
+                f"{path}: entry {i} has id {vid!r}, not a plain name (letters, digits, '.', '-', '_'): ids become file names"
+            )
+        if vid in seen:
+            raise AnnotationError(f"{path}: id {vid!r} appears twice (entries {seen[vid]} and {i}); remove the duplicate")
+        seen[vid] = i
         if "template" not in item:  # the test split carries ids only
+            if labelled:
+                raise AnnotationError(f"{path}: entry {i} (id {vid!r}) has no 'template' where the others have one")
             entries.append(VideoEntry(vid, -1, "", ""))
             continue
         template = clean_template(item["template"])

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.runtime.atomic import publish, tmp_name
+from pipeline.runtime.errors import UserError
 
 
 def rng_state() -> dict[str, Any]:
@@ -43,7 +44,7 @@ def save(path: Path, state: dict[str, Any]) -> None:
     publish(tmp, path)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that is not one the trainer wrote; the message says what to do."""
 
 

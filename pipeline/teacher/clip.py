@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import TeacherConfig
+from pipeline.runtime.errors import UserError
 from pipeline.runtime.paths import looks_like_path
 from pipeline.teacher import stand_in
 
@@ -21,7 +22,7 @@ TINY_CONFIG = Path(__file__).parent / "resources" / "clip-tiny.json"
 open_clip.add_model_config(TINY_CONFIG)  # registers "clip-tiny": a small random model for tests
 
 
-class TeacherWeightsError(RuntimeError):
+class TeacherWeightsError(UserError, RuntimeError):
     """The configured teacher weights cannot be had here; the message says which setting to change."""
 
 

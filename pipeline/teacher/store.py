@@ -32,13 +32,14 @@ import numpy as np
 import zarr
 
 from pipeline.config import Config
+from pipeline.runtime.errors import UserError
 from pipeline.shards.plan import manifest_path, read_index, read_manifest
 from pipeline.ssv2 import views as V
 
 FORMAT_VERSION = 2  # 2: a view axis on every output array
 
 
-class CacheMismatchError(RuntimeError):
+class CacheMismatchError(UserError, RuntimeError):
     """The cache was built from other shards or another teacher; the message says what differs."""
 
 

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from pipeline.runtime.errors import UserError
 from pipeline.runtime.paths import looks_like_path
 from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD
 
@@ -57,7 +58,7 @@ class VideoStudent(nn.Module):
         raise NotImplementedError
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """Pretrained student weights that cannot be had; the message says which setting to change."""
 
 
