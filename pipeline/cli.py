@@ -55,9 +55,13 @@ def load_config(args: argparse.Namespace) -> Config:
         raise ConfigError(f"config file {e.filename}: {e.strerror}; name an existing file with --config") from e
 
 
-def parse(description: str, argv: list[str] | None = None, tasks: bool = False) -> tuple[Config, argparse.Namespace]:
-    """Parse a stage's command line; exits with a one-line message on a bad config."""
+def parse(
+    description: str, argv: list[str] | None = None, tasks: bool = False, options=None
+) -> tuple[Config, argparse.Namespace]:
+    """Parse a stage's command line (`options(parser)` adds the stage's own); a bad config raises ConfigError."""
     parser = argparse.ArgumentParser(description=description)
+    if options is not None:
+        options(parser)
     if tasks:
         parser.add_argument("--task-id", type=int, default=0, help="this task's index in the array")
         parser.add_argument("--num-tasks", type=int, default=1, help="how many tasks share the work")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from pipeline import cli
 from pipeline.config import Config
 from pipeline.runtime.errors import guarded
 from pipeline.teacher import run as teacher_run
+from pipeline.teacher.store import forget_shards, open_checked
+
+log = logging.getLogger("stages.teacher_cache")
 
 
 def run_task(cfg: Config, shard_positions: list[int] | None, task_id: int = 0, num_tasks: int = 1) -> dict:
@@ -19,9 +23,18 @@ def run_task(cfg: Config, shard_positions: list[int] | None, task_id: int = 0, n
 
 def main(argv: list[str] | None = None) -> int:
     """Compute this task's shards of the teacher cache."""
-    cfg, args = cli.parse(__doc__, argv, tasks=True)
+    cfg, args = cli.parse(__doc__, argv, tasks=True, options=_options)
+    if args.recompute:
+        root = open_checked(cfg, mode="r+")  # only a cache built from these shards and this teacher is repaired
+        log.info("recomputing %s (done marks cleared)", ", ".join(forget_shards(root, args.recompute)))
     teacher_run.run(cfg, args.task_id, args.num_tasks)
     return 0
+
+
+def _options(parser) -> None:
+    parser.add_argument(
+        "--recompute", nargs="+", default=[], metavar="SHARD", help="recompute these shards (e.g. a damaged one: train-000003)"
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pipeline.student.data import CacheSource, ClipSource, ClipSpec, ShardClips
 from pipeline.teacher import data as teacher_data
 from pipeline.teacher import run as teacher_run
 from pipeline.teacher.clip import TeacherWeightsError, load_teacher
-from pipeline.teacher.store import CacheMismatchError, CacheReader, open_checked
+from pipeline.teacher.store import CacheCorruptError, CacheMismatchError, CacheReader, open_checked
 from tests.helpers import make_config, read_annotations
 
 TINY = ("teacher.model=clip-tiny", "teacher.pretrained=random", "teacher.num_workers=2", "teacher.batch_videos=3")
@@ -308,3 +308,29 @@ def test_pooled_teacher_loader_gives_the_segment_loader_frames(cached, room):
         assert torch.equal(prep(a)[1], prep(b)[1])
         count += 1
     assert count == len(jobs)
+
+
+def test_a_damaged_chunk_fails_its_checksum_and_recompute_restores_it(cached, synth_root, tmp_path):
+    from stages import teacher_cache
+    from tests.helpers import config_args
+
+    cfg_full, _ = cached
+    cfg = _cfg(synth_root, tmp_path)
+    shards.run(cfg)
+    teacher_run.run(cfg)
+    expected = _arrays(cfg_full.paths.teacher_cache)
+    chunk = cfg.paths.teacher_cache / "train" / "features" / "c" / "1" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x40  # one flipped bit in the middle of shard 1's chunk
+    chunk.write_bytes(bytes(data))
+    reader = CacheReader(zarr.open_group(cfg.paths.teacher_cache, mode="r"), "train")
+    reader.shard_rows(0)  # the other shards read as before
+    name = zarr.open_group(cfg.paths.teacher_cache, mode="r").attrs["splits"]["train"]["shards"][1][0]
+    with pytest.raises(CacheCorruptError) as damaged:
+        reader.shard_rows(1)
+    message = str(damaged.value)
+    assert name in message and f"--recompute {name}" in message and "\n" not in message
+    assert teacher_cache.main([*config_args(synth_root, tmp_path, *TINY), "--recompute", name]) == 0
+    repaired = _arrays(cfg.paths.teacher_cache)
+    for key in expected:
+        np.testing.assert_array_equal(repaired[key], expected[key], err_msg=key)

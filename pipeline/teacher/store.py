@@ -30,13 +30,35 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from pipeline.config import Config
 from pipeline.runtime.errors import UserError
 from pipeline.shards.plan import manifest_path, read_index, read_manifest
 from pipeline.ssv2 import views as V
 
-FORMAT_VERSION = 2  # 2: a view axis on every output array
+FORMAT_VERSION = 3  # 2: a view axis on every output array; 3: every chunk checksummed (CRC32C)
+# zarr's default compression, then a CRC32C of the compressed chunk: a damaged chunk fails on read
+CHECKED = (ZstdCodec(level=0), Crc32cCodec())
+
+
+class CacheCorruptError(UserError, RuntimeError):
+    """A cache chunk whose checksum fails: the message names the shard and the command that recomputes it."""
+
+
+def forget_shards(root: zarr.Group, names: list[str]) -> list[str]:
+    """Clear the done marks of the named shards (any split), so the next run recomputes them; returns
+    the names found. A name that is in no split is an error that lists what exists."""
+    found = []
+    for split, fp in root.attrs["splits"].items():
+        for position, (name, _) in enumerate(fp["shards"]):
+            if name in names:
+                root[split]["done"][position] = False
+                found.append(name)
+    missing = sorted(set(names) - set(found))
+    if missing:
+        raise CacheMismatchError(f"--recompute {' '.join(missing)}: no such shard in the cache (names look like train-000003)")
+    return found
 
 
 class CacheMismatchError(UserError, RuntimeError):
@@ -131,10 +153,10 @@ def create_store(cfg: Config, attrs: dict[str, Any], *, dim: int, num_classes: i
             }
         for name, (shape, dtype) in arrays.items():
             fill = False if dtype == "bool" else 0
-            g.create_array(name, shape=(n, *shape), chunks=(per, *shape), dtype=dtype, fill_value=fill)
-        g.create_array("ids", shape=(n,), chunks=(per,), dtype=str, fill_value="")
-        g.create_array("valid", shape=(n,), chunks=(per,), dtype=bool, fill_value=False)
-        g.create_array("done", shape=(len(fp["shards"]),), chunks=(1,), dtype=bool, fill_value=False)
+            g.create_array(name, shape=(n, *shape), chunks=(per, *shape), dtype=dtype, fill_value=fill, compressors=CHECKED)
+        g.create_array("ids", shape=(n,), chunks=(per,), dtype=str, fill_value="", compressors=CHECKED)
+        g.create_array("valid", shape=(n,), chunks=(per,), dtype=bool, fill_value=False, compressors=CHECKED)
+        g.create_array("done", shape=(len(fp["shards"]),), chunks=(1,), dtype=bool, fill_value=False, compressors=CHECKED)
     root.attrs.update({**attrs, "fingerprint": digest(attrs)})
     try:
         os.rename(tmp, path)
@@ -214,6 +236,8 @@ class CacheReader:
 
     def __init__(self, root: zarr.Group, split: str, keep_shards: int = 64, logits: str = "logits", temperature: float = 1.0):
         group = root[split]
+        self.store, self.split = str(root.store), split
+        self.shard_names = [name for name, _ in root.attrs.get("splits", {}).get(split, {}).get("shards", [])]
         # metadata read once; `logits` names the teacher head's array (head_array), divided by its temperature
         self.arrays = {name: group[name] for name in ("features", "valid", "ids")} | {"logits": group[logits]}
         self.view_arrays = {name: group[name] for name in VIEW_ARRAYS if name in group}
@@ -228,15 +252,27 @@ class CacheReader:
         if shard in self._rows:
             self._rows.move_to_end(shard)
             return self._rows[shard]
-        sl = slice(shard * self.per, (shard + 1) * self.per)
-        a = self.arrays
-        logits = a["logits"][sl] / np.float32(self.temperature)
-        views = {name: array[sl] for name, array in self.view_arrays.items()}
-        rows = ShardRows(shard * self.per, a["features"][sl], logits, a["valid"][sl], a["ids"][sl], views)
+        try:
+            rows = self._read(shard)
+        except ValueError as e:
+            if "checksum" not in str(e):
+                raise
+            name = self.shard_names[shard] if shard < len(self.shard_names) else f"position {shard}"
+            raise CacheCorruptError(
+                f"teacher cache {self.store}: a chunk of {self.split} shard {name} fails its CRC32C checksum (damaged on "
+                f"disk); recompute it: python -m stages.teacher_cache --recompute {name} (with this run's --config and settings)"
+            ) from None
         self._rows[shard] = rows
         if len(self._rows) > self.keep:
             self._rows.popitem(last=False)
         return rows
+
+    def _read(self, shard: int) -> ShardRows:
+        sl = slice(shard * self.per, (shard + 1) * self.per)
+        a = self.arrays
+        logits = a["logits"][sl] / np.float32(self.temperature)
+        views = {name: array[sl] for name, array in self.view_arrays.items()}
+        return ShardRows(shard * self.per, a["features"][sl], logits, a["valid"][sl], a["ids"][sl], views)
 
     @property
     def kept_shards(self) -> list[int]:
@@ -332,6 +368,12 @@ def write_rows(root: zarr.Group, split: str, name: str, values: np.ndarray, *, f
     group = root[split]
     per = group["features"].chunks[0]
     array = group.create_array(
-        name, shape=values.shape, chunks=(per, *values.shape[1:]), dtype=values.dtype, fill_value=fill, overwrite=True
+        name,
+        shape=values.shape,
+        chunks=(per, *values.shape[1:]),
+        dtype=values.dtype,
+        fill_value=fill,
+        overwrite=True,
+        compressors=CHECKED,
     )
     array[:] = values
