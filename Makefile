@@ -13,7 +13,7 @@ SMOKE_DIR ?= runs/smoke
 # tiny synthetic set under SMOKE_DIR, so it runs on a laptop CPU in minutes.
 SMOKE_ARGS := --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) --config configs/smoke.yaml paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR)
 
-.PHONY: help venv smoke test test-fast lint format shards teacher-cache teacher-head train-student evaluate all report status slurm-up slurm-down synthetic bench-shards clean-smoke
+.PHONY: help venv smoke test test-fast lint format shards teacher-cache teacher-head train-student evaluate all report verify status slurm-up slurm-down synthetic bench-shards clean-smoke
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ all: $(STAMP) ## Submit every stage (shards, teacher-cache, teacher-head, train-
 
 report: $(STAMP) ## Write <run_dir>/report/report.md and its PNG plots from the run's own files
 	$(PY) -m stages.report --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
+
+verify: $(STAMP) ## Check shards (sha256), indexes, the cache (fingerprint, done shards, every chunk's CRC32C) and checkpoints; print each problem with its repair command
+	$(PY) -m stages.verify --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
 
 status: $(STAMP) ## Each stage's jobs and states, and shards/rows/steps done versus expected
 	$(PY) -m slurm.launch status --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)

@@ -128,4 +128,5 @@ def status_report(cfg: Config) -> str:
     ):
         lines.append(f"{title}: {progress(cfg)}")
         lines += _submissions(cfg, stage)
+    lines.append("`make verify` checks every shard, cache chunk and checkpoint, with the command that repairs each problem")
     return "\n".join(lines)
