@@ -75,11 +75,23 @@ def _serve(fn: Callable[..., None], tasks, errors) -> None:
         start = time.monotonic()
         try:
             fn(*args)
+        except OSError as e:  # a full disk or an I/O error: re-raised as itself in the parent
+            errors.put((e.errno, e.strerror, e.filename, traceback.format_exc()))
+            return
         except BaseException:
             errors.put(traceback.format_exc())
             return
         busy += time.monotonic() - start
     errors.put(busy)
+
+
+def _raise(reports: list) -> None:
+    """Re-raise a child's failure: an OSError as an OSError (same errno and file), anything else as text."""
+    for report in reports:
+        if isinstance(report, tuple):
+            errno, strerror, filename, _ = report
+            raise OSError(errno, strerror, filename)
+    raise RuntimeError(f"writer process failed:\n{reports[0]}")
 
 
 class ProcessWriter:
@@ -114,8 +126,17 @@ class ProcessWriter:
     def _raise_if_failed(self) -> None:
         for proc in self._procs:
             if not proc.is_alive():
-                error = self._errors.get() if not self._errors.empty() else f"exit code {proc.exitcode}"
-                raise RuntimeError(f"writer process failed:\n{error}")
+                proc.join()
+                _raise(self._drain() or [f"exit code {proc.exitcode}"])
+
+    def _drain(self) -> list:
+        """Every report the children left (they have exited, so all of it is in the pipe)."""
+        reports = []
+        while True:
+            try:
+                reports.append(self._errors.get(timeout=0.5))
+            except queue.Empty:
+                return reports
 
     def close(self) -> float:
         """Wait for every queued call; re-raises a child's error. Returns the seconds the children
@@ -124,8 +145,8 @@ class ProcessWriter:
             self._tasks.put(None)
         for proc in self._procs:
             proc.join()
-        reports = [self._errors.get() for _ in self._procs]
-        failed = [r for r in reports if isinstance(r, str)] + [f"exit code {p.exitcode}" for p in self._procs if p.exitcode != 0]
+        reports = self._drain()  # one per child, less any a failed submit already raised
+        failed = [r for r in reports if not isinstance(r, float)] + [f"exit code {p.exitcode}" for p in self._procs if p.exitcode]
         if failed:
-            raise RuntimeError(f"writer process failed:\n{failed[0]}")
+            _raise(failed)
         return sum(reports)

@@ -21,12 +21,35 @@ def publish(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def discard_on_error(tmp: Path, target: Path | None = None):
+    """Context: if the body fails (a full disk, an I/O error), the partial `tmp` is removed, so it
+    neither counts nor keeps the space, and the error goes on; an OSError that names no file (a
+    failed write) is given `target` (default `tmp`), so its message says which file."""
+    return _Discard(Path(tmp), Path(target or tmp))
+
+
+class _Discard:
+    def __init__(self, tmp: Path, target: Path):
+        self.tmp, self.target = tmp, target
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, kind, value, trace) -> bool:
+        if kind is None:
+            return False
+        self.tmp.unlink(missing_ok=True)
+        if isinstance(value, OSError) and not value.filename and value.errno:
+            raise OSError(value.errno, value.strerror, str(self.target)) from value
+        return False
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(path)
-    tmp.write_bytes(data)
-    publish(tmp, path)
+    with discard_on_error(tmp_name(path), path) as tmp:
+        tmp.write_bytes(data)
+        publish(tmp, path)
 
 
 def write_json(path: Path, obj: Any) -> None:

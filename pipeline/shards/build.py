@@ -137,7 +137,7 @@ def _build_shard(
     tar_path = out_dir / spec.name
     tmp = atomic.tmp_name(tar_path)
     videos, rejected, frames = [], [], 0
-    with open(tmp, "wb") as f:
+    with atomic.discard_on_error(tmp, tar_path), open(tmp, "wb") as f:
         writer = ShardWriter(f)
         results = pool.map(lambda e: _checked(cfg, decoder, e), spec.videos)
         for pos, (entry, result) in enumerate(zip(spec.videos, results)):
@@ -151,7 +151,8 @@ def _build_shard(
                 frames += len(result.jpegs)
             progress.update()
         writer.close()
-    atomic.publish(tmp, tar_path)
+    with atomic.discard_on_error(tmp, tar_path):
+        atomic.publish(tmp, tar_path)
     manifest = _manifest(cfg, spec, tar_path, videos, rejected, frames)
     atomic.write_json(manifest_path(out_dir, spec.name), manifest)  # written last: the done marker
     summary.shards_built += 1

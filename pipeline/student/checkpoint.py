@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.runtime.atomic import publish, tmp_name
+from pipeline.runtime.atomic import discard_on_error, publish, tmp_name
 from pipeline.runtime.errors import UserError
 
 
@@ -39,9 +40,11 @@ def save(path: Path, state: dict[str, Any]) -> None:
     """Write `state` to `path` via a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(path)
-    torch.save(state, tmp)
-    publish(tmp, path)
+    buffer = io.BytesIO()  # serialised first: on a full disk torch's writer hides the OSError behind its own error
+    torch.save(state, buffer)
+    with discard_on_error(tmp_name(path), path) as tmp:  # a full disk leaves the previous checkpoint as it was
+        tmp.write_bytes(buffer.getbuffer())
+        publish(tmp, path)
 
 
 class CheckpointError(UserError, RuntimeError):
