@@ -13,24 +13,42 @@ _END = object()
 
 
 def map_ahead(fn: Callable[[T], R], items: Iterable[T], depth: int = 2) -> Iterator[R]:
-    """Yield fn(item) for each item in order, computed up to `depth` items ahead in a thread."""
+    """Yield fn(item) for each item in order, computed up to `depth` items ahead in a thread. When
+    the consumer stops early (an error, a break), the thread stops too and lets go of `items`, so a
+    loader's worker processes end with it instead of outliving the run."""
     results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                results.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
         try:
             for item in items:
-                results.put((fn(item), None))
+                if not put((fn(item), None)):
+                    break
         except BaseException as e:  # handed to the consumer, who re-raises it
-            results.put((None, e))
+            put((None, e))
         finally:
-            results.put(_END)
+            put(_END)
 
-    threading.Thread(target=produce, daemon=True, name="map_ahead").start()
-    while (got := results.get()) is not _END:
-        value, error = got
-        if error is not None:
-            raise error
-        yield value
+    thread = threading.Thread(target=produce, daemon=True, name="map_ahead")
+    thread.start()
+    try:
+        while (got := results.get()) is not _END:
+            value, error = got
+            if error is not None:
+                raise error
+            yield value
+    finally:
+        stop.set()
+        thread.join(timeout=60)
 
 
 class InOrderThread:
