@@ -53,6 +53,7 @@ class ProtocolResult:
     videos: int
     videos_per_s: float  # over the whole pass, loader start included
     predictions: dict | None
+    steady_videos_per_s: float = float("nan")  # after the first batch: what the loader sustains once started
 
 
 @torch.no_grad()
@@ -86,9 +87,11 @@ def evaluate_views(
     model.eval()
     progress = Progress(f"{protocol.name}, {num_frames} frames, rank {env.rank}", total=videos // env.world_size or 1)
     ids, labels, scores, hits = [], [], [], [0, 0, 0]
+    first: tuple[float, int] | None = None
     for batch in loader:
         batch = to_device(batch, device)
         b = len(batch.labels)
+        first = first or (progress.elapsed, b)
         clips = batch.clips.view(b * views, num_frames, *batch.clips.shape[2:])
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(norm(clips)).logits
@@ -105,9 +108,13 @@ def evaluate_views(
         progress.update(b)
     total = dist.all_reduce_sum([float(h) for h in hits], device)
     n = max(1.0, total[2])
-    rate = total[2] / max(progress.elapsed, 1e-9)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = progress.elapsed
+    rate = total[2] / max(elapsed, 1e-9)
+    steady = (hits[2] - first[1]) / max(elapsed - first[0], 1e-9) if first and hits[2] > first[1] else float("nan")
     predictions = gather_predictions(ids, labels, scores, env)
-    return ProtocolResult(total[0] / n, total[1] / n, int(total[2]), rate, predictions)
+    return ProtocolResult(total[0] / n, total[1] / n, int(total[2]), rate, predictions, steady_videos_per_s=steady)
 
 
 def write_scores(path: Path, result: ProtocolResult, *, num_frames: int, protocol: Protocol) -> None:

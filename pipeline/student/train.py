@@ -181,7 +181,7 @@ def build_state(
     factor = lr_factor(cfg.train, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and cfg.train.precision == "fp16")
-    wrapped = torch.compile(model) if cfg.train.compile and device.type == "cuda" else model
+    wrapped = torch.compile(model, dynamic=False) if cfg.train.compile and device.type == "cuda" else model
     return TrainState(model, wrapped, optimizer, scheduler, scaler)
 
 
