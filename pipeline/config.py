@@ -211,6 +211,7 @@ class SlurmConfig:
     """How stages are submitted: the executor and each stage's resources."""
 
     executor: Literal["auto", "slurm", "local"] = "auto"  # local: submitit's local executor; auto: slurm when sbatch is found
+    resubmit: int = 2  # a waiting launch resubmits what failed tasks left undone, at most this many times
     shards: SlurmStageConfig = field(default_factory=lambda: SlurmStageConfig(cpus_per_task=32, mem_gb=64, array_tasks=128))
     teacher_cache: SlurmStageConfig = field(
         default_factory=lambda: SlurmStageConfig(gpus_per_node=1, cpus_per_task=16, mem_gb=64, array_tasks=2, array_parallelism=2)

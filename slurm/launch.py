@@ -8,18 +8,20 @@ waits, names every failed task with its log and the shards it owned, and exits n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import submitit
 import zarr
 
 from pipeline import cli
 from pipeline.config import Config
-from pipeline.runtime.errors import guarded
+from pipeline.runtime import lock
+from pipeline.runtime.errors import UserError, guarded
 from pipeline.runtime.progress import setup_logging
 from pipeline.shards import build as shards_lib
 from pipeline.teacher import run as teacher_run
@@ -27,7 +29,7 @@ from pipeline.teacher.heads import head_settings
 from pipeline.teacher.store import CacheMismatchError, head_fingerprint, head_records
 from slurm.executor import executor_kind, make_executor, max_array_size, submission_folder
 from slurm.jobs import EvaluateJob, TrainJob
-from slurm.status import status_report
+from slurm.status import active_jobs, status_report
 from stages import shards as shards_stage
 from stages import teacher_cache as teacher_stage
 from stages import teacher_head as head_stage
@@ -193,21 +195,45 @@ def submit_evaluate(cfg: Config, after: list | None = None) -> tuple[list, Path 
     return [job], folder
 
 
-def wait(jobs: list, stage: str) -> bool:
-    """Wait for the jobs; log each failure with its log file and what it owned. True if all succeeded."""
-    ok, results = True, []
+@dataclass
+class Waited:
+    """How a step's jobs ended: true when all succeeded; `input_errors` counts failures that are the
+    user's to fix (a UserError: bad settings or data), which no resubmission would cure."""
+
+    ok: bool
+    input_errors: int = 0
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def _user_errors() -> set[str]:
+    """Class names of every UserError (the one-line errors of pipeline.runtime.errors)."""
+    names, todo = set(), [UserError]
+    while todo:
+        kind = todo.pop()
+        names.add(kind.__name__)
+        todo += kind.__subclasses__()
+    return names
+
+
+def wait(jobs: list, stage: str) -> Waited:
+    """Wait for the jobs; log each failure with its log file and what it owned."""
+    ok, results, input_errors = True, [], 0
     for job in jobs:
         try:
             results.append(job.result())
-        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
+        except Exception as e:  # failed, killed, or its result file torn by the kill: resubmittable unless a UserError
             ok = False
+            line = _error_line(e)
+            input_errors += line.split(":")[0].split(".")[-1] in _user_errors()
             log.error(
                 "%s task %s FAILED (log: %s)%s: %s",
                 stage,
                 job.job_id,
                 job.paths.stderr,
                 _owned(getattr(job, "pipeline_args", None)),
-                _error_line(e),
+                line,
             )
     totals: dict = {}
     for result in results:
@@ -221,14 +247,79 @@ def wait(jobs: list, stage: str) -> bool:
             len(jobs),
             ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in totals.items()) or "no results",
         )
-    return ok
+    return Waited(ok, input_errors)
+
+
+# launch step -> the stage's folder under <run_dir>/slurm (submissions, logs, the launch lock)
+FOLDERS = {
+    "shards": "shards",
+    "teacher": "teacher_cache",
+    "head": "teacher_head",
+    "train": "train_student",
+    "evaluate": "evaluate",
+}
+PLANS = {
+    "shards": ["shards"],
+    "teacher-cache": ["teacher"],
+    "teacher-head": ["head"],
+    "train-student": ["train"],
+    "evaluate": ["evaluate"],
+    "all": ["shards", "teacher", "head", "train"],
+}
+
+
+def submit_step(cfg: Config, step: str, after: list | None = None) -> list:
+    """Submit one step's jobs (only what is not done); [] when nothing is left."""
+    if step == "shards":
+        return submit_shards(cfg)[0]
+    submit = {"teacher": submit_teacher, "head": submit_head, "train": submit_train, "evaluate": submit_evaluate}[step]
+    return submit(cfg, after=after)[0]
+
+
+def claim(cfg: Config, plan: list[str], stack: contextlib.ExitStack) -> None:
+    """Take each step's launch lock for this process's life, and refuse while an earlier submission's
+    jobs of these steps are still queued or running (a second `make shards` on the same run folder)."""
+    run_dir = Path(cfg.paths.run_dir)
+    for step in plan:
+        folder = FOLDERS[step]
+        stack.enter_context(
+            lock.hold(
+                run_dir / "slurm" / folder / "launch.lock",
+                what=f"a launch of {folder} on {run_dir}",
+                advice="wait for it to end (make status shows its jobs), then launch again if anything is left",
+            )
+        )
+        active = active_jobs(cfg, folder)
+        if active:
+            raise lock.Busy(
+                f"{folder} jobs {', '.join(active)} submitted earlier on {run_dir} are still queued or running; "
+                f"wait for them (make status) or cancel them (scancel {' '.join(active)}), then launch again"
+            )
+
+
+def finish(cfg: Config, step: str, jobs: list, *, used: int = 0) -> bool:
+    """Wait for a step's jobs; while some failed, resubmit what is still not done, up to
+    slurm.resubmit times in all (`used` already spent), so a lost node or a killed task costs only
+    its unfinished work."""
+    for attempt in range(used, cfg.slurm.resubmit + 1):
+        waited = wait(jobs, step)
+        if waited:
+            return True
+        if waited.input_errors:
+            log.error("%s: not resubmitted: fix what the errors above say, then launch again", step)
+            return False
+        if attempt == cfg.slurm.resubmit:
+            break
+        log.warning("%s: resubmitting what is not done (%d/%d, slurm.resubmit)", step, attempt + 1, cfg.slurm.resubmit)
+        jobs = submit_step(cfg, step)
+    log.error("%s: still failing after %d resubmission(s) (slurm.resubmit); the errors above say why", step, cfg.slurm.resubmit)
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and submit (and by default wait for) the asked stage."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    stages = ["shards", "teacher-cache", "teacher-head", "train-student", "evaluate", "all", "status"]
-    parser.add_argument("stage", choices=stages)
+    parser.add_argument("stage", choices=[*PLANS, "status"])
     parser.add_argument("--no-wait", action="store_true", help="submit and return")
     cli.add_config_args(parser)
     args = parser.parse_intermixed_args(argv)
@@ -237,44 +328,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "status":
         print(status_report(cfg))
         return 0
-    plan = {
-        "shards": ["shards"],
-        "teacher-cache": ["teacher"],
-        "teacher-head": ["head"],
-        "train-student": ["train"],
-        "evaluate": ["evaluate"],
-        "all": ["shards", "teacher", "head", "train"],
-    }[args.stage]
+    with contextlib.ExitStack() as stack:
+        claim(cfg, PLANS[args.stage], stack)
+        return _launch(cfg, PLANS[args.stage], wait_for=not args.no_wait)
+
+
+def _launch(cfg: Config, plan: list[str], *, wait_for: bool) -> int:
     local = executor_kind(cfg) == "local"
     submitted: list[tuple[str, list]] = []
     previous: list = []
     for step in plan:
-        if step == "shards":
-            jobs, _ = submit_shards(cfg)
-        elif step == "teacher":
-            try:
-                jobs, _ = submit_teacher(cfg, after=previous if not local else None)
-            except CacheMismatchError as e:  # a cache built with other settings: say what differs, submit nothing
-                log.error("%s", e)
-                return 2
-        elif step == "head":
-            jobs, _ = submit_head(cfg, after=previous if not local else None)
-        elif step == "evaluate":
-            jobs, _ = submit_evaluate(cfg, after=previous if not local else None)
-        else:
-            jobs, _ = submit_train(cfg, after=previous if not local else None)
+        try:
+            jobs = submit_step(cfg, step, after=previous if not local else None)
+        except CacheMismatchError as e:  # a cache built with other settings: say what differs, submit nothing
+            log.error("%s", e)
+            return 2
         submitted.append((step, jobs))
         previous = jobs or previous
-        if local and not args.no_wait and not wait(jobs, step):  # no dependencies locally: run in order
+        if local and wait_for and not finish(cfg, step, jobs):  # no dependencies locally: run in order
             return 1
-    if args.no_wait or local:
+    if not wait_for or local:
         return 0
     for i, (step, jobs) in enumerate(submitted):
-        if not wait(jobs, step):
-            for _, later in submitted[i + 1 :]:  # their afterok can never be met now
-                for job in later:
-                    job.cancel(check=False)
+        waited = wait(jobs, step)
+        if waited:
+            continue
+        for _, later in submitted[i + 1 :]:  # their afterok can never be met now
+            for job in later:
+                job.cancel(check=False)
+        # from the failed step on, one step at a time, each resubmitted while it fails
+        if cfg.slurm.resubmit == 0 or waited.input_errors:
             return 1
+        log.warning("%s: resubmitting what is not done (1/%d, slurm.resubmit)", step, cfg.slurm.resubmit)
+        for j, (rest, _) in enumerate(submitted[i:]):
+            if not finish(cfg, rest, submit_step(cfg, rest), used=int(j == 0)):
+                return 1
+        return 0
     return 0
 
 

@@ -39,6 +39,23 @@ def _local_states(folder: Path, job_ids: list[str]) -> dict[str, str]:
     return states
 
 
+def active_jobs(cfg: Config, stage: str) -> list[str]:
+    """Jobs of the stage's latest SLURM submission that are still queued or running (squeue); empty
+    without SLURM or for the local executor, whose jobs end with their launcher."""
+    records = list((Path(cfg.paths.run_dir) / "slurm" / stage).glob("*/submission.json"))
+    if not records:
+        return []
+    submission = json.loads(max(records, key=lambda p: p.stat().st_mtime).read_text())
+    ids = sorted({t["job_id"].split("_")[0] for t in submission["tasks"]})
+    if submission.get("executor") != "slurm" or not ids:
+        return []
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return sorted({line.split("_")[0] for line in out.stdout.split()})
+
+
 def _submissions(cfg: Config, stage: str) -> list[str]:
     lines = []
     for folder in sorted((Path(cfg.paths.run_dir) / "slurm" / stage).glob("*")):

@@ -1,12 +1,17 @@
 """The launcher with submitit's local executor (no cluster needed)."""
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from pipeline.shards import build as shards
 from slurm import launch
-from tests.helpers import make_config
+from tests.helpers import REPO, config_args, make_config
 
 LOCAL = [
     "slurm.executor=local",
@@ -47,3 +52,56 @@ def test_a_failed_array_task_is_named_with_its_log_and_shards(synth_root, tmp_pa
 def test_groups_deal_shards_round_robin_and_cap_the_task_count():
     assert launch.groups(list(range(7)), 3) == [[0, 3, 6], [1, 4], [2, 5]]
     assert launch.groups([5, 9], 64) == [[5], [9]]
+
+
+def _launcher(args: list[str], go: Path) -> subprocess.Popen:
+    """`launch shards args` in its own process, imported and waiting until `go` exists (so the timing
+    of the test is the launcher's own, not Python's start-up)."""
+    code = (
+        "import sys, time, pathlib\n"
+        "from slurm import launch\n"
+        "from pipeline.runtime.errors import guarded\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.005)\n"
+        f"sys.exit(guarded('launch shards', lambda: launch.main(['shards', *{args!r}])))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _same_shards(cfg, reference) -> None:
+    made = sorted(p.name for p in cfg.paths.shards_dir.iterdir() if not p.name.startswith("."))
+    assert made == sorted(p.name for p in reference.paths.shards_dir.iterdir() if not p.name.startswith("."))
+    for tar in sorted(reference.paths.shards_dir.glob("*.tar")):
+        assert (cfg.paths.shards_dir / tar.name).read_bytes() == tar.read_bytes(), tar.name
+    assert not list(cfg.paths.shards_dir.glob(".*.tmp-*"))
+
+
+def test_the_same_launch_twice_at_once_gives_one_complete_output_and_a_message(synth_root, tmp_path):
+    settings = ("shards.videos_per_shard=4", *LOCAL)
+    # the second comes while the first is running: it stops at once, naming the first
+    first = _launcher(config_args(synth_root, tmp_path / "run", *settings), tmp_path / "go-first")
+    second = _launcher(config_args(synth_root, tmp_path / "run", *settings), tmp_path / "go-second")
+    (tmp_path / "go-first").touch()
+    lock = tmp_path / "run" / "slurm" / "shards" / "launch.lock"
+    deadline = time.time() + 120
+    while not (lock.exists() and f'"pid": {first.pid}' in lock.read_text()):
+        assert first.poll() is None and time.time() < deadline, "the first launch never took its lock"
+        time.sleep(0.01)
+    (tmp_path / "go-second").touch()
+    _, said = second.communicate(timeout=120)
+    assert second.returncode == 2, said
+    (line,) = [ln for ln in said.splitlines() if "already running" in ln]
+    assert f"pid {first.pid}" in line and str(lock) in line and "make status" in line
+    assert first.poll() is None, "the first launch was still at work when the second stopped"
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    # two at the very same moment on a fresh folder: whichever loses the race says so
+    racers = [_launcher(config_args(synth_root, tmp_path / "race", *settings), tmp_path / "go-race") for _ in range(2)]
+    (tmp_path / "go-race").touch()
+    outcomes = sorted((p.wait(timeout=300), p.stderr.read()) for p in racers)
+    assert [rc for rc, _ in outcomes] == [0, 2] and "already running" in outcomes[1][1], outcomes
+    reference = make_config(synth_root, tmp_path / "ref", "shards.videos_per_shard=4")
+    shards.run(reference)
+    for folder in ("run", "race"):
+        cfg = make_config(synth_root, tmp_path / folder, "shards.videos_per_shard=4")
+        assert not shards.missing(cfg)
+        _same_shards(cfg, reference)
