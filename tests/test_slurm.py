@@ -1,8 +1,11 @@
 """Against a real single-node SLURM cluster that these tests start (root on Debian only)."""
 
 import json
+import logging
 import os
+import random
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -11,11 +14,13 @@ import pytest
 import zarr
 
 from pipeline import config
+from pipeline.runtime.errors import guarded
 from pipeline.shards import build as shards
 from pipeline.ssv2 import synthetic
 from pipeline.teacher import run as teacher_run
 from pipeline.teacher.store import head_records
 from slurm import launch
+from slurm.status import active_jobs, status_report
 from tests.helpers import REPO
 
 ROOT_ON_DEBIAN = os.geteuid() == 0 and Path("/etc/debian_version").exists()
@@ -125,6 +130,18 @@ def bigger_data(tmp_path_factory):
     return root
 
 
+CHAOS_SHARDS = ("shards.videos_per_shard=4",)
+
+
+@pytest.fixture(scope="module")
+def reference_160(bigger_data, tmp_path_factory):
+    """The 160 videos' shards and cache from one uninterrupted in-process run, to compare killed runs with."""
+    cfg = config.load(REPO / "pipeline.yaml", _overrides(bigger_data, tmp_path_factory.mktemp("ref"), *CHAOS_SHARDS))
+    shards.run(cfg)
+    teacher_run.run(cfg)
+    return cfg
+
+
 def _overrides(root, run_dir, *extra):
     return [f"paths.ssv2_root={root}", f"paths.run_dir={run_dir}", "shards.videos_per_shard=8", *SMALL, *SLURM, *extra]
 
@@ -178,9 +195,9 @@ def test_smoke_pipeline_end_to_end_through_sbatch(cluster, data, tmp_path):
     assert len(list((tmp_path / "slurm" / "shards").iterdir())) == 1
 
 
-def test_killed_array_task_then_rerun_equals_an_uninterrupted_run(cluster, bigger_data, tmp_path):
+def test_killed_array_task_then_rerun_equals_an_uninterrupted_run(cluster, bigger_data, reference_160, tmp_path):
     data = bigger_data
-    extra = ("shards.videos_per_shard=4", "slurm.shards.array_tasks=2")  # the victim owns 18 of 36 shards
+    extra = (*CHAOS_SHARDS, "slurm.shards.array_tasks=2")  # the victim owns 18 of 36 shards
     cfg = config.load(REPO / "pipeline.yaml", _overrides(data, tmp_path / "run", *extra))
     jobs, _ = launch.submit_shards(cfg)
     assert len(jobs) == 2
@@ -199,11 +216,14 @@ def test_killed_array_task_then_rerun_equals_an_uninterrupted_run(cluster, bigge
     assert launch.main(["shards", *_overrides(data, tmp_path / "run", *extra)]) == 0
     assert launch.main(["teacher-cache", *_overrides(data, tmp_path / "run", *extra)]) == 0
     assert not list(cfg.paths.shards_dir.glob(".*.tmp-*"))
-    reference = config.load(REPO / "pipeline.yaml", _overrides(data, tmp_path / "ref", *extra))
-    shards.run(reference)
-    teacher_run.run(reference)
+    _equals_reference(cfg, reference_160, data)
+
+
+def _equals_reference(cfg, reference, data) -> None:
+    """Shards byte-identical to the uninterrupted run's, every video once, the cache equal."""
     for tar in sorted(reference.paths.shards_dir.glob("*.tar")):
         assert (cfg.paths.shards_dir / tar.name).read_bytes() == tar.read_bytes(), tar.name
+    assert not list(cfg.paths.shards_dir.glob(".*.tmp-*"))
     ids = [v["id"] for m in cfg.paths.shards_dir.glob("*.manifest.json") for v in json.loads(m.read_text())["videos"]]
     expected = sum(len(json.loads((data / "labels" / f"{s}.json").read_text())) for s in ("train", "validation"))
     assert len(ids) == len(set(ids)) == expected  # nothing lost, nothing duplicated
@@ -211,6 +231,72 @@ def test_killed_array_task_then_rerun_equals_an_uninterrupted_run(cluster, bigge
     for split in ("train", "validation"):
         for name in ("features", "logits", "valid", "ids", "done"):
             np.testing.assert_array_equal(a[split][name][:], b[split][name][:], err_msg=f"{split}/{name}")
+
+
+def _running(stage: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-n", f"ssv2-{stage}", "-o", "%i"], capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def test_chaos_random_tasks_killed_until_the_launchers_reruns_finish(cluster, bigger_data, reference_160, tmp_path):
+    """Many small array tasks; every few seconds a random running one is SIGKILLed (a lost node), while
+    the launcher resubmits what is not done; the end equals an uninterrupted run."""
+    extra = (*CHAOS_SHARDS, "slurm.shards.array_tasks=6", "slurm.teacher_cache.array_tasks=4", "slurm.resubmit=20")
+    args = _overrides(bigger_data, tmp_path / "run", *extra)
+    cfg = config.load(REPO / "pipeline.yaml", args)
+    kills: dict[str, list[str]] = {}
+    for stage, command, limit in (("shards", "shards", 4), ("teacher_cache", "teacher-cache", 3)):
+        stop, rng, kills[stage] = threading.Event(), random.Random(0), []
+
+        def chaos(stage=stage, limit=limit, rng=rng, stop=stop) -> None:
+            pause = 2.0
+            while not stop.wait(pause) and len(kills[stage]) < limit:
+                pause = 0.2  # look again soon while nothing runs; after a kill, wait a few seconds
+                if running := _running(stage):
+                    pause = 2.0
+                    victim = rng.choice(running)
+                    # the batch shell and every step: also before srun has started (a node lost)
+                    subprocess.run(["scancel", "--full", "--signal=KILL", victim], check=False, timeout=30)
+                    kills[stage].append(victim)
+
+        killer = threading.Thread(target=chaos, daemon=True)
+        killer.start()
+        try:
+            assert launch.main([command, *args]) == 0
+        finally:
+            stop.set()
+            killer.join()
+    submissions = {s: len(list((tmp_path / "run" / "slurm" / s).glob("*/submission.json"))) for s in kills}
+    logging.getLogger(__name__).warning(
+        "chaos run: survived %s SIGKILLs, finished after %s submissions", {k: len(v) for k, v in kills.items()}, submissions
+    )
+    assert all(n >= 2 for n in submissions.values()), submissions  # kills cost reruns, and the reruns finished
+    _equals_reference(cfg, reference_160, bigger_data)
+    report = status_report(cfg)
+    shards_total = len(shards.plan_all(cfg))
+    assert f"shards: {shards_total}/{shards_total} shards done" in report, report
+    root = zarr.open_group(reference_160.paths.teacher_cache, mode="r")
+    for split in ("train", "validation"):
+        n, valid = root[split]["done"].shape[0], int(root[split]["valid"][:].sum())
+        assert f"{split}: {n}/{n} shards, {valid} rows valid" in report, report
+
+
+def test_a_second_launch_while_the_first_jobs_are_queued_stops_and_names_them(cluster, data, tmp_path, capsys):
+    args = _overrides(data, tmp_path, "shards.videos_per_shard=4")
+    assert launch.main(["shards", "--no-wait", *args]) == 0
+    (record,) = (tmp_path / "slurm" / "shards").glob("*/submission.json")
+    ids = sorted({t["job_id"].split("_")[0] for t in json.loads(record.read_text())["tasks"]})
+    assert guarded("launch shards", lambda: launch.main(["shards", *args]), argv=[]) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "still queued" in ln]
+    assert "still queued or running" in line and all(i in line for i in ids) and "scancel" in line, line
+    cfg = config.load(REPO / "pipeline.yaml", args)
+    deadline = time.time() + 300
+    while active_jobs(cfg, "shards"):
+        assert time.time() < deadline
+        time.sleep(1)
+    assert launch.main(["shards", *args]) == 0  # done by the first: nothing submitted
+    assert len(list((tmp_path / "slurm" / "shards").glob("*/submission.json"))) == 1
+    assert not shards.missing(cfg)
 
 
 def test_preempted_training_requeues_and_resumes_from_what_it_saved(cluster, data, tmp_path):
