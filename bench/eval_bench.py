@@ -23,7 +23,7 @@ import torch
 
 from bench.jpeg_shards import build
 from pipeline.accel.pool_loader import PoolKeeper
-from pipeline.runtime.cpus import TRAIN_RESERVE, loader_workers
+from pipeline.runtime.cpus import EVAL_RESERVE, loader_workers
 from pipeline.runtime.device import autocast_dtype, pick_device
 from pipeline.runtime.dist import DistEnv
 from pipeline.student.models import build_student, input_normalizer
@@ -56,7 +56,12 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=1024 if cuda else 48)
     parser.add_argument("--configs", nargs="+", default=["mobilevit_xxs:8", "tsm_r50:8"] if cuda else ["tsm_tiny:8"])
     parser.add_argument("--batch", type=int, default=8 if cuda else 2, help="videos per step (eval.batch_size)")
-    parser.add_argument("--workers", type=int, default=loader_workers(-1, TRAIN_RESERVE) if cuda else 2)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=loader_workers(-1, EVAL_RESERVE) if cuda else 2,
+        help="default: the stage's automatic count",
+    )
     parser.add_argument("--steps", type=int, default=20 if cuda else 2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -10,6 +10,8 @@ import os
 # writer processes beside its workers. Chosen from the loader-size runs in docs/benchmarks.md.
 TRAIN_RESERVE = 6
 TEACHER_RESERVE = 2
+# Evaluation has no optimiser step: the forward thread and the pool's slot returner.
+EVAL_RESERVE = 2
 
 
 def task_cpus(ranks_here: int = 1) -> int:

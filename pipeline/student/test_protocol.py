@@ -20,10 +20,11 @@ from pipeline.accel.pool_loader import PoolKeeper
 from pipeline.config import Config
 from pipeline.runtime import dist
 from pipeline.runtime.atomic import write_bytes
+from pipeline.runtime.cpus import EVAL_RESERVE, loader_workers
 from pipeline.runtime.device import autocast_dtype
 from pipeline.runtime.dist import DistEnv
 from pipeline.runtime.progress import Progress
-from pipeline.student.data import ClipSource, ClipSpec, make_loader, split_shards, to_device, train_workers
+from pipeline.student.data import ClipSource, ClipSpec, make_loader, split_shards, to_device
 from pipeline.student.evaluate import gather_predictions
 from pipeline.student.models import input_normalizer
 
@@ -79,7 +80,7 @@ def evaluate_views(
         test_crops=protocol.crops,
         test_size=protocol.size,
     )
-    workers = min(train_workers(cfg, env), max(1, len(shards) // env.world_size))
+    workers = min(eval_workers(cfg, env), max(1, len(shards) // env.world_size))
     source = ClipSource(shards, spec, env.rank, env.world_size, None, None, {})
     loader = make_loader(source, workers=workers, device=device, keeper=pools)
     norm, dtype = input_normalizer(model, device), autocast_dtype(device, cfg.train.precision)
@@ -115,6 +116,12 @@ def evaluate_views(
     steady = (hits[2] - first[1]) / max(elapsed - first[0], 1e-9) if first and hits[2] > first[1] else float("nan")
     predictions = gather_predictions(ids, labels, scores, env)
     return ProtocolResult(total[0] / n, total[1] / n, int(total[2]), rate, predictions, steady_videos_per_s=steady)
+
+
+def eval_workers(cfg: Config, env: DistEnv) -> int:
+    """Loader processes per rank for the test protocol: train.num_workers, or for -1 the rank's CPUs
+    less EVAL_RESERVE (no optimiser step to leave room for)."""
+    return loader_workers(cfg.train.num_workers, EVAL_RESERVE, env.local_world_size)
 
 
 def write_scores(path: Path, result: ProtocolResult, *, num_frames: int, protocol: Protocol) -> None:
