@@ -9,11 +9,14 @@ CONFIG ?= pipeline.yaml
 RECIPE ?=
 ARGS ?=
 SMOKE_DIR ?= runs/smoke
+SWEEP ?=
+RUNS ?=
+COMPARE_DIR ?= runs/compare
 # The smoke run: configs/smoke.yaml (small settings, also the tests' base) over the config, on the
 # tiny synthetic set under SMOKE_DIR, so it runs on a laptop CPU in minutes.
 SMOKE_ARGS := --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) --config configs/smoke.yaml paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR)
 
-.PHONY: help venv smoke test test-fast lint format shards teacher-cache teacher-head train-student evaluate all report verify status slurm-up slurm-down synthetic bench-shards clean-smoke
+.PHONY: help venv smoke test test-fast lint format shards teacher-cache teacher-head train-student evaluate export sweep compare all report verify status slurm-up slurm-down synthetic bench-shards clean-smoke
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -30,6 +33,7 @@ smoke: $(STAMP) ## Run every stage on the embedded tiny synthetic data set (CPU,
 	$(PY) -m stages.synthetic $(SMOKE_ARGS)
 	$(PY) -m slurm.launch all $(SMOKE_ARGS) $(ARGS)
 	$(PY) -m slurm.launch evaluate $(SMOKE_ARGS) $(ARGS)
+	$(PY) -m slurm.launch export $(SMOKE_ARGS) $(ARGS)
 	$(PY) -m stages.report $(SMOKE_ARGS) $(ARGS)
 
 test: $(STAMP) ## Run the whole test suite (what CI runs): unit, integration and real-SLURM tests
@@ -66,6 +70,17 @@ evaluate: $(STAMP) ## The published test protocol (eval.clips x eval.crops views
 
 all: $(STAMP) ## Submit every stage (shards, teacher-cache, teacher-head, train-student) chained with afterok dependencies
 	$(PY) -m slurm.launch all --no-wait --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
+
+export: $(STAMP) ## The trained student as ONNX and torch.export programs per frame count, checked against PyTorch, timed at batch 1 (a job; waits)
+	$(PY) -m slurm.launch export --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
+
+sweep: $(STAMP) ## Train every point of SWEEP=sweeps/<name>.yaml as one SLURM array (only points not finished) and compare them
+	@test -n "$(SWEEP)" || { echo "make sweep: name a sweep file: make sweep SWEEP=sweeps/loss_weights.yaml" >&2; exit 2; }
+	$(PY) -m slurm.sweep $(SWEEP) --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
+
+compare: $(STAMP) ## One table and plots across RUNS="folder ..." (student, run or sweep folders) into COMPARE_DIR
+	@test -n "$(RUNS)" || { echo "make compare: name the runs: make compare RUNS=\"runs/a runs/b\"" >&2; exit 2; }
+	$(PY) -m stages.compare $(RUNS) --out $(COMPARE_DIR)
 
 report: $(STAMP) ## Write <run_dir>/report/report.md and its PNG plots from the run's own files
 	$(PY) -m stages.report --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)

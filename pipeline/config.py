@@ -28,6 +28,8 @@ class PathsConfig:
 
     ssv2_root: str = "data/ssv2"  # the SSv2 download: labels/ and 20bn-something-something-v2/
     run_dir: str = "runs/default"  # every stage writes below this folder
+    student_name: str = "student"  # the student's folder under run_dir (a sweep gives each point its own)
+    cache_name: str = ""  # "": teacher_cache.zarr; else teacher_cache-<name>.zarr (a sweep over teacher.* settings)
 
     @property
     def shards_dir(self) -> Path:
@@ -37,17 +39,17 @@ class PathsConfig:
     @property
     def teacher_cache(self) -> Path:
         """Stage 2 output (a Zarr store), stage 3 input."""
-        return Path(self.run_dir) / "teacher_cache.zarr"
+        return Path(self.run_dir) / f"teacher_cache{'-' * bool(self.cache_name)}{self.cache_name}.zarr"
 
     @property
     def teacher_heads_dir(self) -> Path:
         """Stage 2b output besides the logits in the cache: each fitted head's weights."""
-        return Path(self.run_dir) / "teacher_heads"
+        return Path(self.run_dir) / f"teacher_heads{'-' * bool(self.cache_name)}{self.cache_name}"
 
     @property
     def student_dir(self) -> Path:
         """Stage 3 output: checkpoints, metrics, evaluation tables."""
-        return Path(self.run_dir) / "student"
+        return Path(self.run_dir) / self.student_name
 
 
 @dataclass
@@ -188,6 +190,17 @@ class EvalConfig:
 
 
 @dataclass
+class ExportConfig:
+    """`make export`: the trained student as ONNX and torch.export programs, checked and timed."""
+
+    checkpoint: str = "best"  # best or latest (in the student folder), or a checkpoint file
+    frame_counts: list[int] = field(default_factory=lambda: [4, 8, 16])  # exported and timed, beside the trained counts
+    check_videos: int = 8  # validation clips each exported file is checked on against PyTorch
+    tolerance: float = 1e-3  # largest allowed |logit difference| to PyTorch (float32, CPU)
+    latency_runs: int = 20  # batch-1 runs timed per frame count and engine (median reported)
+
+
+@dataclass
 class SlurmStageConfig:
     """Resources of one stage's SLURM jobs."""
 
@@ -259,6 +272,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     experimental: ExperimentalConfig = field(default_factory=ExperimentalConfig)

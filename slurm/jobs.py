@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -25,11 +26,13 @@ class TrainJob:
     resubmission and requeues the job. The requeued job resumes from that same latest.pt.
     """
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config | None = None):
         self.cfg = cfg
         self.saved_to: str | None = None
 
-    def __call__(self) -> dict:
+    def __call__(self, cfg: Config | None = None) -> dict:
+        """Train `self.cfg`, or (a task of a sweep's array, whose config is its argument) `cfg`."""
+        self.cfg = cfg or self.cfg
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         latest = self.cfg.paths.student_dir / "latest.pt"
         stop = threading.Event()
@@ -50,9 +53,9 @@ class TrainJob:
                 time.sleep(3600)  # the other ranks wait to be ended by the requeue
         return {"step": summary.progress.step, "epoch": summary.progress.epoch, "best_top1": summary.progress.best_top1}
 
-    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
+    def checkpoint(self, *args) -> submitit.helpers.DelayedSubmission:
         """What submitit resubmits: this job, which resumes from the latest.pt it saved."""
-        return submitit.helpers.DelayedSubmission(self)
+        return submitit.helpers.DelayedSubmission(self, *args)
 
     def _record(self, event: str, path: str, env, step: int | None = None) -> None:
         if env.global_rank != 0:
@@ -60,7 +63,8 @@ class TrainJob:
         folder = self.cfg.paths.student_dir
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "requeue.jsonl", "a") as f:
-            f.write(json.dumps({"event": event, "path": path, "step": step, "job_id": env.job_id, "time": time.time()}) + "\n")
+            record = {"event": event, "path": path, "step": step, "job_id": env.job_id, "pid": os.getpid(), "time": time.time()}
+            f.write(json.dumps(record) + "\n")
         log.info("%s %s (job %s)", event, path, env.job_id)
 
 

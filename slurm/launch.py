@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -30,6 +31,7 @@ from pipeline.teacher.store import CacheMismatchError, head_fingerprint, head_re
 from slurm.executor import executor_kind, make_executor, max_array_size, submission_folder
 from slurm.jobs import EvaluateJob, TrainJob
 from slurm.status import active_jobs, status_report
+from stages import export as export_stage
 from stages import shards as shards_stage
 from stages import teacher_cache as teacher_stage
 from stages import teacher_head as head_stage
@@ -52,9 +54,12 @@ def _run_after(executor, cfg: Config, resources, after: list | None) -> None:
         )
 
 
-def submit_array(cfg: Config, stage: str, fn, task_args: list[tuple], after: list | None = None) -> tuple[list, Path]:
-    """Submit fn over task_args as one or more arrays (split at MaxArraySize); returns jobs and log folder."""
-    resources = cfg.slurm.shards if stage == "shards" else cfg.slurm.teacher_cache
+def submit_array(
+    cfg: Config, stage: str, fn, task_args: list[tuple], after: list | None = None, resources=None
+) -> tuple[list, Path]:
+    """Submit fn over task_args as one or more arrays (split at MaxArraySize); returns jobs and log
+    folder. Resources: the stage's (shards or teacher_cache) unless given."""
+    resources = resources or (cfg.slurm.shards if stage == "shards" else cfg.slurm.teacher_cache)
     folder = submission_folder(cfg, stage)
     executor = make_executor(cfg, stage, resources, folder)
     _run_after(executor, cfg, resources, after)
@@ -217,6 +222,18 @@ def _user_errors() -> set[str]:
     return names
 
 
+def submit_export(cfg: Config, after: list | None = None) -> tuple[list, Path | None]:
+    """One job exporting, checking and timing the student (on the evaluate stage's resources: a GPU)."""
+    folder = submission_folder(cfg, "export")
+    resources = cfg.slurm.evaluate
+    executor = make_executor(cfg, "export", dataclasses.replace(resources, nodes=1, tasks_per_node=1), folder)
+    _run_after(executor, cfg, resources, after)
+    job = executor.submit(export_stage.run_task, cfg)
+    _record(folder, cfg, "export", [{"job_id": job.job_id}])
+    log.info("export: submitted job %s (logs in %s)", job.job_id, folder)
+    return [job], folder
+
+
 def wait(jobs: list, stage: str) -> Waited:
     """Wait for the jobs; log each failure with its log file and what it owned."""
     ok, results, input_errors = True, [], 0
@@ -257,6 +274,7 @@ FOLDERS = {
     "head": "teacher_head",
     "train": "train_student",
     "evaluate": "evaluate",
+    "export": "export",
 }
 PLANS = {
     "shards": ["shards"],
@@ -264,6 +282,7 @@ PLANS = {
     "teacher-head": ["head"],
     "train-student": ["train"],
     "evaluate": ["evaluate"],
+    "export": ["export"],
     "all": ["shards", "teacher", "head", "train"],
 }
 
@@ -272,7 +291,13 @@ def submit_step(cfg: Config, step: str, after: list | None = None) -> list:
     """Submit one step's jobs (only what is not done); [] when nothing is left."""
     if step == "shards":
         return submit_shards(cfg)[0]
-    submit = {"teacher": submit_teacher, "head": submit_head, "train": submit_train, "evaluate": submit_evaluate}[step]
+    submit = {
+        "teacher": submit_teacher,
+        "head": submit_head,
+        "train": submit_train,
+        "evaluate": submit_evaluate,
+        "export": submit_export,
+    }[step]
     return submit(cfg, after=after)[0]
 
 

@@ -112,3 +112,26 @@ def per_class(per_class: dict[int, tuple[int, int]], names: list[str], path: Pat
     ax.set(title="Validation top-1 per class", xlabel="accuracy (fraction)", ylabel="class", xlim=(0, 1))
     ax.tick_params(axis="y", labelsize=7)
     return _save(fig, path)
+
+
+def validation_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> str:
+    """Validation top-1 per epoch, one line per run."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, points in curves.items():
+        if points:
+            ax.plot([e for e, _ in points], [a for _, a in points], "o-", label=name, markersize=3)
+    ax.set(title="Validation top-1 per epoch, every run", xlabel="epoch", ylabel="top-1 (fraction)", ylim=(0, 1.02))
+    ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def best_per_count(best: dict[str, dict[int, tuple[float, float]]], path: Path) -> str:
+    """Top-1 at each evaluated frame count, one line per run."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, results in best.items():
+        counts = sorted(results)
+        if counts:
+            ax.plot(counts, [results[t][0] for t in counts], "o-", label=name, markersize=3)
+    ax.set(title="Top-1 at each evaluated frame count", xlabel="frames per clip", ylabel="top-1 (fraction)", ylim=(0, 1.02))
+    ax.legend(fontsize=6)
+    return _save(fig, path)

@@ -38,6 +38,7 @@ def write_report(cfg: Config) -> Path:
         _teacher_section(teacher, data.videos),
         _training_section(training, cfg, folder),
         _test_section(cfg),
+        _export_section(cfg),
         _classes_section(training, teacher, data, class_names, folder),
     ]
     path = folder / "report.md"
@@ -209,6 +210,13 @@ def _test_section(cfg: Config) -> str:
         mark = " (trained)" if frames in facts["trained_counts"] else ""
         lines.append(f"| {frames}{mark} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _export_section(cfg: Config) -> str:
+    path = cfg.paths.student_dir / "export" / "export.md"
+    if not path.exists():
+        return "## Export\n\nMissing: the student is not exported yet (run `make export`).\n"
+    return "## Export\n\n" + path.read_text() + f"\nFiles in `{path.parent}`.\n"
 
 
 def _classes_section(

@@ -7,6 +7,7 @@ checkpoints and metrics, and finish with an evaluation at several frame counts.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -163,7 +164,16 @@ def run(
     )
     if env.is_main:
         log.info(_summary_paragraph(cfg, summary, env, total_steps))
+        _log_compute(out / "compute.jsonl", seconds=summary.seconds, env=env, device=device)
     return summary
+
+
+def _log_compute(path, *, seconds: float, env: DistEnv, device: torch.device) -> None:
+    """One line per training process run (a requeue adds one): what `make compare` sums into
+    device-hours. A run killed without warning leaves no line for its last segment."""
+    record = {"seconds": seconds, "processes": env.world_size, "device": device.type, "time": time.time()}
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def _device(cfg: Config, env: DistEnv) -> torch.device:
