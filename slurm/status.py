@@ -145,5 +145,11 @@ def status_report(cfg: Config) -> str:
     ):
         lines.append(f"{title}: {progress(cfg)}")
         lines += _submissions(cfg, stage)
+    for folder in sorted((Path(cfg.paths.run_dir) / "slurm").glob("sweep-*")):
+        name = folder.name.removeprefix("sweep-")
+        points = [p for p in (Path(cfg.paths.run_dir) / "sweeps" / name).glob("*") if (p / "config.yaml").exists()]
+        trained = sum((p / "eval_frames.json").exists() for p in points)
+        lines.append(f"sweep {name}: {trained}/{len(points)} started points trained (compare: sweeps/{name}/compare.md)")
+        lines += _submissions(cfg, folder.name)
     lines.append("`make verify` checks every shard, cache chunk and checkpoint, with the command that repairs each problem")
     return "\n".join(lines)

@@ -29,6 +29,7 @@ from pipeline.sweep import load_sweep, point_configs
 from slurm import launch
 from slurm.executor import executor_kind
 from slurm.jobs import TrainJob
+from slurm.status import active_jobs
 
 log = logging.getLogger("slurm.sweep")
 
@@ -125,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
                 advice="wait for it to end (make status shows its jobs), then launch again if anything is left",
             )
         )
+        active = active_jobs(first, f"sweep-{sweep.name}")
+        if active:
+            raise launch.lock.Busy(
+                f"sweep {sweep.name}: its array {', '.join(active)} is still queued or running on {first.paths.run_dir}; "
+                f"wait for it (make status) or cancel it (scancel {' '.join(active)}), then launch again"
+            )
         return run_sweep(cfgs, sweep=sweep.name, wait_for=not args.no_wait)
 
 

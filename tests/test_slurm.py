@@ -17,9 +17,11 @@ from pipeline import config
 from pipeline.runtime.errors import guarded
 from pipeline.shards import build as shards
 from pipeline.ssv2 import synthetic
+from pipeline.sweep import load_sweep, point_configs
 from pipeline.teacher import run as teacher_run
 from pipeline.teacher.store import head_records
 from slurm import launch
+from slurm import sweep as sweep_launch
 from slurm.status import active_jobs, status_report
 from tests.helpers import REPO
 
@@ -192,7 +194,7 @@ def test_smoke_pipeline_end_to_end_through_sbatch(cluster, data, tmp_path):
         time.sleep(2)
     assert report and set(report) == {"COMPLETED"}, report
     assert launch.main(["shards", *_overrides(data, tmp_path)]) == 0  # nothing left: submits nothing
-    assert len(list((tmp_path / "slurm" / "shards").iterdir())) == 1
+    assert len(list((tmp_path / "slurm" / "shards").glob("*/submission.json"))) == 1
 
 
 def test_killed_array_task_then_rerun_equals_an_uninterrupted_run(cluster, bigger_data, reference_160, tmp_path):
@@ -324,3 +326,43 @@ def test_preempted_training_requeues_and_resumes_from_what_it_saved(cluster, dat
     assert resumed[0]["step"] == saved[0]["step"] > 0
     per_epoch = 32 // 4
     assert result["step"] == 4 * per_epoch and result["epoch"] == 4  # same as an uninterrupted run
+
+
+def test_a_preempted_sweep_point_requeues_and_resumes_and_the_rerun_submits_nothing(cluster, data, tmp_path):
+    sweep_file = tmp_path / "pair.yaml"
+    sweep_file.write_text("name: pair\npoints:\n  - {loss.temperature: 1.0}\n  - {loss.temperature: 3.0}\n")
+    extra = ("train.epochs=4", "student.image_size=64", "slurm.train_student.array_parallelism=2")
+    overrides = _overrides(data, tmp_path / "run", *extra)
+    cfg = config.load(REPO / "pipeline.yaml", overrides)
+    shards.run(cfg)
+    teacher_run.run(cfg)
+    args = [str(sweep_file), "--config", str(REPO / "pipeline.yaml"), *overrides]
+    assert sweep_launch.main([*args, "--no-wait"]) == 0
+    (record,) = (tmp_path / "run" / "slurm" / "sweep-pair").glob("*/submission.json")
+    tasks = {t["point"]: t["job_id"] for t in json.loads(record.read_text())["tasks"]}
+    cfgs = point_configs([str(REPO / "pipeline.yaml")], overrides, load_sweep(sweep_file))
+    victim = cfgs["loss.temperature=3.0"].paths.student_dir
+    deadline = time.time() + 240
+    while not ((victim / "metrics.jsonl").exists() and len((victim / "metrics.jsonl").read_text().splitlines()) >= 3):
+        assert time.time() < deadline, "the point never started training"
+        time.sleep(0.2)
+    for signal in ("SIGTERM", "USR2"):  # preemption, as SLURM sends it, to that array task alone
+        subprocess.run(["scancel", tasks["loss.temperature=3.0"], "--signal", signal], check=True, timeout=30)
+    deadline = time.time() + 400
+    while sweep_launch.unfinished(cfgs):
+        assert time.time() < deadline, f"points not finished: {sweep_launch.unfinished(cfgs)}"
+        time.sleep(2)
+    events = [json.loads(line) for line in (victim / "requeue.jsonl").read_text().splitlines()]
+    saved = [e for e in events if e["event"] == "saved"]
+    resumed = [e for e in events if e["event"] == "resumed"]
+    assert saved and resumed and resumed[0]["step"] == saved[0]["step"] > 0, events
+    for point in cfgs.values():
+        final = json.loads((point.paths.student_dir / "eval_frames.json").read_text())
+        assert final["trained_num_frames"] == 4
+    deadline = time.time() + 60
+    while active_jobs(cfg, "sweep-pair"):  # the array's accounting settles
+        assert time.time() < deadline
+        time.sleep(1)
+    assert sweep_launch.main(args) == 0  # every point trained: nothing submitted, the comparison written
+    assert len(list((tmp_path / "run" / "slurm" / "sweep-pair").glob("*/submission.json"))) == 1
+    assert (tmp_path / "run" / "sweeps" / "pair" / "compare.md").read_text().count("| loss.temperature=") == 2

@@ -215,7 +215,7 @@ def _test_section(cfg: Config) -> str:
 def _export_section(cfg: Config) -> str:
     path = cfg.paths.student_dir / "export" / "export.md"
     if not path.exists():
-        return "## Export\n\nMissing: the student is not exported yet (run `make export`).\n"
+        return "## Export\n\nNot exported yet: `make export` writes the ONNX and torch.export files, checked and timed.\n"
     return "## Export\n\n" + path.read_text() + f"\nFiles in `{path.parent}`.\n"
 
 
