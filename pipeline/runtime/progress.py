@@ -9,11 +9,24 @@ import time
 log = logging.getLogger(__name__)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each record, not as it was when logging was set up (a test
+    harness swaps it, and a handler kept on a closed stream fails on every record)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """One format for every stage; safe to call more than once."""
     root = logging.getLogger()
     if not any(getattr(h, "_pipeline", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         handler._pipeline = True  # type: ignore[attr-defined]
         root.addHandler(handler)
