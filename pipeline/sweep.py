@@ -8,13 +8,15 @@
     points:                            # and these override sets (optional)
       - {loss.gamma: 0.0}
 
-Points share the run's shards. A point whose `teacher.*` or `teacher_head.*` settings differ from
-the base's gets the teacher cache (and heads) of those settings, `teacher_cache-<settings>.zarr`,
-shared by every point with the same ones; `shards.*` and `paths.*` keys cannot vary.
+Points share the run's shards. A point whose teacher settings (`teacher.*`, `teacher_head.*`, from
+the sweep's overrides or its own) differ from the command's gets the teacher cache (and heads) of
+those settings, `teacher_cache-<overrides>-<digest>.zarr`, shared by every point with the same
+effective settings; `shards.*` and `paths.*` keys cannot vary.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 from dataclasses import dataclass
@@ -93,27 +95,38 @@ def load_sweep(path: Path) -> Sweep:
     return Sweep(name, overrides, tuple(Point(n, s) for n, s in zip(names, sets)))
 
 
-def point_overrides(sweep: Sweep, point: Point, *, own_cache: bool) -> list[str]:
+def point_overrides(sweep: Sweep, point: Point, *, cache: str = "") -> list[str]:
     """The sweep's and the point's overrides, with the point's own student folder and, when its
-    teacher settings differ from the base's (`own_cache`), the cache of those settings."""
+    teacher settings are not the command's, the cache named `cache`."""
     extra = [f"paths.student_name=sweeps/{sweep.name}/{point.name}"]
-    if own_cache:
-        extra.append(f"paths.cache_name={slug([o for o in point.overrides if o.startswith(CACHE_KEYS)])}")
+    if cache:
+        extra.append(f"paths.cache_name={cache}")
     return [*sweep.overrides, *point.overrides, *extra]
 
 
-def _teacher_settings(cfg: Config) -> tuple:
+def _teacher_settings(cfg: Config) -> str:
     as_dict = config.to_dict(cfg)
-    return repr(as_dict["teacher"]), repr(as_dict["teacher_head"])
+    return repr((as_dict["teacher"], as_dict["teacher_head"]))
+
+
+def cache_name(sweep: Sweep, point: Point, settings: str) -> str:
+    """The teacher overrides that make a point's cache, and a digest of its effective teacher settings
+    (so other settings elsewhere never share the name)."""
+    keys = [o for o in (*sweep.overrides, *point.overrides) if o.startswith(CACHE_KEYS)]
+    return f"{slug(keys)}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
 
 
 def point_configs(files: list[str], overrides: list[str], sweep: Sweep) -> dict[str, Config]:
     """Each point's full config: the command's config files and overrides, then the sweep's and the
-    point's. Points whose teacher settings equal the base's share the base's teacher cache."""
-    base = _teacher_settings(config.load(files, [*overrides, *sweep.overrides]))
+    point's. Points whose teacher settings equal the command's share the run's teacher cache; the
+    others share one cache per distinct setting."""
+    base = _teacher_settings(config.load(files, overrides))
     cfgs = {}
     for p in sweep.points:
-        plain = config.load(files, [*overrides, *point_overrides(sweep, p, own_cache=False)])
-        own = _teacher_settings(plain) != base
-        cfgs[p.name] = config.load(files, [*overrides, *point_overrides(sweep, p, own_cache=own)]) if own else plain
+        plain = config.load(files, [*overrides, *point_overrides(sweep, p)])
+        settings = _teacher_settings(plain)
+        if settings == base:
+            cfgs[p.name] = plain
+        else:
+            cfgs[p.name] = config.load(files, [*overrides, *point_overrides(sweep, p, cache=cache_name(sweep, p, settings))])
     return cfgs

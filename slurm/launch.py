@@ -20,7 +20,7 @@ from pathlib import Path
 import zarr
 
 from pipeline import cli
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 from pipeline.runtime import lock
 from pipeline.runtime.errors import UserError, guarded
 from pipeline.runtime.progress import setup_logging
@@ -93,14 +93,23 @@ def _owned(args: list | None) -> str:
         return f", owned shards {args[0]}"
     if args[0] is None and len(args) == 3:
         return f", owned every {args[2]}th shard from {args[1]}"
+    if isinstance(args[0], str):
+        return f", point {args[0]}"
     return ""
 
 
 def _error_line(error: Exception) -> str:
     """The exception line of a failed job's trace (not the trailing log paths)."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Interrupted)\b", ln)]
+    user = _user_errors()
+    raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Interrupted)\b", ln) or _raised_name(ln) in user]
     return (raised or lines or ["no message"])[-1][:400]
+
+
+def _raised_name(line: str) -> str:
+    """'pkg.mod.SomeError: message' -> 'SomeError' (empty when the line is not an exception line)."""
+    found = re.match(r"^([\w.]+)(?::|$)", line)
+    return found.group(1).split(".")[-1] if found else ""
 
 
 def submit_shards(cfg: Config) -> tuple[list, Path | None]:
@@ -234,8 +243,9 @@ def submit_export(cfg: Config, after: list | None = None) -> tuple[list, Path | 
     return [job], folder
 
 
-def wait(jobs: list, stage: str) -> Waited:
-    """Wait for the jobs; log each failure with its log file and what it owned."""
+def wait(jobs: list, stage: str, *, totals: bool = True) -> Waited:
+    """Wait for the jobs; log each failure with its log file and what it owned; with `totals`, the
+    sum of the jobs' counts (tasks of one stage; not the points of a sweep)."""
     ok, results, input_errors = True, [], 0
     for job in jobs:
         try:
@@ -243,7 +253,7 @@ def wait(jobs: list, stage: str) -> Waited:
         except Exception as e:  # failed, killed, or its result file torn by the kill: resubmittable unless a UserError
             ok = False
             line = _error_line(e)
-            input_errors += line.split(":")[0].split(".")[-1] in _user_errors()
+            input_errors += _raised_name(line) in _user_errors()
             log.error(
                 "%s task %s FAILED (log: %s)%s: %s",
                 stage,
@@ -252,17 +262,19 @@ def wait(jobs: list, stage: str) -> Waited:
                 _owned(getattr(job, "pipeline_args", None)),
                 line,
             )
-    totals: dict = {}
-    for result in results:
+    summed: dict = {}
+    for result in results if totals else []:
         for key, value in (result or {}).items():
-            totals[key] = totals.get(key, 0) + value if isinstance(value, int) else value
+            summed[key] = summed.get(key, 0) + value if isinstance(value, int) else value
     if jobs:
         log.info(
-            "%s: %d/%d job(s) succeeded; %s",
+            "%s: %d/%d job(s) succeeded%s",
             stage,
             len(results),
             len(jobs),
-            ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in totals.items()) or "no results",
+            "; " + (", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summed.items()) or "no results")
+            if totals
+            else "",
         )
     return Waited(ok, input_errors)
 
@@ -322,6 +334,12 @@ def claim(cfg: Config, plan: list[str], stack: contextlib.ExitStack) -> None:
             )
 
 
+def check_resubmit(cfg: Config) -> None:
+    """slurm.resubmit is a count: 0 or more."""
+    if cfg.slurm.resubmit < 0:
+        raise ConfigError(f"slurm.resubmit={cfg.slurm.resubmit}: a number of resubmissions, 0 or more")
+
+
 def finish(cfg: Config, step: str, jobs: list, *, used: int = 0) -> bool:
     """Wait for a step's jobs; while some failed, resubmit what is still not done, up to
     slurm.resubmit times in all (`used` already spent), so a lost node or a killed task costs only
@@ -350,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     setup_logging()
     cfg = cli.load_config(args)
+    check_resubmit(cfg)
     if args.stage == "status":
         print(status_report(cfg))
         return 0

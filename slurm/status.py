@@ -39,15 +39,18 @@ def _local_states(folder: Path, job_ids: list[str]) -> dict[str, str]:
     return states
 
 
-def active_jobs(cfg: Config, stage: str) -> list[str]:
-    """Jobs of the stage's latest SLURM submission that are still queued or running (squeue); empty
-    without SLURM or for the local executor, whose jobs end with their launcher."""
-    records = list((Path(cfg.paths.run_dir) / "slurm" / stage).glob("*/submission.json"))
-    if not records:
-        return []
-    submission = json.loads(max(records, key=lambda p: p.stat().st_mtime).read_text())
-    ids = sorted({t["job_id"].split("_")[0] for t in submission["tasks"]})
-    if submission.get("executor") != "slurm" or not ids:
+def active_jobs(cfg: Config, stage: str, recent: int = 50) -> list[str]:
+    """Jobs of the stage's last `recent` SLURM submissions that are still queued or running (squeue).
+    Local-executor jobs are not looked up: they are the launcher's children, and its lock covers
+    them while it lives (a launcher killed with SIGKILL can leave them running)."""
+    records = sorted((Path(cfg.paths.run_dir) / "slurm" / stage).glob("*/submission.json"), key=lambda p: p.stat().st_mtime)
+    ids: set[str] = set()
+    for record in records[-recent:]:
+        submission = json.loads(record.read_text())
+        if submission.get("executor") == "slurm":
+            ids |= {t["job_id"].split("_")[0] for t in submission["tasks"]}
+    ids = sorted(ids)
+    if not ids:
         return []
     try:
         out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True, timeout=30)
@@ -133,6 +136,14 @@ def _evaluate_progress(cfg: Config) -> str:
     return f"{len(facts['rows'])} rows in {path.parent / 'test.md'}; best top-1 {best['top1']:.4f} ({where})"
 
 
+def _export_progress(cfg: Config) -> str:
+    path = cfg.paths.student_dir / "export" / "export.json"
+    if not path.exists():
+        return "not exported yet (make export)"
+    rows = json.loads(path.read_text())["rows"]
+    return f"{len(rows)} frame counts exported ({', '.join(str(r['frames']) for r in rows)}) in {path.parent}"
+
+
 def status_report(cfg: Config) -> str:
     """A few lines per stage."""
     lines = [f"run folder {cfg.paths.run_dir}"]
@@ -142,6 +153,7 @@ def status_report(cfg: Config) -> str:
         ("teacher-head", "teacher_head", _head_progress),
         ("train-student", "train_student", _train_progress),
         ("evaluate", "evaluate", _evaluate_progress),
+        ("export", "export", _export_progress),
     ):
         lines.append(f"{title}: {progress(cfg)}")
         lines += _submissions(cfg, stage)

@@ -83,15 +83,17 @@ def run_sweep(cfgs: dict[str, Config], *, sweep: str, wait_for: bool) -> int:
     if not todo:
         log.info("sweep %s: every point is trained, nothing to submit", sweep)
     else:
-        ok, after = submit_inputs(cfgs, wait_for=wait_for)
+        first = cfgs[todo[0]]
+        with contextlib.ExitStack() as inputs:  # no other launch builds these inputs meanwhile
+            launch.claim(first, ["shards", "teacher", "head"], inputs)
+            ok, after = submit_inputs({n: cfgs[n] for n in todo}, wait_for=wait_for)
         if not ok:
             return 1
-        first = cfgs[todo[0]]
         jobs = submit_points(cfgs, todo, sweep=sweep, after=after)
         if not wait_for:
             return 0
         for attempt in range(first.slurm.resubmit + 1):
-            waited = launch.wait(jobs, f"sweep {sweep}")
+            waited = launch.wait(jobs, f"sweep {sweep}", totals=False)
             todo = unfinished(cfgs)
             if not todo:
                 break
@@ -117,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep = load_sweep(args.sweep)
     cfgs = point_configs(args.config or ["pipeline.yaml"], args.overrides, sweep)
     first = next(iter(cfgs.values()))
+    launch.check_resubmit(first)
     with contextlib.ExitStack() as stack:
-        launch.claim(first, ["shards"], stack)
         stack.enter_context(
             launch.lock.hold(
                 Path(first.paths.run_dir) / "slurm" / f"sweep-{sweep.name}" / "launch.lock",

@@ -10,23 +10,22 @@ import sys
 
 from pipeline import cli
 from pipeline.config import Config
-from pipeline.runtime.errors import UserError, guarded
+from pipeline.runtime.errors import guarded, settings_errors
 from pipeline.student import test_run
 
 
 def run_task(cfg: Config) -> list[dict]:
     """Evaluate as this process's rank (from torchrun's or SLURM's environment)."""
     cli.setup_task_logging()
-    return test_run.run(cfg)
+    with settings_errors():
+        return test_run.run(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate the checkpoint named by eval.checkpoint and write <student>/test/."""
     cfg, _ = cli.parse(__doc__, argv)
-    try:
+    with settings_errors():
         test_run.run(cfg)
-    except ValueError as e:  # a setting that does not fit: said in one line
-        raise UserError(str(e)) from e
     return 0
 
 

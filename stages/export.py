@@ -11,24 +11,23 @@ import sys
 
 from pipeline import cli
 from pipeline.config import Config
-from pipeline.runtime.errors import UserError, guarded
+from pipeline.runtime.errors import guarded, settings_errors
 from pipeline.student import export_run
 
 
 def run_task(cfg: Config) -> dict:
     """The stage as one job."""
     cli.setup_task_logging()
-    facts = export_run.run(cfg)
+    with settings_errors():
+        facts = export_run.run(cfg)
     return {"exported": len(facts["rows"])}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Export, check and time the checkpoint named by export.checkpoint."""
     cfg, _ = cli.parse(__doc__, argv)
-    try:
+    with settings_errors():
         export_run.run(cfg)
-    except (ValueError, FileNotFoundError) as e:  # a setting that does not fit, or nothing trained yet
-        raise UserError(str(e)) from e
     return 0
 
 

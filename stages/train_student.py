@@ -10,23 +10,22 @@ from collections.abc import Callable
 
 from pipeline import cli
 from pipeline.config import Config
-from pipeline.runtime.errors import UserError, guarded
+from pipeline.runtime.errors import guarded, settings_errors
 from pipeline.student import train
 
 
 def run_task(cfg: Config, should_stop: Callable[[], bool] | None = None) -> train.TrainSummary:
     """Train as this process's rank (from torchrun's or SLURM's environment), stopping when asked."""
     cli.setup_task_logging()
-    return train.run(cfg, should_stop=should_stop)
+    with settings_errors():
+        return train.run(cfg, should_stop=should_stop)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Train, or resume from latest.pt, and evaluate at the configured frame counts."""
     cfg, _ = cli.parse(__doc__, argv)
-    try:
+    with settings_errors():
         train.run(cfg)
-    except ValueError as e:  # a setting that does not fit: said in one line
-        raise UserError(str(e)) from e
     return 0
 
 

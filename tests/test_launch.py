@@ -105,3 +105,18 @@ def test_the_same_launch_twice_at_once_gives_one_complete_output_and_a_message(s
         cfg = make_config(synth_root, tmp_path / folder, "shards.videos_per_shard=4")
         assert not shards.missing(cfg)
         _same_shards(cfg, reference)
+
+
+@pytest.mark.unit
+def test_a_users_error_is_found_in_a_jobs_trace_whatever_its_name():
+    from pipeline.student.export_run import ExportMismatch
+
+    trace = (
+        "Traceback (most recent call last):\n  File 'x.py', line 1\n"
+        f"{ExportMismatch.__module__}.ExportMismatch: at 4 frames the exported logits differ\n"
+        "  - /run/slurm/export/1_0_log.err\n"
+    )
+    line = launch._error_line(RuntimeError(trace))
+    assert line.startswith(f"{ExportMismatch.__module__}.ExportMismatch: at 4 frames")
+    assert launch._raised_name(line) in launch._user_errors()
+    assert launch._raised_name("srun: Force Terminated StepId=9.0") not in launch._user_errors()

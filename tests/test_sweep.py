@@ -74,8 +74,12 @@ def test_a_sweep_trains_each_point_reruns_only_the_killed_one_then_nothing(synth
     assert len(list((tmp_path / "run" / "slurm" / "sweep-two").glob("*/submission.json"))) == 2
 
     table = (tmp_path / "run" / "sweeps" / "two" / "compare.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| loss.temperature=")]
-    assert len(rows) == 2 and all("| 2 |" in r for r in rows), table  # both points, 2 epochs each
+    header = next(line for line in table.splitlines() if line.startswith("| run |"))
+    column = [c.strip() for c in header.strip("|").split("|")].index("epochs")
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| loss.temperature=")
+    ]
+    assert len(rows) == 2 and [r[column] for r in rows] == ["2", "2"], table  # both points, 2 epochs each
     for cfg in cfgs.values():
         saved = config.load(cfg.paths.student_dir / "config.yaml")
         assert saved.loss.temperature == cfg.loss.temperature and saved.train.epochs == 2

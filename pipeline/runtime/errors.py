@@ -7,14 +7,28 @@ disk) stops with one line on stderr that says what, where and what to do, and ex
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 class UserError(Exception):
     """An error whose message alone tells the user what to fix."""
+
+
+@contextlib.contextmanager
+def settings_errors() -> Iterator[None]:
+    """A ValueError (a setting that does not fit) or FileNotFoundError (an input not made yet) in the
+    body becomes a UserError with the same message: one line for the user, and the launcher does not
+    resubmit a job that would only fail the same way."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from e
 
 
 def debugging(argv: list[str]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -12,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline import config
+from pipeline.config import Config
 from pipeline.runtime.atomic import discard_on_error, publish, tmp_name
 from pipeline.runtime.errors import UserError
 
@@ -78,3 +81,15 @@ def clean_tmp(folder: Path) -> None:
         if tmp.name.endswith(f"-{os.getpid()}"):
             continue
         tmp.unlink(missing_ok=True)
+
+
+def with_trained_settings(cfg: Config) -> Config:
+    """`cfg` with the model the student folder's config.yaml says was trained (the `student` section
+    and the trained frame counts), so evaluation and export build that model whatever the command
+    says (a sweep's points differ in them); runtime settings stay the command's."""
+    path = cfg.paths.student_dir / "config.yaml"
+    if not path.exists():
+        return cfg
+    saved = config.load(path)
+    train = dataclasses.replace(cfg.train, frame_counts=saved.train.frame_counts)
+    return dataclasses.replace(cfg, student=saved.student, train=train)

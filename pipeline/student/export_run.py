@@ -46,6 +46,7 @@ def validation_clips(cfg: Config, *, frames: int, videos: int) -> torch.Tensor:
 def run(cfg: Config) -> dict:
     """Export every trained count and every export.frame_counts; time the latter; write export.json/md."""
     start = time.monotonic()
+    cfg = checkpoint.with_trained_settings(cfg)
     path = checkpoint_path(cfg)
     saved = checkpoint.load(path)
     if saved is None:

@@ -35,6 +35,7 @@ def checkpoint_path(cfg: Config) -> Path:
 def run(cfg: Config, env: DistEnv | None = None) -> list[dict]:
     """Evaluate the checkpoint; rank 0 writes test.json, test.md and scores-<frames>f-<clips>x<crops>.npz."""
     start, env = time.monotonic(), env or dist.from_environment()
+    cfg = checkpoint.with_trained_settings(cfg)
     device = pick_device(cfg.train.device)
     device = dist.cuda_device(env.local_rank) if device.type == "cuda" else device
     dist.init(env, device)
