@@ -24,6 +24,7 @@ from torch import nn
 from torchvision.models import resnet50
 
 from pipeline import config
+from pipeline.accel import shift_kernel
 from pipeline.runtime.device import pick_device
 from pipeline.student.ffn import consistency_loss
 from pipeline.student.models import build_student
@@ -53,6 +54,7 @@ class Row:
     inputs: Callable[[torch.device], list[torch.Tensor]]
     images: int
     shift: Callable | None = None  # the shift to patch in while this row runs
+    kernel: bool = True  # whether the eager shift may use the Triton kernel (CUDA)
 
 
 def _tsm(counts: list[int]) -> Callable[[], nn.Module]:
@@ -75,10 +77,35 @@ def rows(images: int) -> list[Row]:
     return [
         Row("ResNet-50, single images", lambda: resnet50(num_classes=CLASSES), _images(images), images),
         Row("TSM-R50, 8 frames, reference's sliced shift", _tsm([8]), _clips(images // 8, [8]), images, shift=sliced_shift),
+        Row("TSM-R50, 8 frames, eager shift as strided copies", _tsm([8]), _clips(images // 8, [8]), images, kernel=False),
         Row("TSM-R50, 8 frames", _tsm([8]), _clips(images // 8, [8]), images),
         Row("TSM-R50, 16 frames", _tsm([16]), _clips(images // 16, [16]), images),
         Row("FFN TSM-R50, 4/8/16 frames", _tsm([4, 8, 16]), _clips(images // 16, [4, 8, 16]), images // 16 * 28),
     ]
+
+
+def kernel_equals_copies(device: torch.device) -> bool:
+    """Whether the eager shift gives the same values and gradients with the kernel as with strided
+    copies, bf16 and float32, both layouts (the bench's own check; the tests run it on CUDA too)."""
+    results = []
+    for dtype in (torch.bfloat16, torch.float32):
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(6 * 8, 64, 14, 14, device=device, dtype=dtype).contiguous(memory_format=layout)
+            weight = torch.randn_like(x)
+            pairs = []
+            for use in (True, False):
+                shift_kernel_usable = shift_kernel.usable
+                if not use:
+                    shift_kernel.usable = lambda t: False
+                try:
+                    leaf = x.clone().requires_grad_(True)
+                    out = tsm_module.temporal_shift(leaf, 8)
+                    (out * weight).sum().backward()
+                finally:
+                    shift_kernel.usable = shift_kernel_usable
+                pairs.append((out.detach(), leaf.grad))
+            results.append(torch.equal(pairs[0][0], pairs[1][0]) and torch.equal(pairs[0][1], pairs[1][1]))
+    return all(results)
 
 
 def make_step(model: nn.Module, device: torch.device, compiled: bool) -> Callable[[list[torch.Tensor], torch.Tensor], None]:
@@ -109,9 +136,11 @@ def make_step(model: nn.Module, device: torch.device, compiled: bool) -> Callabl
 def images_per_s(row: Row, device: torch.device, *, compiled: bool, warmup: int, steps: int) -> float:
     """Images/s of `row`'s step after `warmup` steps."""
     torch.manual_seed(0)
-    original = tsm_module.temporal_shift
+    original, usable = tsm_module.temporal_shift, shift_kernel.usable
     if row.shift is not None:
         tsm_module.temporal_shift = row.shift
+    if not row.kernel:
+        shift_kernel.usable = lambda x: False
     try:
         model = row.build()
         inputs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in row.inputs(device)]
@@ -128,7 +157,7 @@ def images_per_s(row: Row, device: torch.device, *, compiled: bool, warmup: int,
             torch.cuda.synchronize()
         return row.images * steps / (time.perf_counter() - start)
     finally:
-        tsm_module.temporal_shift = original
+        tsm_module.temporal_shift, shift_kernel.usable = original, usable
         torch._dynamo.reset()
 
 
@@ -146,6 +175,8 @@ def main() -> None:
     device = pick_device("auto")
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     modes = ["compiled" if c else "eager" for c in args.compile]
+    if shift_kernel.usable(torch.empty(8, 16, 2, 2, device=device)):
+        print(f"Triton shift equals the strided copies (values and gradients): {kernel_equals_copies(device)}")
     print(f"\n{name}, {'bf16' if cuda else 'fp32'}, channels_last, image 224, {args.steps} timed steps\n")
     print("| model | images per step | " + " | ".join(f"{m} images/s | {m} / ResNet-50" for m in modes) + " |")
     print("| --- | --- |" + " --- | --- |" * len(modes))

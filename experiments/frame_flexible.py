@@ -4,8 +4,8 @@
     python -m experiments.frame_flexible order [--videos 300] [--seeds 0 1 2] [--epochs 6] [--work DIR]
 
 In pieces (data made where ffmpeg is, seeds trained side by side elsewhere, one table at the end):
-`--prepare-only --work DIR`, then `--work DIR --seeds S` for each seed (each writes
-results-<which>[-counts]-seedS.json in DIR), then `--tabulate --work DIR`.
+`--prepare-only --work DIR`, then `--work DIR --seeds S [--only CONDITION]` for each seed (each
+writes results-<which>[-counts]-seedS[-condition].json in DIR), then `--tabulate --work DIR`.
 
 `tfd`: temporal frequency deviation. tsm_tiny (64 px) trained at 16 frames against FFN-trained at
 4, 8 and 16 (`train.frame_counts=[4, 8, 16]`, lambda 1), each vanilla (CE alone) and distilled from
@@ -21,8 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 from pipeline import config
@@ -99,7 +103,7 @@ def prepare(work: Path, videos: int, *, teacher: bool) -> Path:
 
 def train_one(work: Path, root: Path, name: str, settings: tuple, *, seed: int, epochs: int, counts: list[int]) -> dict:
     """One student in its own folder, sharing the base shards and cache; top-1 per evaluated count."""
-    run_dir = work / f"{name.replace(' ', '_').replace('/', '-').replace(',', '')}-seed{seed}"
+    run_dir = work / f"{_slug(name)}-seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     for shared in ("shards", "teacher_cache.zarr"):
         link, target = run_dir / shared, work / "base" / shared
@@ -128,6 +132,65 @@ def table(results: list[dict], names: list[str], counts: list[int]) -> str:
     return "\n".join(lines)
 
 
+def run_here(work: Path, root: Path, chosen: dict, *, tag: str, seeds: list[int], epochs: int, counts: list[int]) -> None:
+    """Train the `chosen` conditions for every seed in this process; one results file per seed (and condition, when one)."""
+    suffix = f"-{_slug(next(iter(chosen)))}" if len(chosen) == 1 else ""
+    for seed in seeds:
+        done = []
+        for name, settings in chosen.items():
+            done.append(train_one(work, root, name, settings, seed=seed, epochs=epochs, counts=counts))
+            log.info("%s", done[-1])
+        (work / f"results-{tag}-seed{seed}{suffix}.json").write_text(json.dumps(done, indent=1))
+
+
+def collected(work: Path, tag: str, conditions: dict) -> list[dict]:
+    """Every result of these conditions written in `work`."""
+    files = sorted(work.glob(f"results-{tag}-seed*.json"))
+    results = [r for f in files for r in json.loads(f.read_text()) if r["name"] in conditions]
+    for r in results:  # JSON keys are strings
+        r["counts"] = {int(c): top1 for c, top1 in r["counts"].items()}
+    return results
+
+
+def _slug(name: str) -> str:
+    return name.replace(" ", "_").replace("/", "-").replace(",", "")
+
+
+def side_by_side(args: argparse.Namespace, work: Path, conditions: dict, tag: str, epochs: int) -> None:
+    """Each (condition, seed) in a process of its own (`--only`), `args.parallel` at once; then the table."""
+    pending = [(name, seed) for seed in args.seeds for name in conditions]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    running: list[subprocess.Popen] = []
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            name, seed = pending.pop(0)
+            command = [
+                sys.executable,
+                "-m",
+                "experiments.frame_flexible",
+                args.which,
+                "--work",
+                str(work),
+                "--seeds",
+                str(seed),
+                "--epochs",
+                str(epochs),
+                "--only",
+                name,
+                "--videos",
+                str(args.videos),
+                "--counts",
+                *map(str, args.counts),
+            ]
+            running.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL))
+        time.sleep(1)
+        for p in [p for p in running if p.poll() is not None]:
+            running.remove(p)
+            if p.returncode:
+                log.error("%s exited with %d", " ".join(p.args[3:]), p.returncode)
+    log.info("all %d runs of %s ended", len(args.seeds) * len(conditions), tag)
+
+
 def main() -> None:
     """Run one of the two comparisons for every seed and print its table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,6 +202,10 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[4, 8, 16], help="tfd: the frame counts (FFN trains all)")
     parser.add_argument("--prepare-only", action="store_true", help="make the data, shards and cache, then stop")
     parser.add_argument("--tabulate", action="store_true", help="only print the table of the results in --work")
+    parser.add_argument(
+        "--parallel", type=int, default=0, metavar="N", help="run each (condition, seed) in its own process, N at once"
+    )
+    parser.add_argument("--only", default=None, help="train this one condition (its name in the table)")
     args = parser.parse_args()
     setup_logging()
     logging.getLogger("pipeline").setLevel(logging.WARNING)
@@ -147,25 +214,21 @@ def main() -> None:
     conditions, counts = (tfd_conditions(counts), counts) if args.which == "tfd" else (ORDER, [8])
     tag = f"tfd-{'-'.join(map(str, counts))}" if args.which == "tfd" else args.which
     epochs = args.epochs or (4 if args.which == "tfd" else 6)
-    if args.tabulate:
-        files = sorted(work.glob(f"results-{tag}-seed*.json"))
-        results = [r for f in files for r in json.loads(f.read_text()) if r["name"] in conditions]
-        for r in results:  # JSON keys are strings
-            r["counts"] = {int(c): top1 for c, top1 in r["counts"].items()}
-        seeds = sorted({r["seed"] for r in results})
-    else:
+    if not args.tabulate:
         root = prepare(work, args.videos, teacher=args.which == "tfd")
         if args.prepare_only:
             return
-        results, seeds = [], args.seeds
-        for seed in args.seeds:
-            for name, settings in conditions.items():
-                results.append(train_one(work, root, name, settings, seed=seed, epochs=epochs, counts=counts))
-                log.info("%s", results[-1])
-            done = [r for r in results if r["seed"] == seed]
-            (work / f"results-{tag}-seed{seed}.json").write_text(json.dumps(done, indent=1))
+        if args.only is not None and args.only not in conditions:
+            parser.error(f"--only {args.only!r}: not one of {list(conditions)}")
+        if args.parallel:
+            side_by_side(args, work, conditions, tag, epochs)
+        else:
+            chosen = {args.only: conditions[args.only]} if args.only else conditions
+            run_here(work, root, chosen, tag=tag, seeds=args.seeds, epochs=epochs, counts=counts)
+    results = collected(work, tag, conditions)
+    seeds = sorted({r["seed"] for r in results})
     print(f"\n{args.videos} synthetic videos (2 time-reversed pairs), {epochs} epochs, seeds {seeds}\n")
-    print(table(results, list(conditions), counts))
+    print(table(results, [n for n in conditions if any(r["name"] == n for r in results)], counts))
 
 
 if __name__ == "__main__":

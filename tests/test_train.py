@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.accel import shift_kernel
 from pipeline.config import LossConfig
 from pipeline.shards import build as shards
 from pipeline.ssv2.annotations import LABELS_FILE, class_names, flip_pairs, load_labels
@@ -92,6 +93,28 @@ def test_temporal_shift_forward_and_gradient_equal_the_reference(channels_last):
         assert torch.equal(out, grads[2][0])
         assert torch.equal(grad, grads[2][1])
     assert grads[0][0].is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.unit
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton shift runs on CUDA only")
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_triton_shift_equals_the_reference_on_cuda(channels_last, dtype):
+    torch.manual_seed(0)
+    x = torch.randn(5 * 8, 64, 7, 9, device="cuda", dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert shift_kernel.usable(x)
+    weight = torch.randn_like(x)
+    pairs = []
+    for shift in (temporal_shift, _sliced_shift):
+        leaf = x.clone().requires_grad_(True)
+        out = shift(leaf, 8)
+        (out * weight).sum().backward()
+        pairs.append((out.detach(), leaf.grad))
+    assert torch.equal(pairs[0][0], pairs[1][0])
+    assert torch.equal(pairs[0][1], pairs[1][1])
+    assert pairs[0][0].is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
 @pytest.mark.unit
