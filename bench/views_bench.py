@@ -1,6 +1,6 @@
 """The teacher stage with K training views per video against one, end to end against forward only.
 
-    python -m bench.views_bench [--videos 4000] [--views 1 8] [--compile 0 1] [--decode-share 0.0]
+    python -m bench.views_bench [--videos 4000] [--views 1 8] [--compile 0 1] [--versions new before] [--decode-share 0.0]
 
 Builds JPEG shards without ffmpeg (SSv2-like lengths, 24-56 frames), then for each (views, compile)
 runs the real stage on a fresh store (after a two-shard warm-up) and times the stage's own encoder
@@ -13,6 +13,8 @@ features of the same videos (the compiled tower must give open_clip's features).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import logging
 import shutil
@@ -26,7 +28,10 @@ import zarr
 
 from bench.jpeg_shards import build
 from bench.teacher_bench import end_to_end
+from pipeline.accel import gpu_resize
+from pipeline.accel.batch_pool import BatchPool
 from pipeline.runtime.device import pick_device
+from pipeline.ssv2 import frames as frames_module
 from pipeline.ssv2.annotations import LABELS_FILE, class_names, load_labels
 from pipeline.teacher import run as teacher_run
 from pipeline.teacher.clip import load_teacher
@@ -75,6 +80,23 @@ def lowest_cosine(a: Path, b: Path) -> float:
     return low
 
 
+@contextlib.contextmanager
+def loop_version(version: str):
+    """`new`: the stage as it is; `before`: float32 resize products and the loader pool page-locked
+    in full before the first copy (the stage until the fifth session of 2026-12-01)."""
+    if version == "new":
+        yield
+        return
+    fp32 = functools.partial(gpu_resize.resize_by_products, dtype=torch.float32)
+    saved = (frames_module.resize_by_products, BatchPool.pin_in_background)
+    frames_module.resize_by_products = fp32
+    BatchPool.pin_in_background = lambda pool, done=None: pool.pin()
+    try:
+        yield
+    finally:
+        frames_module.resize_by_products, BatchPool.pin_in_background = saved
+
+
 def main() -> None:
     """Build shards, run each setting, print a Markdown table."""
     cuda = torch.cuda.is_available()
@@ -88,6 +110,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=-1)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--versions", nargs="+", default=["new"], choices=["new", "before"], help="loop versions, side by side")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pipeline.accel").setLevel(logging.INFO)  # the loader pool's size and page-locking time
@@ -108,37 +131,39 @@ def main() -> None:
     device = pick_device(cfg.teacher.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     rows, stores = [], {}
-    for views in args.views:
-        for compiled in args.compile:
-            cfg.teacher.views, cfg.teacher.compile = views, bool(compiled)
-            cfg.paths.run_dir = str(work / "run")
-            t0 = time.perf_counter()
-            try:
-                forward = forward_rate(cfg, iters=30 if cuda else 3)
+    settings = [(v, c, version) for v in args.views for c in args.compile for version in args.versions]
+    for views, compiled, version in settings:
+        cfg.teacher.views, cfg.teacher.compile = views, bool(compiled)
+        cfg.paths.run_dir = str(work / "run")
+        t0 = time.perf_counter()
+        try:
+            forward = forward_rate(cfg, iters=30 if cuda else 3)
+            with loop_version(version):
                 summary = end_to_end(cfg)
-            except Exception as e:  # one setting failing (a compile, say) must not lose the others' figures
-                print(f"views {views}, compile {compiled}: failed: {type(e).__name__}: {str(e)[:500]}", flush=True)
-                continue
-            store = work / f"store-k{views}-c{compiled}.zarr"
-            shutil.rmtree(store, ignore_errors=True)
-            shutil.move(cfg.paths.teacher_cache, store)
-            stores[(views, compiled)] = store
-            e2e = summary.frames / summary.compute_seconds
-            row = {
-                "views": views,
-                "compile": compiled,
-                "forward": forward,
-                "end_to_end": e2e,
-                "steady": summary.steady_frames_per_s,
-                "videos_per_s": summary.videos / summary.compute_seconds,
-                "bytes_per_view": store_bytes_per_view(store),
-                "wait_input_s": summary.wait_input_s,
-                "first_shard_s": summary.first_shard_s,
-                "compute_s": summary.compute_seconds,
-                "setting_s": time.perf_counter() - t0,
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        except Exception as e:  # one setting failing (a compile, say) must not lose the others' figures
+            print(f"views {views}, compile {compiled}, {version}: failed: {type(e).__name__}: {str(e)[:500]}", flush=True)
+            continue
+        store = work / f"store-k{views}-c{compiled}-{version}.zarr"
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.move(cfg.paths.teacher_cache, store)
+        stores.setdefault((views, compiled), store)
+        e2e = summary.frames / summary.compute_seconds
+        row = {
+            "views": views,
+            "compile": compiled,
+            "version": version,
+            "forward": forward,
+            "end_to_end": e2e,
+            "steady": summary.steady_frames_per_s,
+            "videos_per_s": summary.videos / summary.compute_seconds,
+            "bytes_per_view": store_bytes_per_view(store),
+            "wait_input_s": summary.wait_input_s,
+            "first_shard_s": summary.first_shard_s,
+            "compute_s": summary.compute_seconds,
+            "setting_s": time.perf_counter() - t0,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     for views in args.views:
         if (views, 0) in stores and (views, 1) in stores:
             low = lowest_cosine(stores[(views, 0)], stores[(views, 1)])
@@ -151,15 +176,15 @@ def main() -> None:
         f"{args.batch_videos} videos, bf16, CUDA graph, gpu_decode_share {args.decode_share}\n"
     )
     print(
-        "| views | compiled | forward only frames/s | end to end frames/s | steady | end to end / forward | videos/s "
-        "| bytes per video per view |"
+        "| views | compiled | loop | forward only frames/s | end to end frames/s | steady | end to end / forward "
+        "| steady / forward | first shard (s) | waited for input (s) | compute (s) | bytes per video per view |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(
-            f"| {r['views']} | {'yes' if r['compile'] else 'no'} | {r['forward']:.0f} | {r['end_to_end']:.0f} "
-            f"| {r['steady']:.0f} | "
-            f"{r['end_to_end'] / r['forward']:.0%} | {r['videos_per_s']:.0f} | {r['bytes_per_view']:.0f} |"
+            f"| {r['views']} | {'yes' if r['compile'] else 'no'} | {r['version']} | {r['forward']:.0f} | {r['end_to_end']:.0f} "
+            f"| {r['steady']:.0f} | {r['end_to_end'] / r['forward']:.0%} | {r['steady'] / r['forward']:.0%} "
+            f"| {r['first_shard_s']:.1f} | {r['wait_input_s']:.1f} | {r['compute_s']:.1f} | {r['bytes_per_view']:.0f} |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

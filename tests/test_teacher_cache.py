@@ -97,7 +97,8 @@ def test_shards_left_for_gpu_decoding_give_the_same_frames(cached):
 
 @pytest.mark.unit
 @pytest.mark.parametrize("side", [240, 256, (158, 211)])
-def test_resize_by_matrix_products_equals_the_bicubic_kernel(side):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_resize_by_matrix_products_equals_the_bicubic_kernel(side, dtype):
     # the CUDA path resizes by two products with weights read off torch's kernel; it must be that kernel
     import torchvision.transforms.v2.functional as TF
     from torchvision.transforms import InterpolationMode
@@ -106,7 +107,7 @@ def test_resize_by_matrix_products_equals_the_bicubic_kernel(side):
     gen = torch.Generator().manual_seed(h)
     smooth = torch.nn.functional.interpolate(torch.rand(6, 3, 16, 16, generator=gen), size=(h, w), mode="bilinear")
     frames = (smooth * 255).round().to(torch.uint8)
-    ours = resize_by_products(frames, 224)
+    ours = resize_by_products(frames, 224, dtype)
     kernel = TF.resize(frames.float(), [224, 224], interpolation=InterpolationMode.BICUBIC, antialias=True)
     assert ours.dtype == torch.uint8 and ours.shape == (6, 3, 224, 224)
     assert (ours.float() - kernel.round().clamp(0, 255)).abs().max() <= 1

@@ -24,9 +24,11 @@ A dataset writes its batches through a `BatchMemory` given to its constructor:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import mmap
 import os
 import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ import torch
 from pipeline.accel.shm import empty_for_handover
 
 _ALIGN = 4096
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,9 @@ class BatchPool:
         self.fd = os.memfd_create("loader-slots", os.MFD_CLOEXEC)
         os.ftruncate(self.fd, self.slots * self.slot_bytes)
         self._mapped: tuple[int, torch.Tensor] | None = None
-        self.pinned = False
+        self._locked: set[int] = set()  # slots page-locked in this process
+        self._pinner: threading.Thread | None = None
+        self._stop_pinning = threading.Event()
 
     def memory(self) -> torch.Tensor:
         """The whole pool as uint8, mapped once per process (a forked worker maps it anew)."""
@@ -92,24 +97,61 @@ class BatchPool:
             self._mapped = (os.getpid(), torch.frombuffer(buffer, dtype=torch.uint8))
         return self._mapped[1]
 
+    @property
+    def pinned(self) -> bool:
+        """Whether every slot is page-locked."""
+        return len(self._locked) == self.slots
+
     def pin(self) -> None:
-        """Page-lock this process's mapping for the GPU's copy engines (once: it is slow)."""
-        if self.pinned:
+        """Page-lock every slot of this process's mapping for the GPU's copy engines, now."""
+        for slot in range(self.slots):
+            self._lock_slot(slot)
+
+    def pin_in_background(self, done: Callable[[float], None] | None = None) -> None:
+        """Page-lock the slots one by one in a thread, the last first (the first batches are written
+        front to back): page-locking gigabytes takes seconds, and until a slot is locked its copies
+        to the GPU are pageable (slower, but correct). `done(seconds)` is called at the end."""
+        if self.pinned or self._pinner is not None:
             return
-        memory = self.memory()
-        err = int(torch.cuda.cudart().cudaHostRegister(memory.data_ptr(), memory.numel(), 1))
+        self.memory()  # the mapping, made here rather than raced for by the thread
+
+        def run() -> None:
+            start = time.monotonic()
+            for slot in reversed(range(self.slots)):
+                if self._stop_pinning.is_set():
+                    return
+                try:
+                    self._lock_slot(slot)
+                except RuntimeError as e:  # the copies stay pageable: slower, still right
+                    log.warning("%s; the rest of the pool stays pageable", e)
+                    return
+            if done is not None:
+                done(time.monotonic() - start)
+
+        self._pinner = threading.Thread(target=run, daemon=True, name="pool-pinner")
+        self._pinner.start()
+
+    def _lock_slot(self, slot: int) -> None:
+        if slot in self._locked:
+            return
+        ptr = self.memory().data_ptr() + slot * self.slot_bytes
+        err = int(torch.cuda.cudart().cudaHostRegister(ptr, self.slot_bytes, 1))
         if err != 0:
             raise RuntimeError(
-                f"could not page-lock the {memory.numel() / 2**30:.1f} GiB loader pool (cudaError {err}); "
-                f"lower the loader's workers or batch size"
+                f"could not page-lock slot {slot} of the {self.slots * self.slot_bytes / 2**30:.1f} GiB loader pool "
+                f"(cudaError {err}); lower the loader's workers or batch size"
             )
-        self.pinned = True
+        self._locked.add(slot)
 
     def release(self) -> None:
-        """Undo pin() and close the file; the memory itself goes when the last view of it does."""
-        if self.pinned:
-            torch.cuda.cudart().cudaHostUnregister(self.memory().data_ptr())
-            self.pinned = False
+        """Undo the page-locking and close the file; the memory itself goes when the last view of it does."""
+        if self._pinner is not None:
+            self._stop_pinning.set()
+            self._pinner.join()
+        base = self.memory().data_ptr() if self._locked else 0
+        for slot in sorted(self._locked):
+            torch.cuda.cudart().cudaHostUnregister(base + slot * self.slot_bytes)
+        self._locked.clear()
         os.close(self.fd)
 
     def view(self, ref: PoolRef) -> torch.Tensor:

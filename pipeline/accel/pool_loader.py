@@ -18,7 +18,6 @@ import logging
 import queue
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -93,14 +92,14 @@ class PooledLoader:
         it = iter(self.loader)  # forks the workers, which inherit the memory
         try:
             if cuda and not pool.pinned:
-                # while the workers make their first batches: page-locking a large pool takes seconds
-                start = time.monotonic()
-                pool.pin()
-                log.info(
-                    "page-locked a loader pool of %d slots x %.0f MB in %.1f s",
-                    pool.slots,
-                    pool.slot_bytes / 2**20,
-                    time.monotonic() - start,
+                # beside the workers' first batches and the first copies: it takes seconds
+                pool.pin_in_background(
+                    lambda seconds: log.info(
+                        "page-locked a loader pool of %d slots x %.0f MB in %.1f s, beside the first batches",
+                        pool.slots,
+                        pool.slot_bytes / 2**20,
+                        seconds,
+                    )
                 )
             for got in it:
                 yield self._to_device(got, copies, returner) if cuda else self._copied_out(got)
