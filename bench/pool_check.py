@@ -53,7 +53,7 @@ def teacher_items(cfg, device, workers: int, pool: bool) -> list:
             gpu_share=0.0,
             prep=prep,
             keeper=keeper if pool else None,
-            shard_bytes=teacher_run.shard_bytes(cfg),
+            shard_bytes=teacher_run.item_bytes(cfg),
         )
         for item in loader:
             _, frames, ready = prep(item)

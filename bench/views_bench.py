@@ -33,6 +33,7 @@ from pipeline.accel.batch_pool import BatchPool
 from pipeline.runtime.device import pick_device
 from pipeline.ssv2 import frames as frames_module
 from pipeline.ssv2.annotations import LABELS_FILE, class_names, load_labels
+from pipeline.teacher import data as teacher_data
 from pipeline.teacher import run as teacher_run
 from pipeline.teacher.clip import load_teacher
 
@@ -82,19 +83,31 @@ def lowest_cosine(a: Path, b: Path) -> float:
 
 @contextlib.contextmanager
 def loop_version(version: str):
-    """`new`: the stage as it is; `before`: float32 resize products and the loader pool page-locked
-    in full before the first copy (the stage until the fifth session of 2026-12-01)."""
+    """`new`: the stage as it is; `before`: whole shards per loader item, float32 resize products and
+    the loader pool page-locked in full before the first copy (the stage until the fifth session of
+    2026-12-01)."""
     if version == "new":
         yield
         return
-    fp32 = functools.partial(gpu_resize.resize_by_products, dtype=torch.float32)
-    saved = (frames_module.resize_by_products, BatchPool.pin_in_background)
-    frames_module.resize_by_products = fp32
-    BatchPool.pin_in_background = lambda pool, done=None: pool.pin()
+
+    def whole_shard_bytes(cfg) -> int:
+        square = cfg.shards.videos_per_shard * cfg.teacher.num_frames * 3 * cfg.shards.short_side**2
+        return square if cfg.teacher.views == 1 else int(square * cfg.teacher.views * teacher_run._VIEW_AREA)
+
+    patches = [
+        (frames_module, "resize_by_products", functools.partial(gpu_resize.resize_by_products, dtype=torch.float32)),
+        (BatchPool, "pin_in_background", lambda pool, done=None: pool.pin()),
+        (teacher_data, "split_parts", lambda raw, batch_views: [raw]),
+        (teacher_run, "item_bytes", whole_shard_bytes),
+    ]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, value in patches:
+        setattr(owner, name, value)
     try:
         yield
     finally:
-        frames_module.resize_by_products, BatchPool.pin_in_background = saved
+        for owner, name, value in saved:
+            setattr(owner, name, value)
 
 
 def main() -> None:
@@ -147,6 +160,7 @@ def main() -> None:
         shutil.rmtree(store, ignore_errors=True)
         shutil.move(cfg.paths.teacher_cache, store)
         stores.setdefault((views, compiled), store)
+        stores[(views, compiled, version)] = store
         e2e = summary.frames / summary.compute_seconds
         row = {
             "views": views,
@@ -165,6 +179,10 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     for views in args.views:
+        for compiled in args.compile:
+            if (views, compiled, "new") in stores and (views, compiled, "before") in stores:
+                low = lowest_cosine(stores[(views, compiled, "new")], stores[(views, compiled, "before")])
+                print(f"views {views}, compile {compiled}: lowest cosine, this loop vs the one before: {low:.6f}")
         if (views, 0) in stores and (views, 1) in stores:
             low = lowest_cosine(stores[(views, 0)], stores[(views, 1)])
             print(f"views {views}: lowest cosine, compiled vs eager per-frame features: {low:.6f}")

@@ -150,6 +150,24 @@ def test_killed_task_then_rerun_equals_uninterrupted_run(cached, synth_root, tmp
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+def test_a_store_made_in_parts_of_shards_equals_one_made_whole(cached, synth_root, tmp_path):
+    # TINY's batch of 3 views sends each training shard (K = 2) a video at a time and validation
+    # shards 3 videos at a time; with a batch larger than a shard every item is a whole shard
+    cfg_parts, parts_summary = cached
+    cfg = _cfg(synth_root, tmp_path, "teacher.batch_videos=64")
+    shards.run(cfg)
+    whole = teacher_run.run(cfg)
+    assert sorted(whole.shards_computed) == sorted(parts_summary.shards_computed)
+    assert (whole.videos, whole.views, whole.frames) == (parts_summary.videos, parts_summary.views, parts_summary.frames)
+    a, b = _arrays(cfg.paths.teacher_cache), _arrays(cfg_parts.paths.teacher_cache)
+    assert a.keys() == b.keys()
+    for name in a:
+        if a[name].dtype.kind == "f":  # the forward's batch differs: float rounding may
+            np.testing.assert_allclose(a[name].astype(np.float32), b[name].astype(np.float32), rtol=1e-3, atol=1e-3, err_msg=name)
+        else:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
 def test_two_tasks_fill_the_same_store_as_one(cached, synth_root, tmp_path):
     cfg_full, _ = cached
     cfg = _cfg(synth_root, tmp_path)
@@ -289,26 +307,27 @@ def test_missing_shards_give_a_clear_error(synth_root, tmp_path):
         teacher_run.run(cfg)
 
 
-@pytest.mark.parametrize("room", ["whole shards", "too small"])
+@pytest.mark.parametrize("room", ["an item", "too small"])
 def test_pooled_teacher_loader_gives_the_segment_loader_frames(cached, room):
-    # the batch pool hands each shard's crops over in a slot; a shard larger than a slot goes the old way
+    # the batch pool hands each item's crops over in a slot; an item larger than a slot goes the old way
 
     cfg, _ = cached
     jobs = teacher_run.all_shards(cfg)
-    shard_bytes = teacher_run.shard_bytes(cfg) if room == "whole shards" else 4096
+    item_bytes = teacher_run.item_bytes(cfg) if room == "an item" else 4096
     cpu = torch.device("cpu")
     prep = teacher_data.FramePrep(32, cpu)
+    parts = {"batch_views": cfg.teacher.batch_videos}
     pooled = teacher_data.make_loader(
-        jobs, teacher_run.view_plan(cfg), num_workers=2, prep=prep, keeper=PoolKeeper(), shard_bytes=shard_bytes
+        jobs, teacher_run.view_plan(cfg), num_workers=2, prep=prep, keeper=PoolKeeper(), shard_bytes=item_bytes, **parts
     )
-    plain = teacher_data.make_loader(jobs, teacher_run.view_plan(cfg), num_workers=2)
+    plain = teacher_data.make_loader(jobs, teacher_run.view_plan(cfg), num_workers=2, **parts)
     assert type(pooled).__name__ == "PooledLoader" and type(plain).__name__ == "DataLoader"
-    count = 0
+    count, parted = 0, 0
     for a, b in zip(pooled, plain, strict=True):
-        assert (a.job, a.rows) == (b.job, b.rows)
+        assert (a.job, a.rows, a.part, a.parts) == (b.job, b.rows, b.part, b.parts)
         assert torch.equal(prep(a)[1], prep(b)[1])
-        count += 1
-    assert count == len(jobs)
+        count, parted = count + (a.part == a.parts - 1), parted + (a.parts > 1)
+    assert count == len(jobs) and parted > 0
 
 
 def test_a_damaged_chunk_fails_its_checksum_and_recompute_restores_it(cached, synth_root, tmp_path):

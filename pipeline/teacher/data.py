@@ -81,6 +81,8 @@ class ShardCrops:
     groups: Groups
     flips: list[bool]  # per entry (video-major: entry = video * per_video + view)
     stored: dict[str, np.ndarray]  # the views' parameters to store with the outputs (training views only)
+    part: int = 0  # which of the shard's consecutive runs of videos this is
+    parts: int = 1
 
     @property
     def per_video(self) -> int:
@@ -102,6 +104,8 @@ class ShardJpegs:
     jpegs: list[list[bytes]]  # per video, every frame any of its views needs, once
     entries: list[Entry]
     stored: dict[str, np.ndarray]
+    part: int = 0
+    parts: int = 1
 
     @property
     def flips(self) -> list[bool]:
@@ -123,7 +127,10 @@ ShardItem = ShardCrops | ShardJpegs
 
 class ShardFrames(IterableDataset):
     """Reads whole shards and cuts each video's views (the centre view, or the training views of
-    `plan`); workers split the shards.
+    `plan`); workers split the shards. A shard goes out in parts of consecutive videos holding about
+    `batch_views` views each (0: whole shards), so that with many views per video the first part
+    reaches the GPU after a few videos rather than a whole shard, and a part's room in the pool is
+    an eighth of a shard's.
 
     Each video's frames are decoded once, however many of its views share them, and cropped here,
     in the worker, into tensors from `memory`, except a `gpu_share` of the shards (evenly spread)
@@ -132,19 +139,28 @@ class ShardFrames(IterableDataset):
     device, one call per crop shape.
     """
 
-    def __init__(self, jobs: list[ShardJob], plan: ViewPlan, *, gpu_share: float = 0.0, memory: BatchMemory | None = None):
-        self.jobs, self.plan, self.gpu_share = jobs, plan, gpu_share
+    def __init__(
+        self,
+        jobs: list[ShardJob],
+        plan: ViewPlan,
+        *,
+        gpu_share: float = 0.0,
+        memory: BatchMemory | None = None,
+        batch_views: int = 0,
+    ):
+        self.jobs, self.plan, self.gpu_share, self.batch_views = jobs, plan, gpu_share, batch_views
         self.memory = memory or SegmentMemory()
 
     def __iter__(self):
         info = get_worker_info()
         positions = range(len(self.jobs)) if info is None else range(info.id, len(self.jobs), info.num_workers)
         for i in positions:
-            if gpu_decoded(i, self.gpu_share):
-                yield self.read(self.jobs[i])
-            else:
-                slot = self.memory.claim()
-                yield slot.seal(self.decoded(self.jobs[i], make=slot.empty))
+            for raw in split_parts(self.read(self.jobs[i]), self.batch_views):
+                if gpu_decoded(i, self.gpu_share):
+                    yield raw
+                else:
+                    slot = self.memory.claim()
+                    yield slot.seal(cropped(raw, make=slot.empty))
 
     def read(self, job: ShardJob) -> ShardJpegs:
         """One shard's needed frames as JPEG bytes, and its views."""
@@ -163,9 +179,27 @@ class ShardFrames(IterableDataset):
 
     def decoded(self, job: ShardJob, make=empty_for_handover) -> ShardCrops:
         """One shard's views decoded and cropped, in tensors from `make`."""
-        raw = self.read(job)
-        groups = group_crops(cut_views([decode(video) for video in raw.jpegs], raw.entries), make)
-        return ShardCrops(job, raw.rows, groups, raw.flips, raw.stored)
+        return cropped(self.read(job), make)
+
+
+def cropped(raw: ShardJpegs, make=empty_for_handover) -> ShardCrops:
+    """`raw`'s views decoded and cropped, in tensors from `make`."""
+    groups = group_crops(cut_views([decode(video) for video in raw.jpegs], raw.entries), make)
+    return ShardCrops(raw.job, raw.rows, groups, raw.flips, raw.stored, raw.part, raw.parts)
+
+
+def split_parts(raw: ShardJpegs, batch_views: int) -> list[ShardJpegs]:
+    """`raw` as parts of consecutive videos with about `batch_views` views each (one part for 0)."""
+    videos = len(raw.rows)
+    per = max(1, batch_views // max(1, raw.per_video)) if batch_views else videos
+    starts = list(range(0, videos, per)) or [0]
+    parts = []
+    for k, start in enumerate(starts):
+        end = min(start + per, videos)
+        entries = [Entry(e.video - start, e.picks, e.box, e.flip) for e in raw.entries if start <= e.video < end]
+        stored = {name: values[start:end] for name, values in raw.stored.items()}
+        parts.append(ShardJpegs(raw.job, raw.rows[start:end], raw.jpegs[start:end], entries, stored, k, len(starts)))
+    return parts
 
 
 def cut_views(videos: list[list[torch.Tensor]], entries: list[Entry]) -> list[list[torch.Tensor]]:
@@ -255,10 +289,12 @@ def make_loader(
     keeper: PoolKeeper | None = None,
     shard_bytes: int = 0,
     pin_memory: bool = False,
+    batch_views: int = 0,
 ):
-    """Shards in, one ShardItem per shard out; workers take every n-th shard (-1: as many as the CPUs allow).
+    """Shards in, ShardItems out (a shard's parts in order, `batch_views` views each; 0: whole
+    shards); workers take every n-th shard (-1: as many as the CPUs allow).
 
-    With `prep`, a pool `keeper` and `shard_bytes` (room for one shard's crops), workers write into
+    With `prep`, a pool `keeper` and `shard_bytes` (room for one item's crops), workers write into
     a page-locked pool and the crops come out on the device, copied on `prep`'s stream; otherwise
     they come in shared-memory segments (pinned on request) for `prep` to copy.
     """
@@ -267,7 +303,7 @@ def make_loader(
     # every item a worker may hold ready, plus a few in flight: fewer slots deadlock, since the
     # loader hands items over in order and a worker waiting for a slot may hold the next one
     memory = keeper.memory(workers * _PREFETCH + 4, shard_bytes) if pooled else None
-    dataset = ShardFrames(jobs, plan, gpu_share=gpu_share, memory=memory)
+    dataset = ShardFrames(jobs, plan, gpu_share=gpu_share, memory=memory, batch_views=batch_views)
     loader = worker_loader(
         dataset,
         workers=workers,

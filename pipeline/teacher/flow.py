@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
+import numpy as np
 import torch
 
 from pipeline.accel.host_buffers import HostBuffers
@@ -37,6 +38,7 @@ class ShardFlow:
         self._host = HostBuffers(_LAG + 2, pinned=self.device.type == "cuda")  # queued, being handed over, being filled
         self._handed = InOrderThread(self._hand_over, depth=_LAG)
         self._turn = 0
+        self._parts: dict[tuple[str, int], list] = {}  # a shard's parts so far (hand-over thread only)
         self._start = time.monotonic()
 
     def __enter__(self) -> ShardFlow:
@@ -75,10 +77,25 @@ class ShardFlow:
         t1 = time.monotonic()
         # copies: the host buffers are reused _LAG + 1 shards later; the item's own arrays (its views) go as they are
         arrays = {name: t.numpy().copy() for name, t in outputs.items()} | item.stored
-        j = item.job
-        self.writer.submit(self.store, j.split, j.shard, item.rows, str(j.tar), arrays)
+        whole = self._whole_shard(item, arrays)
+        if whole is not None:
+            j = item.job
+            self.writer.submit(self.store, j.split, j.shard, whole[0], str(j.tar), whole[1])
         self.summary.wait_gpu_s += t1 - t0
         self.summary.wait_write_s += time.monotonic() - t1
+
+    def _whole_shard(self, item: ShardItem, arrays: dict) -> tuple[list[int], dict] | None:
+        """(rows, arrays) of item's shard once its last part is here (a shard is written whole or not at all)."""
+        if item.parts == 1:
+            return item.rows, arrays
+        key = (item.job.split, item.job.shard)
+        parts = self._parts.setdefault(key, [])
+        parts.append((item.rows, arrays))
+        if item.part < item.parts - 1:
+            return None
+        del self._parts[key]
+        rows = [r for part_rows, _ in parts for r in part_rows]
+        return rows, {name: np.concatenate([a[name] for _, a in parts]) for name in arrays}
 
 
 def _event(device: torch.device) -> torch.cuda.Event | None:

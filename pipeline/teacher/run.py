@@ -51,7 +51,8 @@ class TeacherSummary:
     frames: int = 0
     seconds: float = 0.0  # the whole task, teacher loading included
     compute_seconds: float = 0.0  # the loop over shards: read, decode, forward, write
-    first_shard_s: float = 0.0  # until the first shard was through: worker start-up and pipeline fill
+    first_shard_s: float = 0.0  # until the first item (a shard or part of one) was through: start-up and pipeline fill
+    first_frames: int = 0  # that first item's frames
     wait_input_s: float = 0.0  # the loop waiting for decoded frames (loader-bound when large)
     wait_output_s: float = 0.0  # the loop waiting for the hand-over thread (GPU- or storage-bound)
     wait_gpu_s: float = 0.0  # the hand-over thread waiting for the GPU's results
@@ -61,9 +62,8 @@ class TeacherSummary:
     @property
     def steady_frames_per_s(self) -> float:
         """Frames/s once the pipeline is full (what a task with thousands of shards sees)."""
-        first = self.frames / max(1, len(self.shards_computed))
         span = self.compute_seconds - self.first_shard_s
-        return (self.frames - first) / span if span > 0 else 0.0
+        return (self.frames - self.first_frames) / span if span > 0 else 0.0
 
 
 def run(
@@ -113,23 +113,26 @@ def _compute(
         gpu_share=gpu_share(cfg.teacher, device),
         prep=prep,
         keeper=pools,
-        shard_bytes=shard_bytes(cfg),
+        shard_bytes=item_bytes(cfg),
         pin_memory=cfg.experimental.pin_memory,
+        batch_views=cfg.teacher.batch_videos,
     )
     encode = make_encoder(teacher, cfg.teacher, device)
     progress = Progress("teacher shards", len(jobs), cfg.teacher.progress_every_s, log)
     try:
         with ShardFlow(loader, prep=prep, writer=writer, store=str(cfg.paths.teacher_cache), summary=summary) as flow:
-            for item, frames in flow:  # load: uint8 [V x K views, F, 3, S, S] on the device
+            for item, frames in flow:  # load: uint8 [V x K views, F, 3, S, S] on the device (a shard, or part of one)
                 frame_features = encode(frames).unflatten(0, (len(item.rows), item.per_video))  # encode: [V, K, F, D]
                 features = frame_features.mean(2)  # pool over time: [V, K, D]
                 logits = teacher.logits(features)  # zero-shot head: [V, K, C]
                 flow.write(item, {"features": features, "logits": logits, "frame_features": frame_features.half()})
-                summary.shards_computed.append((item.job.split, item.job.shard))
                 summary.videos += len(item.rows)
                 summary.views += len(item.rows) * item.per_video
                 summary.frames += len(item.rows) * item.per_video * cfg.teacher.num_frames
-                progress.update()
+                summary.first_frames = summary.first_frames or summary.frames
+                if item.part == item.parts - 1:  # a worker sends a shard's parts in order
+                    summary.shards_computed.append((item.job.split, item.job.shard))
+                    progress.update()
     finally:
         if pools is not None:
             pools.close()
@@ -141,10 +144,16 @@ def _compute(
 _VIEW_AREA = 0.75
 
 
-def shard_bytes(cfg: Config) -> int:
-    """Room for one shard's crops as the shards stage makes them, every view (what does not fit is sent the old way)."""
-    square = cfg.shards.videos_per_shard * cfg.teacher.num_frames * 3 * cfg.shards.short_side**2
-    return square if cfg.teacher.views == 1 else int(square * cfg.teacher.views * _VIEW_AREA)
+def item_bytes(cfg: Config) -> int:
+    """Room for one loader item's crops as the shards stage makes them (what does not fit is sent the old way):
+    a part of `teacher.batch_videos` views, of training views or of centre views, whichever is larger."""
+    t = cfg.teacher
+    frame = t.num_frames * 3 * cfg.shards.short_side**2
+    centre = min(t.batch_videos, cfg.shards.videos_per_shard) * frame
+    if t.views == 1:
+        return centre
+    videos = min(max(1, t.batch_videos // t.views), cfg.shards.videos_per_shard)
+    return max(centre, int(videos * t.views * frame * _VIEW_AREA))
 
 
 def view_plan(cfg: Config) -> ViewPlan:
