@@ -27,7 +27,7 @@ from pipeline import config
 from pipeline.accel import shift_kernel
 from pipeline.runtime.device import pick_device
 from pipeline.student.ffn import consistency_loss
-from pipeline.student.models import build_student
+from pipeline.student.models import build_student, flexible
 from pipeline.student.models import tsm as tsm_module
 from pipeline.student.models.base import StudentOutput
 
@@ -55,6 +55,7 @@ class Row:
     images: int
     shift: Callable | None = None  # the shift to patch in while this row runs
     kernel: bool = True  # whether the eager shift may use the Triton kernel (CUDA)
+    fold: bool = True  # whether FFN's alteration is folded into the conv after it
 
 
 def _tsm(counts: list[int]) -> Callable[[], nn.Module]:
@@ -80,6 +81,13 @@ def rows(images: int) -> list[Row]:
         Row("TSM-R50, 8 frames, eager shift as strided copies", _tsm([8]), _clips(images // 8, [8]), images, kernel=False),
         Row("TSM-R50, 8 frames", _tsm([8]), _clips(images // 8, [8]), images),
         Row("TSM-R50, 16 frames", _tsm([16]), _clips(images // 16, [16]), images),
+        Row(
+            "FFN TSM-R50, 4/8/16 frames, alteration applied to the input",
+            _tsm([4, 8, 16]),
+            _clips(images // 16, [4, 8, 16]),
+            images // 16 * 28,
+            fold=False,
+        ),
         Row("FFN TSM-R50, 4/8/16 frames", _tsm([4, 8, 16]), _clips(images // 16, [4, 8, 16]), images // 16 * 28),
     ]
 
@@ -136,7 +144,9 @@ def make_step(model: nn.Module, device: torch.device, compiled: bool) -> Callabl
 def images_per_s(row: Row, device: torch.device, *, compiled: bool, warmup: int, steps: int) -> float:
     """Images/s of `row`'s step after `warmup` steps."""
     torch.manual_seed(0)
-    original, usable = tsm_module.temporal_shift, shift_kernel.usable
+    original, usable, foldable = tsm_module.temporal_shift, shift_kernel.usable, flexible._foldable
+    if not row.fold:
+        flexible._foldable = lambda module: False
     if row.shift is not None:
         tsm_module.temporal_shift = row.shift
     if not row.kernel:
@@ -157,7 +167,7 @@ def images_per_s(row: Row, device: torch.device, *, compiled: bool, warmup: int,
             torch.cuda.synchronize()
         return row.images * steps / (time.perf_counter() - start)
     finally:
-        tsm_module.temporal_shift, shift_kernel.usable = original, usable
+        tsm_module.temporal_shift, shift_kernel.usable, flexible._foldable = original, usable, foldable
         torch._dynamo.reset()
 
 

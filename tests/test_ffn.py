@@ -12,7 +12,7 @@ from pipeline.student import checkpoint, train
 from pipeline.student import data as student_data
 from pipeline.student.ffn import consistency_loss, trained_counts
 from pipeline.student.models import build_student
-from pipeline.student.models.flexible import Alteration, CountSwitch, nearest_count
+from pipeline.student.models.flexible import Alteration, Altered, CountSwitch, nearest_count
 from tests.helpers import make_config
 from tests.test_train import SMALL, _cfg, prepared  # noqa: F401 (the shared shards and cache)
 
@@ -40,6 +40,29 @@ def test_each_count_normalises_with_its_own_batchnorm_and_alteration():
     model(torch.randn(2, 3, 3, 32, 32))  # 3 frames: tie between 2 and 4, the larger's norms
     assert all(m.active == 1 for m in norms + alterations)
     assert all(m.convs[0].weight.abs().max() < 0.01 for m in alterations)  # near zero at the start
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_alteration_folded_into_the_conv_equals_it_applied_to_the_input(stride):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 8, 3, stride=stride, padding=1, bias=False).double()
+    altered = Altered(Alteration(16, [4, 8]), conv).double()
+    for m in altered[0].convs:
+        torch.nn.init.normal_(m.weight, std=0.3)  # far from zero, so a missing scale would show
+    altered[0].set_frames(4)
+    reference = torch.nn.Sequential(altered[0], conv)  # the unfolded order: x + dwconv(x), then the conv
+    x = torch.randn(3, 16, 9, 9, dtype=torch.float64)
+    grads = []
+    for model in (altered, reference):
+        model.zero_grad()
+        leaf = x.clone().requires_grad_(True)
+        out = model(leaf)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        grads.append((out.detach(), leaf.grad, conv.weight.grad.clone(), altered[0].convs[0].weight.grad.clone()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert altered[0].convs[1].weight.grad is None  # the other count's alteration is not used
 
 
 @pytest.mark.unit

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -70,6 +71,24 @@ def specialise_norms(net: nn.Module, counts: list[int]) -> None:
             specialise_norms(child, counts)
 
 
+class Altered(nn.Sequential):
+    """An Alteration, then `module`. In front of a plain conv the alteration, a per-channel scale by
+    1 + w, is folded into the conv's weight (W[o, c] * (1 + w[c])): the same function and gradients
+    for a weight-sized product instead of two passes over the activation each way, which cost FFN's
+    step more than its frame counts did (docs/benchmarks.md). Parameter names are the Sequential's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alteration, module = self[0], self[1]
+        if not _foldable(module):
+            return module(alteration(x))
+        scale = 1 + alteration.convs[alteration.active].weight.view(1, -1, 1, 1)
+        return F.conv2d(x, module.weight * scale, module.bias, module.stride, module.padding, module.dilation)
+
+
+def _foldable(module: nn.Module) -> bool:
+    return type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+
+
 def alter_before(block: nn.Module, attr: str, channels: int, counts: list[int]) -> None:
     """Put an Alteration in front of `block.<attr>`."""
-    setattr(block, attr, nn.Sequential(Alteration(channels, counts), getattr(block, attr)))
+    setattr(block, attr, Altered(Alteration(channels, counts), getattr(block, attr)))
