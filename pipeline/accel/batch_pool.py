@@ -114,8 +114,10 @@ class BatchPool:
         if self.pinned or self._pinner is not None:
             return
         self.memory()  # the mapping, made here rather than raced for by the thread
+        device = torch.cuda.current_device()
 
         def run() -> None:
+            torch.cuda.set_device(device)  # else a rank on another GPU would open a context on GPU 0 here
             start = time.monotonic()
             for slot in reversed(range(self.slots)):
                 if self._stop_pinning.is_set():
