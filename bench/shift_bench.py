@@ -6,9 +6,11 @@ number of images, eager and compiled, in one run.
 Every row runs the same bare step (bf16 autocast on CUDA, channels_last, cross-entropy, fused SGD),
 so what differs is the model: torchvision's ResNet-50 on single images; TSM-R50 (the student's own
 model: shifts, average consensus) at 8 and 16 frames; the same at 8 frames with the shift written as
-the reference writes it (slice assignments, differentiated by autograd) for contrast; and the FFN
-TSM-R50 at 4/8/16 frames (each step takes every count, with FFN's consistency term). Images/s counts
-every frame the step processes; the last column is that against the plain ResNet-50 of the same mode.
+the reference writes it (slice assignments, differentiated by autograd) and as strided copies for
+contrast; and the FFN TSM-R50 at 4/8/16 frames (each step takes every count, with FFN's consistency
+term), with its alteration unfolded, folded, and without its shifts (what FFN's smaller batches,
+per-count norms and alterations cost apart from the shift). Images/s counts every frame the step
+processes; the last column is that against the plain ResNet-50 of the same mode.
 """
 
 from __future__ import annotations
@@ -89,7 +91,20 @@ def rows(images: int) -> list[Row]:
             fold=False,
         ),
         Row("FFN TSM-R50, 4/8/16 frames", _tsm([4, 8, 16]), _clips(images // 16, [4, 8, 16]), images // 16 * 28),
+        # the same FFN step without its shifts: what FFN's batches, norms and alterations cost apart from the shift
+        Row(
+            "FFN TSM-R50, 4/8/16 frames, no shift",
+            _tsm([4, 8, 16]),
+            _clips(images // 16, [4, 8, 16]),
+            images // 16 * 28,
+            shift=no_shift,
+        ),
     ]
+
+
+def no_shift(x: torch.Tensor, num_frames: int, fold_div: int = 8) -> torch.Tensor:
+    """The network's shifts left out (for the FFN row's baseline)."""
+    return x
 
 
 def kernel_equals_copies(device: torch.device) -> bool:
