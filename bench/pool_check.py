@@ -54,6 +54,7 @@ def teacher_items(cfg, device, workers: int, pool: bool) -> list:
             prep=prep,
             keeper=keeper if pool else None,
             shard_bytes=teacher_run.item_bytes(cfg),
+            batch_views=cfg.teacher.batch_videos,
         )
         for item in loader:
             _, frames, ready = prep(item)

@@ -144,12 +144,14 @@ def run_here(work: Path, root: Path, chosen: dict, *, tag: str, seeds: list[int]
 
 
 def collected(work: Path, tag: str, conditions: dict) -> list[dict]:
-    """Every result of these conditions written in `work`."""
-    files = sorted(work.glob(f"results-{tag}-seed*.json"))
-    results = [r for f in files for r in json.loads(f.read_text()) if r["name"] in conditions]
-    for r in results:  # JSON keys are strings
-        r["counts"] = {int(c): top1 for c, top1 in r["counts"].items()}
-    return results
+    """Every result of these conditions written in `work`, the newest per (condition, seed)."""
+    newest: dict[tuple[str, int], dict] = {}
+    for f in sorted(work.glob(f"results-{tag}-seed*.json"), key=lambda f: f.stat().st_mtime):
+        for r in json.loads(f.read_text()):
+            if r["name"] in conditions:
+                r["counts"] = {int(c): top1 for c, top1 in r["counts"].items()}  # JSON keys are strings
+                newest[(r["name"], r["seed"])] = r
+    return list(newest.values())
 
 
 def _slug(name: str) -> str:
@@ -177,6 +179,7 @@ def side_by_side(args: argparse.Namespace, work: Path, conditions: dict, tag: st
                 str(epochs),
                 "--only",
                 name,
+                "--no-prepare",
                 "--videos",
                 str(args.videos),
                 "--counts",
@@ -205,6 +208,7 @@ def main() -> None:
     parser.add_argument(
         "--parallel", type=int, default=0, metavar="N", help="run each (condition, seed) in its own process, N at once"
     )
+    parser.add_argument("--no-prepare", action="store_true", help="use the data, shards and cache already in --work")
     parser.add_argument("--only", default=None, help="train this one condition (its name in the table)")
     args = parser.parse_args()
     setup_logging()
@@ -215,7 +219,9 @@ def main() -> None:
     tag = f"tfd-{'-'.join(map(str, counts))}" if args.which == "tfd" else args.which
     epochs = args.epochs or (4 if args.which == "tfd" else 6)
     if not args.tabulate:
-        root = prepare(work, args.videos, teacher=args.which == "tfd")
+        # processes of a --parallel run use what their parent prepared: preparing again would
+        # rewrite the cache's records while their siblings train from it
+        root = work / "ssv2" if args.no_prepare else prepare(work, args.videos, teacher=args.which == "tfd")
         if args.prepare_only:
             return
         if args.only is not None and args.only not in conditions:

@@ -83,7 +83,7 @@ class TeacherConfig:
     pretrained: str = "openai"  # an open_clip tag (needs internet), a local checkpoint file, or "random"
     num_frames: int = 8  # frames per video: segment centres, or with views an even subset of each view's frames
     prompts: list[str] = field(default_factory=lambda: ["a video of {}.", "a photo of a person {}.", "a video of a person {}."])
-    batch_videos: int = 64  # views per forward (x num_frames frames); with K views a shard travels in parts of this many views
+    batch_videos: int = 64  # views per forward (x num_frames frames); a shard reaches the GPU in parts of this many
     num_workers: int = -1  # loader processes (read, JPEG decode, crop); -1: the task's CPUs less two (runtime/cpus.py)
     writers: int = 2  # processes writing finished shards to Zarr
     device: str = "auto"  # auto: cuda, else mps, else cpu

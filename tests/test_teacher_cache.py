@@ -113,6 +113,20 @@ def test_resize_by_matrix_products_equals_the_bicubic_kernel(side, dtype):
     assert (ours.float() - kernel.round().clamp(0, 255)).abs().max() <= 1
 
 
+@pytest.mark.unit
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the float16 products' CUDA path (cuBLAS reductions)")
+@pytest.mark.parametrize("side", [240, (158, 211)])
+def test_resize_by_float16_products_on_cuda_stays_within_a_level_of_the_kernel(side):
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    h, w = side if isinstance(side, tuple) else (side, side)
+    frames = torch.randint(0, 256, (6, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(h))
+    ours = resize_by_products(frames.cuda(), 224).cpu()
+    kernel = TF.resize(frames.float(), [224, 224], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    assert (ours.float() - kernel.round().clamp(0, 255)).abs().max() <= 1
+
+
 def test_store_opens_with_plain_zarr_with_documented_shapes(cached):
     cfg, _ = cached
     root = zarr.open_group(cfg.paths.teacher_cache, mode="r")

@@ -104,13 +104,17 @@ class BatchPool:
 
     def pin(self) -> None:
         """Page-lock every slot of this process's mapping for the GPU's copy engines, now."""
+        if self._pinner is not None:
+            self._pinner.join()  # the thread's slots are locked; it may have stopped early
         for slot in range(self.slots):
             self._lock_slot(slot)
 
     def pin_in_background(self, done: Callable[[float], None] | None = None) -> None:
         """Page-lock the slots one by one in a thread, the last first (the first batches are written
         front to back): page-locking gigabytes takes seconds, and until a slot is locked its copies
-        to the GPU are pageable (slower, but correct). `done(seconds)` is called at the end."""
+        to the GPU are pageable (slower, but correct). `done(seconds)` is called at the end. The
+        thread may outlive the loader that started it (the pool is kept for the next one, whose
+        workers fork beside it: they never touch CUDA and map the pool afresh)."""
         if self.pinned or self._pinner is not None:
             return
         self.memory()  # the mapping, made here rather than raced for by the thread

@@ -32,24 +32,27 @@ def usable(x: torch.Tensor) -> bool:
 
 def shift_frames(x: torch.Tensor, *, frames: int, fold: int, sign: int) -> torch.Tensor:
     """A new tensor like `x` (same layout) with the two channel ranges shifted by `sign` frames."""
-    out = torch.empty_like(x)
     nt, c, h, w = x.shape
+    if nt % frames:
+        raise ValueError(f"{nt} images are not whole clips of {frames} frames")
+    out = torch.empty_like(x)
     last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     total = x.numel()
     grid = (triton.cdiv(total, _BLOCK),)
-    _shift[grid](
-        x,
-        out,
-        total,
-        CHANNELS=c,
-        CHANNEL_STEP=1 if last else h * w,
-        IMAGE=c * h * w,
-        FRAMES=frames,
-        FOLD=fold,
-        SIGN=sign,
-        WIDE=total >= 2**31,
-        BLOCK=_BLOCK,
-    )
+    with torch.cuda.device(x.device):  # Triton launches on the current device
+        _shift[grid](
+            x,
+            out,
+            total,
+            CHANNELS=c,
+            CHANNEL_STEP=1 if last else h * w,
+            IMAGE=c * h * w,
+            FRAMES=frames,
+            FOLD=fold,
+            SIGN=sign,
+            WIDE=total >= 2**31,
+            BLOCK=_BLOCK,
+        )
     return out
 
 

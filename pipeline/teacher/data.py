@@ -191,7 +191,7 @@ def cropped(raw: ShardJpegs, make=empty_for_handover) -> ShardCrops:
 def split_parts(raw: ShardJpegs, batch_views: int) -> list[ShardJpegs]:
     """`raw` as parts of consecutive videos with about `batch_views` views each (one part for 0)."""
     videos = len(raw.rows)
-    per = max(1, batch_views // max(1, raw.per_video)) if batch_views else videos
+    per = max(1, batch_views // max(1, raw.per_video)) if batch_views else max(1, videos)
     starts = list(range(0, videos, per)) or [0]
     parts = []
     for k, start in enumerate(starts):

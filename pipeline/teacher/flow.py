@@ -47,6 +47,8 @@ class ShardFlow:
     def __exit__(self, *exc) -> None:
         self._handed.close()
         self.summary.compute_seconds = time.monotonic() - self._start
+        if exc[0] is None and self._parts:  # every shard's parts come in order from one worker
+            raise RuntimeError(f"shards left incomplete at the end of the loop: {sorted(self._parts)}")
 
     def __iter__(self) -> Iterator[tuple[ShardItem, torch.Tensor]]:
         prepared = map_ahead(self.prep, self.loader)
