@@ -215,6 +215,11 @@ def test_killed_array_task_then_rerun_equals_an_uninterrupted_run(cluster, bigge
     assert shards.missing(cfg), "the killed task left shards undone"
     rejected = [r for m in cfg.paths.shards_dir.glob("*.manifest.json") for r in json.loads(m.read_text())["rejected"]]
     assert not rejected, f"videos interrupted by the kill were recorded as rejected: {rejected[:3]}"
+    _wait(jobs[1:])  # the sibling task runs on; a launch refuses while it is queued or running
+    deadline = time.time() + 60
+    while active_jobs(cfg, "shards"):  # squeue lags the task's own result file
+        assert time.time() < deadline, active_jobs(cfg, "shards")
+        time.sleep(0.5)
     assert launch.main(["shards", *_overrides(data, tmp_path / "run", *extra)]) == 0
     assert launch.main(["teacher-cache", *_overrides(data, tmp_path / "run", *extra)]) == 0
     assert not list(cfg.paths.shards_dir.glob(".*.tmp-*"))
@@ -251,7 +256,9 @@ def test_chaos_random_tasks_killed_until_the_launchers_reruns_finish(cluster, bi
         stop, rng, kills[stage] = threading.Event(), random.Random(0), []
 
         def chaos(stage=stage, limit=limit, rng=rng, stop=stop) -> None:
-            pause = 2.0
+            # The first kill as soon as a task runs: on a fast host a stage's tasks can be done within 2 s,
+            # and a kill of a finished task costs nothing to rerun.
+            pause = 0.2
             while not stop.wait(pause) and len(kills[stage]) < limit:
                 pause = 0.2  # look again soon while nothing runs; after a kill, wait a few seconds
                 if running := _running(stage):
