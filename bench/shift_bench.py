@@ -3,14 +3,17 @@ number of images, eager and compiled, in one run.
 
     python -m bench.shift_bench [--images 256] [--steps 30] [--compile 0 1]
 
-Every row runs the same bare step (bf16 autocast on CUDA, channels_last, cross-entropy, fused SGD),
+Every row runs the same bare step (bf16 autocast on CUDA, channels_last, cross-entropy, fused SGD;
+compiled with static shapes, as the trainer compiles),
 so what differs is the model: torchvision's ResNet-50 on single images; TSM-R50 (the student's own
 model: shifts, average consensus) at 8 and 16 frames; the same at 8 frames with the shift written as
 the reference writes it (slice assignments, differentiated by autograd) and as strided copies for
 contrast; and the FFN TSM-R50 at 4/8/16 frames (each step takes every count, with FFN's consistency
 term), with its alteration unfolded, folded, and without its shifts (what FFN's smaller batches,
 per-count norms and alterations cost apart from the shift). Images/s counts every frame the step
-processes; the last column is that against the plain ResNet-50 of the same mode.
+processes. The ratio is against the plain ResNet-50 of the same mode on the same images: the
+single-image batch for the TSM rows; for the FFN rows, ResNet-50 over FFN's three batches (the
+16-, 4- and 8-frame passes' images, same loss terms), whose own ratio is against the single batch.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class Row:
     inputs: Callable[[torch.device], list[torch.Tensor]]
     images: int
     shift: Callable | None = None  # the shift to patch in while this row runs
+    baseline: str = "single"  # the ResNet-50 row it is set against: "single" images, or "ffn" batches
     kernel: bool = True  # whether the eager shift may use the Triton kernel (CUDA)
     fold: bool = True  # whether FFN's alteration is folded into the conv after it
 
@@ -71,14 +75,37 @@ def _clips(batch: int, counts: list[int]) -> Callable[[torch.device], list[torch
     return lambda device: [torch.randn(batch, t, 3, 224, 224, device=device) for t in order]
 
 
-def _images(n: int) -> Callable[[torch.device], list[torch.Tensor]]:
-    return lambda device: [torch.randn(n, 3, 224, 224, device=device)]
+def _images(*sizes: int) -> Callable[[torch.device], list[torch.Tensor]]:
+    return lambda device: [torch.randn(n, 3, 224, 224, device=device) for n in sizes]
+
+
+class Batches(nn.Module):
+    """A plain network over several image batches in one step (FFN's batch sizes, without FFN)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, *batches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.net(x) for x in batches)
+
+
+def _ffn_batches(images: int) -> list[int]:
+    # FFN's passes as the trainer runs them: the 16-frame clips first, then 4 and 8 frames
+    return [images // 16 * t for t in (16, 4, 8)]
 
 
 def rows(images: int) -> list[Row]:
     """The models compared, each sized to `images` frames per step (FFN: its 16-frame batch)."""
     return [
         Row("ResNet-50, single images", lambda: resnet50(num_classes=CLASSES), _images(images), images),
+        # FFN's baseline: ResNet-50 over FFN's three batches (the same images as the FFN rows' step)
+        Row(
+            "ResNet-50, FFN's three batches (" + " + ".join(map(str, _ffn_batches(images))) + " images)",
+            lambda: Batches(resnet50(num_classes=CLASSES)),
+            _images(*_ffn_batches(images)),
+            sum(_ffn_batches(images)),
+        ),
         Row("TSM-R50, 8 frames, reference's sliced shift", _tsm([8]), _clips(images // 8, [8]), images, shift=sliced_shift),
         Row("TSM-R50, 8 frames, eager shift as strided copies", _tsm([8]), _clips(images // 8, [8]), images, kernel=False),
         Row("TSM-R50, 8 frames", _tsm([8]), _clips(images // 8, [8]), images),
@@ -88,15 +115,17 @@ def rows(images: int) -> list[Row]:
             _tsm([4, 8, 16]),
             _clips(images // 16, [4, 8, 16]),
             images // 16 * 28,
+            baseline="ffn",
             fold=False,
         ),
-        Row("FFN TSM-R50, 4/8/16 frames", _tsm([4, 8, 16]), _clips(images // 16, [4, 8, 16]), images // 16 * 28),
+        Row("FFN TSM-R50, 4/8/16 frames", _tsm([4, 8, 16]), _clips(images // 16, [4, 8, 16]), images // 16 * 28, baseline="ffn"),
         # the same FFN step without its shifts: what FFN's batches, norms and alterations cost apart from the shift
         Row(
             "FFN TSM-R50, 4/8/16 frames, no shift",
             _tsm([4, 8, 16]),
             _clips(images // 16, [4, 8, 16]),
             images // 16 * 28,
+            baseline="ffn",
             shift=no_shift,
         ),
     ]
@@ -135,20 +164,19 @@ def make_step(model: nn.Module, device: torch.device, compiled: bool) -> Callabl
     """One SGD step on `inputs`: cross-entropy on the first output, FFN's KL term on the others."""
     model.to(device).to(memory_format=torch.channels_last).train()
     model.channels_last = True
-    forward = torch.compile(model) if compiled else model
+    forward = torch.compile(model, dynamic=False) if compiled else model  # as the trainer
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=device.type == "cuda")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
     def step(inputs: list[torch.Tensor], labels: torch.Tensor) -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
             outs = forward(*inputs)
-            if isinstance(outs, torch.Tensor):  # plain ResNet-50
-                loss = nn.functional.cross_entropy(outs, labels)
-            else:
-                outs = (outs,) if isinstance(outs, StudentOutput) else outs
-                loss = nn.functional.cross_entropy(outs[0].logits, labels)
-                if len(outs) > 1:
-                    loss = loss + consistency_loss(outs[0].logits, [o.logits for o in outs[1:]], 1.0)
+            outs = outs if isinstance(outs, tuple) and not isinstance(outs, StudentOutput) else (outs,)
+            logits = [o.logits if isinstance(o, StudentOutput) else o for o in outs]
+            # cross-entropy on the first output's rows (a batch of images or of clips), KL on the others
+            loss = nn.functional.cross_entropy(logits[0], labels[: logits[0].shape[0]])
+            for low in logits[1:]:  # FFN's term (for the baseline, against as many rows of the first)
+                loss = loss + consistency_loss(logits[0][: low.shape[0]], [low], 1.0)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -194,7 +222,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30 if cuda else 2)
     parser.add_argument("--warmup", type=int, default=5 if cuda else 1)
     parser.add_argument("--compile", type=int, nargs="+", default=[0, 1] if cuda else [0], choices=[0, 1])
-    parser.add_argument("--skip", nargs="*", default=[], help="leave out the rows whose name contains one of these")
+    parser.add_argument("--skip", nargs="*", default=[], help="leave out the rows (past the two ResNet-50s) naming one of these")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     device = pick_device("auto")
@@ -205,16 +233,16 @@ def main() -> None:
     print(f"\n{name}, {'bf16' if cuda else 'fp32'}, channels_last, image 224, {args.steps} timed steps\n")
     print("| model | images per step | " + " | ".join(f"{m} images/s | {m} / ResNet-50" for m in modes) + " |")
     print("| --- | --- |" + " --- | --- |" * len(modes))
-    base: dict[int, float] = {}
-    for row in rows(args.images):
-        if any(word in row.name for word in args.skip):
+    base: dict[tuple[str, int], float] = {}
+    for i, row in enumerate(rows(args.images)):
+        if i > 1 and any(word in row.name for word in args.skip):  # the two ResNet-50 rows always run
             continue
         cells = []
         for c in args.compile:
             warmup = args.warmup + (5 if c else 0)
             rate = images_per_s(row, device, compiled=bool(c), warmup=warmup, steps=args.steps)
-            base.setdefault(c, rate)
-            cells.append(f"{rate:.0f} | {rate / base[c]:.0%}")
+            base.setdefault(("single" if i == 0 else "ffn", c), rate)
+            cells.append(f"{rate:.0f} | {rate / base[(row.baseline if i else 'single', c)]:.0%}")
         print(f"| {row.name} | {row.images} | " + " | ".join(cells) + " |", flush=True)
 
 
