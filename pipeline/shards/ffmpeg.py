@@ -12,8 +12,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import ffmpeg
-
 from pipeline.runtime.tools import ffmpeg_exe
 
 
@@ -45,6 +43,8 @@ def _scale_filter(short_side: int) -> str:
 
 def decode_command(path: Path, short_side: int, qscale: int) -> list[str]:
     """The ffmpeg argv that turns `path` into a stream of JPEG frames on stdout."""
+    import ffmpeg  # here, not at the top: GPU benchmarks use this package's shards without ffmpeg-python
+
     stream = ffmpeg.input(str(path), threads=1)
     out = stream.output(
         "pipe:",
