@@ -1,7 +1,7 @@
 """The temporal shift's own cost: TSM-R50 training steps beside a plain ResNet-50 step, on the same
 number of images, eager and compiled, in one run.
 
-    python -m bench.shift_bench [--images 256] [--steps 30] [--compile 0 1]
+    python -m bench.shift_bench [--images 256] [--steps 30] [--compile 0 1] [--rows rn50-ffn tsm16 ffn ...] [--json F]
 
 Every row runs the same bare step (bf16 autocast on CUDA, channels_last, cross-entropy, fused SGD;
 compiled with static shapes, as the trainer compiles),
@@ -14,15 +14,20 @@ per-count norms and alterations cost apart from the shift). Images/s counts ever
 processes. The ratio is against the plain ResNet-50 of the same mode on the same images: the
 single-image batch for the TSM rows; for the FFN rows, ResNet-50 over FFN's three batches (the
 16-, 4- and 8-frame passes' images, same loss terms), whose own ratio is against the single batch.
+The FFN rows also give their step time against the 16-frame TSM-R50 step (on the same 16-frame clips).
+`--rows` runs only the named rows (each compiled row compiles anew: all of them do not fit one
+10-minute call); a ratio whose baseline row was not run is left out.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -37,6 +42,7 @@ from pipeline.student.models import tsm as tsm_module
 from pipeline.student.models.base import StudentOutput
 
 CLASSES = 174
+log = logging.getLogger(__name__)
 
 
 def sliced_shift(x: torch.Tensor, num_frames: int, fold_div: int = 8) -> torch.Tensor:
@@ -54,6 +60,7 @@ def sliced_shift(x: torch.Tensor, num_frames: int, fold_div: int = 8) -> torch.T
 class Row:
     """One model: how to build it, its inputs, and how many images one step processes."""
 
+    key: str  # what --rows calls it
     name: str
     build: Callable[[], nn.Module]
     inputs: Callable[[torch.device], list[torch.Tensor]]
@@ -98,19 +105,35 @@ def _ffn_batches(images: int) -> list[int]:
 def rows(images: int) -> list[Row]:
     """The models compared, each sized to `images` frames per step (FFN: its 16-frame batch)."""
     return [
-        Row("ResNet-50, single images", lambda: resnet50(num_classes=CLASSES), _images(images), images),
+        Row("rn50", "ResNet-50, single images", lambda: resnet50(num_classes=CLASSES), _images(images), images),
         # FFN's baseline: ResNet-50 over FFN's three batches (the same images as the FFN rows' step)
         Row(
+            "rn50-ffn",
             "ResNet-50, FFN's three batches (" + " + ".join(map(str, _ffn_batches(images))) + " images)",
             lambda: Batches(resnet50(num_classes=CLASSES)),
             _images(*_ffn_batches(images)),
             sum(_ffn_batches(images)),
         ),
-        Row("TSM-R50, 8 frames, reference's sliced shift", _tsm([8]), _clips(images // 8, [8]), images, shift=sliced_shift),
-        Row("TSM-R50, 8 frames, eager shift as strided copies", _tsm([8]), _clips(images // 8, [8]), images, kernel=False),
-        Row("TSM-R50, 8 frames", _tsm([8]), _clips(images // 8, [8]), images),
-        Row("TSM-R50, 16 frames", _tsm([16]), _clips(images // 16, [16]), images),
         Row(
+            "tsm8-sliced",
+            "TSM-R50, 8 frames, reference's sliced shift",
+            _tsm([8]),
+            _clips(images // 8, [8]),
+            images,
+            shift=sliced_shift,
+        ),
+        Row(
+            "tsm8-strided",
+            "TSM-R50, 8 frames, eager shift as strided copies",
+            _tsm([8]),
+            _clips(images // 8, [8]),
+            images,
+            kernel=False,
+        ),
+        Row("tsm8", "TSM-R50, 8 frames", _tsm([8]), _clips(images // 8, [8]), images),
+        Row("tsm16", "TSM-R50, 16 frames", _tsm([16]), _clips(images // 16, [16]), images),
+        Row(
+            "ffn-unfolded",
             "FFN TSM-R50, 4/8/16 frames, alteration applied to the input",
             _tsm([4, 8, 16]),
             _clips(images // 16, [4, 8, 16]),
@@ -118,9 +141,17 @@ def rows(images: int) -> list[Row]:
             baseline="ffn",
             fold=False,
         ),
-        Row("FFN TSM-R50, 4/8/16 frames", _tsm([4, 8, 16]), _clips(images // 16, [4, 8, 16]), images // 16 * 28, baseline="ffn"),
+        Row(
+            "ffn",
+            "FFN TSM-R50, 4/8/16 frames",
+            _tsm([4, 8, 16]),
+            _clips(images // 16, [4, 8, 16]),
+            images // 16 * 28,
+            baseline="ffn",
+        ),
         # the same FFN step without its shifts: what FFN's batches, norms and alterations cost apart from the shift
         Row(
+            "ffn-noshift",
             "FFN TSM-R50, 4/8/16 frames, no shift",
             _tsm([4, 8, 16]),
             _clips(images // 16, [4, 8, 16]),
@@ -214,36 +245,65 @@ def images_per_s(row: Row, device: torch.device, *, compiled: bool, warmup: int,
         torch._dynamo.reset()
 
 
+BASELINES = {"single": "rn50", "ffn": "rn50-ffn"}
+
+
+def _cells(row: Row, rate: float, mode: int, rates: dict[tuple[str, int], float], images: dict[str, int]) -> list[str]:
+    """images/s, the ratio to the row's ResNet-50 and (FFN rows) the step time against the 16-frame step."""
+    base = rates.get((BASELINES[row.baseline], mode))
+    vs_resnet = f"{rate / base:.0%}" if base else "-"
+    tsm16 = rates.get(("tsm16", mode))
+    step = f"{(row.images / rate) / (images['tsm16'] / tsm16):.2f}x" if row.key.startswith("ffn") and tsm16 else ""
+    return [f"{rate:.0f}", vs_resnet, step]
+
+
 def main() -> None:
-    """Time every row eager and compiled; print one Markdown table."""
+    """Time every row (or those in --rows) eager and compiled; print one Markdown table."""
     cuda = torch.cuda.is_available()
+    keys = [r.key for r in rows(16)]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=256 if cuda else 32, help="frames per step (a multiple of 16)")
     parser.add_argument("--steps", type=int, default=30 if cuda else 2)
     parser.add_argument("--warmup", type=int, default=5 if cuda else 1)
     parser.add_argument("--compile", type=int, nargs="+", default=[0, 1] if cuda else [0], choices=[0, 1])
+    parser.add_argument("--rows", nargs="+", default=keys, choices=keys, help="run only these rows (table order)")
     parser.add_argument("--skip", nargs="*", default=[], help="leave out the rows (past the two ResNet-50s) naming one of these")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    log.setLevel(logging.INFO)
     device = pick_device("auto")
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     modes = ["compiled" if c else "eager" for c in args.compile]
     if shift_kernel.usable(torch.empty(8, 16, 2, 2, device=device)):
         print(f"Triton shift equals the strided copies (values and gradients): {kernel_equals_copies(device)}")
+    chosen = [r for r in rows(args.images) if r.key in args.rows]
+    chosen = [r for r in chosen if r.key.startswith("rn50") or not any(word in r.name for word in args.skip)]
+    # every row eager first, then every row compiled: a run cut short has whole modes, each line logged as it comes
+    rates = {(r.key, c): _rate(r, device, c, args) for c in args.compile for r in chosen}
+    images = {r.key: r.images for r in rows(args.images)}
     print(f"\n{name}, {'bf16' if cuda else 'fp32'}, channels_last, image 224, {args.steps} timed steps\n")
-    print("| model | images per step | " + " | ".join(f"{m} images/s | {m} / ResNet-50" for m in modes) + " |")
-    print("| --- | --- |" + " --- | --- |" * len(modes))
-    base: dict[tuple[str, int], float] = {}
-    for i, row in enumerate(rows(args.images)):
-        if i > 1 and any(word in row.name for word in args.skip):  # the two ResNet-50 rows always run
-            continue
-        cells = []
-        for c in args.compile:
-            warmup = args.warmup + (5 if c else 0)
-            rate = images_per_s(row, device, compiled=bool(c), warmup=warmup, steps=args.steps)
-            base.setdefault(("single" if i == 0 else "ffn", c), rate)
-            cells.append(f"{rate:.0f} | {rate / base[(row.baseline if i else 'single', c)]:.0%}")
-        print(f"| {row.name} | {row.images} | " + " | ".join(cells) + " |", flush=True)
+    print(
+        "| model | images per step | "
+        + " | ".join(f"{m} images/s | {m} / ResNet-50 | {m} step / 16-frame step" for m in modes)
+        + " |"
+    )
+    print("| --- | --- |" + " --- | --- | --- |" * len(modes))
+    for row in chosen:
+        cells = [cell for c in args.compile for cell in _cells(row, rates[(row.key, c)], c, rates, images)]
+        print(f"| {row.name} | {row.images} | " + " | ".join(cells) + " |")
+    if args.json:
+        figures = [{"key": k, "compiled": bool(c), "images": images[k], "images_per_s": r} for (k, c), r in rates.items()]
+        args.json.write_text(json.dumps({"device": name, "steps": args.steps, "rows": figures}, indent=1))
+
+
+def _rate(row: Row, device: torch.device, compiled: int, args: argparse.Namespace) -> float:
+    """`row`'s images/s in one mode, logged with the seconds it took."""
+    start = time.perf_counter()
+    rate = images_per_s(row, device, compiled=bool(compiled), warmup=args.warmup + (5 if compiled else 0), steps=args.steps)
+    mode = "compiled" if compiled else "eager"
+    log.info("%s, %s: %.1f images/s (%.0f s with build, warm-up, compilation)", row.key, mode, rate, time.perf_counter() - start)
+    return rate
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Student training-step throughput: synthetic in-memory clips versus the real loader, in one run.
 
     python -m bench.train_bench [--videos 4096] [--workers 14] [--configs mobilevit_xxs:8:64 ...] [--compile]
+    python -m bench.train_bench --synthetic-only --compile --configs mobilevit_xxs+shift:16:64 mobilevit_xxs+shift:16:64:4,8
     python -m bench.train_bench --online      # the cached teacher against the teacher run in every step
     python -m bench.train_bench --levers      # eager, channels_last, torch.compile (synthetic input)
 
@@ -10,6 +11,8 @@ one uint8 batch kept on the device. Real: the training loader over JPEG shards (
 `--workers` processes decoding the sampled frames and cropping. Online: before each step the frozen
 CLIP teacher (ViT-B-32, the cache stage's own encoder: bf16, CUDA graph) encodes the batch's frames
 and its outputs replace the cached ones, which is what training without the cache costs.
+A config is `arch[+temporal]:frames:batch[:lower,counts]` (`student.temporal` for MobileViT-XXS; FFN:
+the lower counts); `--synthetic-only` times the step alone, without building shards and a cache.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 
 from bench.jpeg_shards import build
 from pipeline.accel.pool_loader import PoolKeeper
+from pipeline.config import Config, load
 from pipeline.runtime.cpus import TRAIN_RESERVE, loader_workers
 from pipeline.runtime.device import autocast_dtype, pick_device
 from pipeline.ssv2.annotations import LABELS_FILE, class_names, flip_pairs, load_labels
@@ -45,6 +49,8 @@ from pipeline.student.models import input_normalizer
 from pipeline.student.train import build_state, train_step
 from pipeline.teacher import run as teacher_run
 from pipeline.teacher.clip import load_teacher
+
+log = logging.getLogger(__name__)
 
 
 def _timed(step, batches, warmup: int, device) -> float:
@@ -111,6 +117,7 @@ def measure(
     online: bool = False,
     variants: dict | None = None,
     counts: tuple[int, ...] = (),
+    temporal: str = "attention",
 ) -> tuple[float, float, float]:
     """(synthetic clips/s, real-loader clips/s, peak GPU memory GiB with synthetic input) for one model,
     frame count and batch size; with `online`, the teacher runs in every step instead of coming from the cache;
@@ -119,6 +126,7 @@ def measure(
     training): every step also takes the clips at these lower frame counts."""
     variants = {} if variants is None else variants
     cfg.student.arch, cfg.student.num_frames, cfg.train.batch_size = arch, frames, batch
+    cfg.student.temporal = temporal
     cfg.train.frame_counts = [*counts, frames] if counts else []
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -206,10 +214,30 @@ def loader_rate(cfg, frames: int, batch: int, workers: int, batches: int, mode: 
         return clips / (time.perf_counter() - start)
 
 
-def _parse(config: str) -> tuple[str, int, int, tuple[int, ...]]:
-    """'arch:frames:batch[:c1,c2]' -> (arch, frames, batch, lower frame counts)."""
-    arch, frames, batch, *lower = config.split(":")
-    return arch, int(frames), int(batch), tuple(sorted(int(c) for c in lower[0].split(","))) if lower else ()
+def _parse(config: str) -> tuple[str, int, int, tuple[int, ...], str]:
+    """'arch[+temporal]:frames:batch[:c1,c2]' -> (arch, frames, batch, lower frame counts, student.temporal)."""
+    model, frames, batch, *lower = config.split(":")
+    arch, _, temporal = model.partition("+")
+    counts = tuple(sorted(int(c) for c in lower[0].split(","))) if lower else ()
+    return arch, int(frames), int(batch), counts, temporal or "attention"
+
+
+def _name(arch: str, temporal: str) -> str:
+    return arch if temporal == "attention" else f"{arch} ({temporal})"
+
+
+def _setup(args: argparse.Namespace) -> Config:
+    """The config to measure with: over freshly built JPEG shards and a teacher cache, or (synthetic only) bare."""
+    overrides = [f"student.image_size={args.image_size}"]
+    if args.synthetic_only:  # nothing to read: the step alone
+        return load(Path(__file__).resolve().parents[1] / "pipeline.yaml", overrides)
+    work = args.work or Path(tempfile.mkdtemp(prefix="train_bench_"))
+    frames_max = max(_parse(c)[1] for c in args.configs)
+    teacher = ["teacher.model=clip-tiny", "teacher.pretrained=random", f"teacher.num_workers={args.workers}"]
+    extra = [*teacher, "shards.videos_per_shard=64", "teacher.progress_every_s=1000", *overrides]
+    cfg = build(work / "ssv2", work / "run", args.videos, frames_max, frames_max, extra)
+    teacher_run.run(cfg)
+    return cfg
 
 
 def main() -> None:
@@ -237,6 +265,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--loader-only", action="store_true", help="time the training loader alone (no model), clips/s")
     parser.add_argument(
+        "--synthetic-only", action="store_true", help="time the step on synthetic input alone (no shards, cache or loader)"
+    )
+    parser.add_argument(
         "--loader-workers",
         type=int,
         nargs="+",
@@ -255,24 +286,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    work = args.work or Path(tempfile.mkdtemp(prefix="train_bench_"))
-    frames_max = max(int(c.split(":")[1]) for c in args.configs)
-    cfg = build(
-        work / "ssv2",
-        work / "run",
-        args.videos,
-        frames_max,
-        frames_max,
-        [
-            "teacher.model=clip-tiny",
-            "teacher.pretrained=random",
-            f"teacher.num_workers={args.workers}",
-            "shards.videos_per_shard=64",
-            f"student.image_size={args.image_size}",
-            "teacher.progress_every_s=1000",
-        ],
-    )
-    teacher_run.run(cfg)
+    log.setLevel(logging.INFO)
+    cfg = _setup(args)
     device = pick_device("auto")
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     if args.loader_only:
@@ -305,22 +320,36 @@ def main() -> None:
         )
         print("| --- | --- | --- | --- | --- | --- | --- |")
         plain: dict[tuple, float] = {}
-        for arch, frames, batch, counts in configs:
+        for arch, frames, batch, counts, temporal in configs:
             extra = dict.fromkeys(
                 [(n, cfg.experimental.batch_pool) for n in args.loader_workers or []]
                 + [(args.workers, bool(p)) for p in args.batch_pool[1:]]
             )
+            start = time.perf_counter()
             synthetic, real, _ = measure(
-                cfg, device, arch, frames, batch, args.workers, warm, args.steps, variants=extra, counts=counts
+                cfg,
+                device,
+                arch,
+                frames,
+                batch,
+                args.workers,
+                warm,
+                args.steps,
+                with_loader=not args.synthetic_only,
+                variants=extra,
+                counts=counts,
+                temporal=temporal,
             )
+            log.info("%s: %.0f s (compilation included)", _name(arch, temporal), time.perf_counter() - start)
             if not counts:
-                plain[(arch, frames, batch)] = synthetic
-            base = plain.get((arch, frames, batch))
+                plain[(arch, temporal, frames, batch)] = synthetic
+            base = plain.get((arch, temporal, frames, batch))
             cost = f"{base / synthetic:.2f}x" if counts and base else ""
             others = {f"{n} workers, {'pool' if p else 'segments'}": r for (n, p), r in extra.items()}
             figures["loader"].append(
                 dict(
                     arch=arch,
+                    temporal=temporal,
                     frames=frames,
                     lower_counts=list(counts),
                     batch=batch,
@@ -332,16 +361,17 @@ def main() -> None:
             )
             others = "".join(f" ({k}: {r:.1f}, {r / synthetic:.0%})" for k, r in others.items())
             shown = "/".join(str(c) for c in (*counts, frames))
-            print(f"| {arch} | {shown} | {batch} | {synthetic:.1f} | {real:.1f} | {real / synthetic:.0%}{others} | {cost} |")
+            loader = f"{real:.1f} | {real / synthetic:.0%}{others}" if not args.synthetic_only else "- | -"
+            print(f"| {_name(arch, temporal)} | {shown} | {batch} | {synthetic:.1f} | {loader} | {cost} |", flush=True)
     else:
         print(
             "| model | frames | batch | cached teacher, synthetic input | online teacher, synthetic input | step speed-up "
             "| cached, real loader | online, real loader | epoch speed-up | peak GPU memory cached / online (GiB) |"
         )
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for arch, frames, batch, _ in configs:
-            cached = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps)
-            online = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps, online=True)
+        for arch, frames, batch, _, temporal in configs:
+            cached = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps, temporal=temporal)
+            online = measure(cfg, device, arch, frames, batch, args.workers, warm, args.steps, online=True, temporal=temporal)
             figures["online"].append(dict(arch=arch, frames=frames, batch=batch, cached=cached, online=online))
             print(
                 f"| {arch} | {frames} | {batch} | {cached[0]:.1f} | {online[0]:.1f} | {cached[0] / online[0]:.2f}x "
@@ -351,12 +381,13 @@ def main() -> None:
     if args.levers:
         print("\n| model | frames | batch | eager | channels_last | channels_last + compile | best / eager |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
-        for arch, frames, batch, _ in configs:
+        for arch, frames, batch, _, temporal in configs:
             rates = []
             for channels_last, compiled in ((False, False), (True, False), (True, True)):
                 cfg.train.channels_last, cfg.train.compile = channels_last, compiled
                 w = args.warmup + (10 if compiled else 0)
-                rates.append(measure(cfg, device, arch, frames, batch, args.workers, w, args.steps, with_loader=False)[0])
+                lone = dict(with_loader=False, temporal=temporal)
+                rates.append(measure(cfg, device, arch, frames, batch, args.workers, w, args.steps, **lone)[0])
             figures["levers"].append(
                 dict(arch=arch, frames=frames, batch=batch, eager=rates[0], channels_last=rates[1], compiled=rates[2])
             )

@@ -37,7 +37,7 @@ def _env_without_ffmpeg() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "FFMPEG"}
     # only the interpreter's own folder: no system ffmpeg binary on PATH
     env["PATH"] = str(Path(sys.executable).parent)
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     return env
 
 
