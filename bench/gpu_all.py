@@ -1,12 +1,16 @@
 """Every GPU figure of the performance goals in one command, as one table, plus the SSv2 projection.
 
-    python -m bench.gpu_all [--out DIR] [--shards-videos-per-core-s 26.6] [--parts teacher online compiled ddp]
+    python -m bench.gpu_all [--out DIR] [--shards-videos-per-core-s 26.6] [--parts teacher online compiled ffn ddp]
 
 Runs, each in its own process and each side of a ratio in the same run:
 1. `bench.teacher_bench` (ViT-B-32, CPU decode in all but two cores): cache stage end to end vs forward only;
 2. `bench.train_bench --compile`: compiled student step, synthetic input vs the real loader, both models, 8/16 frames;
 3. `bench.train_bench --online`: cached teacher vs the teacher run in every step (eager student), step and epoch;
-4. `bench.ddp_bench --real-loader` on 1 and 2 GPUs, when the machine has two (synthetic input and the trainer's loader).
+4. `bench.shift_bench --rows rn50-ffn tsm16 ffn`: the FFN TSM-R50 step (4/8/16 frames) against the
+   16-frame step and against ResNet-50 over FFN's three batches, eager and compiled;
+5. `bench.ddp_bench --real-loader` on 1 and 2 GPUs, when the machine has two (synthetic input and the trainer's loader).
+Each part fits one 10-minute device call (bench/README.md gives their times); `--parts` into the
+same `--out` runs them one by one, and the table is printed once teacher, online and compiled are there.
 The shards stage needs ffmpeg, which GPU machines here lack: its per-core rate comes from
 `make bench-shards` on a CPU machine and is passed in for the projection.
 """
@@ -64,7 +68,7 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         nargs="+",
-        default=["teacher", "online", "compiled", "ddp"],
+        default=["teacher", "online", "compiled", "ffn", "ddp"],
         help="run only these parts (each writes DIR/<part>.json; parts not run are read from DIR if there)",
     )
     parser.add_argument(
@@ -102,6 +106,7 @@ def main() -> None:
             "--batch-pool",
             *args.batch_pool,
         ),
+        "ffn": ("bench.shift_bench", "--rows", "rn50-ffn", "tsm16", "ffn"),
         "ddp": ("bench.ddp_bench", "--gpus", "1", "2", "--real-loader", "--steps", "40", "--warmup", "14"),
     }
     if torch.cuda.device_count() < 2 and "ddp" in args.parts:
@@ -114,7 +119,7 @@ def main() -> None:
     if missing:
         sys.exit(f"no figures for {', '.join(missing)}: run those parts (into the same --out) first")
     teacher, online, compiled, ddp = got["teacher"][0], got["online"], got["compiled"], got["ddp"]
-    rows = goal_rows(teacher, compiled, online, ddp, got["teacher"][1:])
+    rows = goal_rows(teacher, compiled, online, ddp, got["teacher"][1:]) + ffn_rows(got["ffn"])
     print(
         f"\n{gpu} x{torch.cuda.device_count()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n"
     )
@@ -172,6 +177,33 @@ def goal_rows(teacher: dict, compiled: dict, online: dict, ddp: list | None, tea
         rows.append("| 5 | DDP scaling | not run: this machine has one GPU (run this script on two) | >= 1.85x | - |")
     rows.append("| 6 | shards stage per core | CPU machine: `make bench-shards` (no ffmpeg here) | report | - |")
     return rows
+
+
+def ffn_rows(shift: dict | None) -> list[str]:
+    """The FFN TSM-R50 goals from `shift_bench --rows rn50-ffn tsm16 ffn --json` (compiled; eager in brackets)."""
+    if shift is None:
+        return ["| 7, 8 | FFN TSM-R50 step | not run: `--parts ffn` | <= 1.85x, >= 90% | - |"]
+    rate = {(r["key"], r["compiled"]): r["images_per_s"] for r in shift["rows"]}
+    images = {r["key"]: r["images"] for r in shift["rows"]}
+
+    def step(compiled: bool) -> float:  # FFN step time / 16-frame step time
+        return (images["ffn"] / rate[("ffn", compiled)]) / (images["tsm16"] / rate[("tsm16", compiled)])
+
+    def share(compiled: bool) -> float:  # FFN images/s / ResNet-50 over the same three batches
+        return rate[("ffn", compiled)] / rate[("rn50-ffn", compiled)]
+
+    if ("ffn", True) not in rate:
+        return ["| 7, 8 | FFN TSM-R50 step, compiled | the compiled FFN row did not finish (see the part's log) | - | - |"]
+    eager = ("ffn", False) in rate
+    return [
+        f"| 7 | FFN TSM-R50 4/8/16 frames, compiled: step time / 16-frame step | {step(True):.2f}x"
+        + (f" (eager {step(False):.2f}x)" if eager else "")
+        + f" | <= 1.85x | {_met(step(True) <= 1.85)} |",
+        f"| 8 | FFN TSM-R50 4/8/16 frames, compiled: images/s / ResNet-50 over FFN's three batches "
+        f"| {rate[('ffn', True)]:.0f} / {rate[('rn50-ffn', True)]:.0f} = {share(True):.0%}"
+        + (f" (eager {share(False):.0%})" if eager else "")
+        + f" | >= 90% | {_met(share(True) >= 0.9)} |",
+    ]
 
 
 def _pool_name(pool, item: str = "batch") -> str:

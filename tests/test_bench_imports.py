@@ -1,12 +1,12 @@
 """Every benchmark imports on a machine without ffmpeg (the GPU machines here have neither the
-binary nor ffmpeg-python nor imageio-ffmpeg): each in a fresh interpreter where those are hidden."""
+binary nor ffmpeg-python nor imageio-ffmpeg): each in its own process where those are hidden."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,9 +14,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MODULES = sorted(f"bench.{p.stem}" for p in (REPO / "bench").glob("*.py") if p.stem != "__init__")
 
-# Runs before the benchmark's import: a meta-path finder refuses the hidden packages, as if not installed.
-HIDE = """
-import importlib, importlib.abc, os, shutil, sys
+# A fresh interpreter: a meta-path finder refuses the hidden packages, as if not installed; the heavy
+# third-party packages are imported once, then each module is imported in a fork of its own, so no
+# project module imported for one benchmark can hide another's need. Prints {module: error}.
+CHECK = """
+import importlib, importlib.abc, json, os, shutil, sys, traceback
 HIDDEN = {"ffmpeg", "imageio_ffmpeg"}
 
 class Hide(importlib.abc.MetaPathFinder):
@@ -27,9 +29,35 @@ class Hide(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Hide())
 assert shutil.which("ffmpeg") is None and "FFMPEG" not in os.environ, "an ffmpeg binary is still reachable"
-importlib.import_module(sys.argv[1])
-leaked = sorted(m for m in sys.modules if m.split(".")[0] in HIDDEN)
-assert not leaked, f"importing {sys.argv[1]} left {leaked} in sys.modules"
+for heavy in ("numpy", "torch", "torchvision", "timm", "open_clip", "zarr", "webdataset"):
+    try:
+        importlib.import_module(heavy)
+    except ImportError:
+        pass  # then the module that needs it fails below, in its own fork
+
+def check(module):
+    try:
+        importlib.import_module(module)
+    except BaseException:
+        return traceback.format_exc()[-3000:]
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in HIDDEN)
+    return f"left {leaked} in sys.modules" if leaked else ""
+
+failed = {}
+for module in sys.argv[1:]:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.write(write, check(module).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        error = pipe.read().decode()
+    os.waitpid(pid, 0)
+    if error:
+        failed[module] = error
+print(json.dumps(failed))
 """
 
 
@@ -41,25 +69,23 @@ def _env_without_ffmpeg() -> dict[str, str]:
     return env
 
 
-def _import_error(module: str) -> str | None:
-    """Why `module` does not import in a fresh interpreter without ffmpeg, or None when it does."""
+def import_errors(modules: list[str]) -> dict[str, str]:
+    """{module: why it does not import} for `modules` imported without ffmpeg, each on its own."""
     done = subprocess.run(
-        [sys.executable, "-c", HIDE, module], cwd=REPO, env=_env_without_ffmpeg(), capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", CHECK, *modules], cwd=REPO, env=_env_without_ffmpeg(), capture_output=True, text=True, timeout=600
     )
-    return None if done.returncode == 0 else done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.unit
 def test_every_bench_module_imports_without_ffmpeg() -> None:
     """Each bench module imports with ffmpeg, ffmpeg-python and imageio-ffmpeg out of reach."""
-    # one interpreter per module (an import cached by an earlier module would hide a need), several at once
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        errors = dict(zip(MODULES, pool.map(_import_error, MODULES)))
-    failed = {m: e for m, e in errors.items() if e is not None}
+    failed = import_errors(MODULES)
     assert not failed, "\n\n".join(f"{m} does not import without ffmpeg:\n{e}" for m, e in failed.items())
 
 
 @pytest.mark.unit
 def test_the_hiding_works() -> None:
-    """The hidden interpreter refuses ffmpeg-python itself (else the test above proves nothing)."""
-    assert _import_error("ffmpeg") is not None
+    """The checking interpreter refuses ffmpeg-python and imageio-ffmpeg (else the test above proves nothing)."""
+    assert set(import_errors(["ffmpeg", "imageio_ffmpeg", "json"])) == {"ffmpeg", "imageio_ffmpeg"}
