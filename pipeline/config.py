@@ -242,13 +242,35 @@ class SlurmConfig:
 
 @dataclass
 class SyntheticConfig:
-    """The tiny SSv2-format data set used by the smoke run and the tests."""
+    """The synthetic SSv2-format data sets: the toy (smoke run, tests) and the proxy benchmark."""
 
-    num_videos: int = 48
+    preset: Literal["toy", "proxy"] = "toy"  # toy: time-reversed pairs; proxy: 28 SSv2 classes, hard (docs/proxy_benchmark.md)
+    num_videos: int = 48  # toy: every split together
     seed: int = 0
-    class_pairs: int = 2  # time-reversed class pairs: 1..3 (left/right, up/down, towards/away)
+    class_pairs: int = 2  # toy: time-reversed class pairs 1..3 (left/right, up/down, towards/away)
     min_frames: int = 24
     max_frames: int = 40
+    train_per_class: int = 40  # proxy: labelled training videos per class
+    validation_per_class: int = 15  # proxy
+    test_per_class: int = 4  # proxy
+
+
+@dataclass
+class TeacherPretrainConfig:
+    """`make pretrain-teacher`: a small CLIP trained here with ClipLoss on the proxy set's teacher corpus."""
+
+    model: str = "proxy-clip"  # an open_clip model config (pipeline/teacher/resources/proxy-clip.json)
+    videos: int = 3000  # corpus videos (seeds no student video has)
+    frames_per_video: int = 4  # frames taken from each, each with its own caption
+    heldout_videos: int = 200  # rendered apart, for the held-out caption retrieval figure
+    steps: int = 800
+    batch_size: int = 256
+    lr: float = 0.001
+    weight_decay: float = 0.1
+    seed: int = 0
+    workers: int = 2  # processes rendering the corpus
+    device: str = "auto"
+    out: str = ""  # "": <run_dir>/teacher_pretrain/<model>.pt
 
 
 @dataclass
@@ -275,6 +297,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    teacher_pretrain: TeacherPretrainConfig = field(default_factory=TeacherPretrainConfig)
     experimental: ExperimentalConfig = field(default_factory=ExperimentalConfig)
 
 

@@ -1,4 +1,7 @@
-"""A tiny SSv2-format data set whose classes can only be told apart by temporal order.
+"""Synthetic SSv2-format data sets: the toy (`synthetic.preset: toy`) and the proxy benchmark (`proxy`).
+
+The toy is tiny and its classes can only be told apart by temporal order; every student solves it.
+The proxy preset (pipeline/ssv2/proxy.py) is the hard one the distillation experiments run on.
 
 Classes come in time-reversed pairs (left->right / right->left, up / down, towards / away). A video
 of one class played backwards is a video of its twin, and every random choice (background, object,
@@ -17,11 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import ffmpeg
 import numpy as np
 
 from pipeline.config import SyntheticConfig
 from pipeline.runtime.tools import ffmpeg_exe
+from pipeline.ssv2 import proxy
 from pipeline.ssv2.annotations import LABELS_FILE, load_labels
 
 log = logging.getLogger(__name__)
@@ -45,12 +48,14 @@ class SyntheticVideo:
     template: str
     split: str
     seed: int
-    motion: str
+    motion: str  # the toy's path; "proxy" for the proxy preset
     forward: bool
 
 
 def plan(cfg: SyntheticConfig) -> list[SyntheticVideo]:
     """Which video gets which class and split: balanced classes, deterministic from the seed."""
+    if cfg.preset == "proxy":
+        return plan_proxy(cfg)
     if not 1 <= cfg.class_pairs <= len(PAIRS):
         raise ValueError(f"synthetic.class_pairs must be 1..{len(PAIRS)}, got {cfg.class_pairs}")
     rng = np.random.default_rng(cfg.seed)
@@ -65,6 +70,23 @@ def plan(cfg: SyntheticConfig) -> list[SyntheticVideo]:
     return sorted(videos, key=lambda v: v.id)
 
 
+def plan_proxy(cfg: SyntheticConfig) -> list[SyntheticVideo]:
+    """The proxy preset: `<split>_per_class` videos of every class per split.
+
+    A video's seed comes from (seed, split, class, index) alone, so the validation set is the same
+    whatever the training count, and 10 training videos per class are the first 10 of 40 (label
+    scarcity compares nested sets).
+    """
+    per_split = {"train": cfg.train_per_class, "validation": cfg.validation_per_class, "test": cfg.test_per_class}
+    videos = []
+    for s, (split, n) in enumerate(per_split.items()):
+        for c, name in enumerate(proxy.TEMPLATES):
+            for i in range(n):
+                seed = int(np.random.default_rng([cfg.seed, s, c, i]).integers(2**31))
+                videos.append(SyntheticVideo(f"{s + 1}{c:02d}{i:04d}", name, split, seed, "proxy", True))
+    return sorted(videos, key=lambda v: v.id)
+
+
 def _split_of_block(block: int, blocks: int) -> str:
     # A block holds one video of every class, so each split stays class-balanced.
     edge = 0.0
@@ -76,7 +98,9 @@ def _split_of_block(block: int, blocks: int) -> str:
 
 
 def render(video: SyntheticVideo, min_frames: int, max_frames: int) -> np.ndarray:
-    """The RGB frames [T, 240, W, 3] of one video."""
+    """The RGB frames [T, H, W, 3] of one video."""
+    if video.motion == "proxy":
+        return proxy.render_scene(proxy.scene(video.template, video.seed, min_frames, max_frames))
     rng = np.random.default_rng(video.seed)
     t = int(rng.integers(min_frames, max_frames + 1))
     w = int(rng.integers(300, 428))
@@ -124,11 +148,16 @@ def _path(rng: np.random.Generator, motion: str, t: int, w: int, size: int) -> n
 
 def bracketed(template: str) -> str:
     """The annotation-file form of a class name, as in the real download."""
-    return template.replace("something", "[something]")
+    return template.replace("something", "[something]").replace("Something", "[Something]")
 
 
-def generate(root: Path, cfg: SyntheticConfig, workers: int | None = None) -> list[SyntheticVideo]:
-    """Write the data set under `root` in the real download's layout; returns what was written."""
+def generate(root: Path, cfg: SyntheticConfig, workers: int | None = None, reuse: Path | None = None) -> list[SyntheticVideo]:
+    """Write the data set under `root` in the real download's layout; returns what was written.
+
+    A video already there is kept (each is written under a temporary name, then renamed, so a killed
+    run leaves no truncated one); `reuse`: another synthetic set of the same seed whose videos of
+    the same id are linked instead of rendered (the proxy preset's nested training sets).
+    """
     root = Path(root)
     video_dir = root / "20bn-something-something-v2"
     video_dir.mkdir(parents=True, exist_ok=True)
@@ -138,16 +167,26 @@ def generate(root: Path, cfg: SyntheticConfig, workers: int | None = None) -> li
         assert v.template in labels, v.template
 
     def write(v: SyntheticVideo) -> None:
-        encode_vp9(video_dir / f"{v.id}.webm", render(v, cfg.min_frames, cfg.max_frames), FPS)
+        path = video_dir / f"{v.id}.webm"
+        if path.exists():
+            return
+        other = None if reuse is None else Path(reuse) / "20bn-something-something-v2" / path.name
+        if other is not None and other.exists():
+            os.link(other, path)
+            return
+        tmp = path.with_name(f".{path.stem}.tmp.webm")
+        encode_vp9(tmp, render(v, cfg.min_frames, cfg.max_frames), FPS)
+        os.replace(tmp, path)
 
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         list(pool.map(write, videos))
-    write_annotations(root, videos)
-    log.info("synthetic SSv2: %d videos (%d classes) under %s", len(videos), 2 * cfg.class_pairs, root)
+    write_annotations(root, videos, cfg)
+    classes = len({v.template for v in videos})
+    log.info("synthetic SSv2 (%s): %d videos (%d classes) under %s", cfg.preset, len(videos), classes, root)
     return videos
 
 
-def write_annotations(root: Path, videos: list[SyntheticVideo]) -> None:
+def write_annotations(root: Path, videos: list[SyntheticVideo], cfg: SyntheticConfig | None = None) -> None:
     """labels/labels.json and one annotation list per split, as in the real download."""
     labels_dir = Path(root) / "labels"
     labels_dir.mkdir(parents=True, exist_ok=True)
@@ -157,17 +196,24 @@ def write_annotations(root: Path, videos: list[SyntheticVideo]) -> None:
         if split == "test":
             records = [{"id": v.id} for v in items]
         else:
-            records = [_record(v) for v in items]
+            records = [_record(v, cfg) for v in items]
         (labels_dir / f"{split}.json").write_text(json.dumps(records, indent=1))
 
 
-def _record(v: SyntheticVideo) -> dict:
-    text = bracketed(v.template).replace("[something]", "a block")
-    return {"id": v.id, "label": text.lower(), "template": bracketed(v.template), "placeholders": ["a block"]}
+def _record(v: SyntheticVideo, cfg: SyntheticConfig | None) -> dict:
+    names = ["a block"]
+    if v.motion == "proxy":
+        names = proxy.placeholders(proxy.scene(v.template, v.seed, cfg.min_frames, cfg.max_frames), v.template)
+    text = bracketed(v.template)
+    for name in names:
+        text = text.replace("[something]", name, 1).replace("[Something]", name.capitalize(), 1)
+    return {"id": v.id, "label": text.lower(), "template": bracketed(v.template), "placeholders": names}
 
 
 def encode_vp9(path: Path, frames: np.ndarray, fps: float, audio: bool = False) -> None:
     """Write uint8 RGB frames [T, H, W, 3] as a VP9 .webm (for synthetic data and tests)."""
+    import ffmpeg  # ffmpeg-python: only here, so machines without it (GPU boxes) import this module
+
     t, h, w, _ = frames.shape
     video = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", r=fps)
     streams = [video]

@@ -18,8 +18,9 @@ from pipeline.runtime.paths import looks_like_path
 from pipeline.teacher import stand_in
 
 log = logging.getLogger(__name__)
-TINY_CONFIG = Path(__file__).parent / "resources" / "clip-tiny.json"
-open_clip.add_model_config(TINY_CONFIG)  # registers "clip-tiny": a small random model for tests
+MODEL_CONFIGS = Path(__file__).parent / "resources"
+# Registers the project's open_clip configs: "clip-tiny" (tests), "proxy-clip" (make pretrain-teacher).
+open_clip.add_model_config(MODEL_CONFIGS)
 
 
 class TeacherWeightsError(UserError, RuntimeError):
