@@ -34,10 +34,10 @@ from pipeline.runtime.cpus import TRAIN_RESERVE, loader_workers
 from pipeline.runtime.dist import DistEnv
 from pipeline.shards.plan import read_index
 from pipeline.ssv2.frames import channels_last_empty, decode, stack_channels_last
+from pipeline.ssv2.multi_view import clip_frames as test_clips
+from pipeline.ssv2.multi_view import three_crop_boxes
 from pipeline.ssv2.records import select_frames
 from pipeline.ssv2.sampling import segment_centres, segment_random
-from pipeline.ssv2.test_views import clip_frames as test_clips
-from pipeline.ssv2.test_views import three_crop_boxes
 from pipeline.ssv2.views import View, crop_box, replay_view, teacher_subset
 from pipeline.teacher.heads import HeadChoice
 from pipeline.teacher.store import CacheMismatchError, CacheReader
@@ -69,7 +69,7 @@ class ClipSpec:
     train: bool
     flip: bool = False
     lower_counts: tuple[int, ...] = ()  # FFN training: the lower frame counts, ascending (num_frames is the highest)
-    test_clips: int = 1  # evaluation: clips per video (ssv2/test_views.py); with test_crops > 1 or clips > 1,
+    test_clips: int = 1  # evaluation: clips per video (ssv2/multi_view.py); with test_crops > 1 or clips > 1,
     test_crops: int = 1  # each video's views are stacked clip by clip into one [views * T, 3, S, S] tensor
     test_size: int = 0  # the three crops' size (test_crops=3); one crop is the usual centre crop at image_size
     shuffle_buffer: int = 256
