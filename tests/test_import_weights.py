@@ -16,14 +16,15 @@ import torch
 
 from pipeline.config import StudentConfig
 from pipeline.runtime.errors import UserError, guarded
-from pipeline.student import checkpoint
+from pipeline.shards import build as shards
+from pipeline.student import checkpoint, evaluate_run
 from pipeline.student.ffn import trained_counts
-from pipeline.student.import_weights import import_checkpoint
+from pipeline.student.import_weights import expected_classes, import_checkpoint
 from pipeline.student.models import build_student
 from stages import import_weights as stage
 from tests import published_tsm
 from tests.fixtures.make_mmaction2_fixture import fixed_input, seeded_state, state_sha256
-from tests.helpers import config_args, make_config
+from tests.helpers import TINY_TRAINING, config_args, make_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mmaction2_tsm_r10.json"
 CLASSES = 5
@@ -191,3 +192,20 @@ def test_an_imported_checkpoint_as_student_pretrained_gives_its_backbone(tmp_pat
             assert torch.equal(own[f"backbone.layer3.0.bn2.copies.{i}.running_var"], saved["backbone.layer3.0.bn2.running_var"])
         assert torch.equal(own["backbone.layer3.0.conv1.conv.1.weight"], saved["backbone.layer3.0.conv1.conv.weight"])
     assert own["fc.weight"].shape == (3, 512)  # the new task's classifier, not the checkpoint's
+
+
+def test_make_evaluate_reads_an_imported_checkpoint(synth_root, tmp_path):
+    cfg = make_config(synth_root, tmp_path / "run", *TINY_TRAINING, "eval.clips=1", "eval.crops=3")
+    shards.run(cfg)
+    classes = expected_classes(cfg)
+    reference = _seeded(published_tsm.mit_han_lab_tsm(classes, frames=cfg.student.num_frames)).float()
+    src = tmp_path / "TSM_synthetic_RGB_tiny_shift8_blockres_avg_segment4_e1.pth"
+    torch.save({"epoch": 1, "state_dict": reference.state_dict()}, src)
+    import_checkpoint(cfg, src, "mit-han-lab", cfg.paths.student_dir / "best.pt")  # eval.checkpoint=best reads it
+    rows = evaluate_run.run(cfg)
+    assert {(r["frames"], r["protocol"]) for r in rows} == {
+        (f, p) for f in (2, 4) for p in ("1 clip x 1 crop", "1 clip x 3 crops")
+    }
+    assert all(r["videos"] > 0 for r in rows)
+    facts = json.loads((cfg.paths.student_dir / "test" / "test.json").read_text())
+    assert facts["checkpoint"].endswith("best.pt") and facts["epoch"] == 1
