@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pipeline.config import TeacherConfig
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.paths import looks_like_path
-from pipeline.teacher import stand_in
+from pipeline.teacher import stand_in, video_student
 from pipeline.teacher.model import Teacher, weights_hash
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ def load_teacher(cfg: TeacherConfig, class_names: list[str], device: torch.devic
     """Build the frozen teacher on `device` with its zero-shot head for `class_names`."""
     if cfg.model == stand_in.MODEL:
         return stand_in.load(class_names, device)
+    if video_student.is_student(cfg.model):
+        return video_student.load(cfg, class_names, device)
     with _quiet_root_logger():
         model = _create_model(cfg)
     model = model.to(device).eval().requires_grad_(False)
