@@ -8,6 +8,7 @@ FFN: stand-ins built from their published model definitions (tests/published_tsm
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -163,16 +164,19 @@ def test_a_file_that_does_not_fit_is_refused_with_one_line_naming_the_fix(tmp_pa
 
 
 @pytest.mark.unit
-def test_the_stage_writes_best_pt_and_refuses_to_overwrite_it(tmp_path, capsys):
+def test_the_stage_writes_a_student_folder_and_refuses_to_overwrite_one(tmp_path, capsys):
     src, _ = _mit_han_lab_file(tmp_path)
     args = ["--src", str(src), "--from", "mit-han-lab", *config_args(_labels(tmp_path / "ssv2"), tmp_path / "run")]
     args.append("student.num_frames=4")
     assert guarded("import-weights", lambda: stage.main(args), args) == 0
-    best = _cfg(tmp_path).paths.student_dir / "best.pt"
-    assert checkpoint.load(best)["imported"]["source"] == str(src)
+    cfg = _cfg(tmp_path)
+    assert checkpoint.load(cfg.paths.student_dir / "best.pt")["imported"]["source"] == str(src)
+    # evaluation builds the imported student whatever its command says
+    other = make_config(tmp_path / "ssv2", tmp_path / "run", "student.num_frames=16", "student.arch=tsm_r50")
+    assert checkpoint.with_trained_settings(other).student == dataclasses.replace(cfg.student, pretrained="")
     assert guarded("import-weights", lambda: stage.main(args), args) == 2
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("import-weights:")]
-    assert "best.pt: exists" in line
+    assert "holds another student" in line and "paths.student_name=" in line
 
 
 @pytest.mark.unit

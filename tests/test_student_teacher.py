@@ -6,12 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from pipeline.shards import build as shards
 from pipeline.ssv2.frames import decode, normalize, resize_crop
 from pipeline.ssv2.records import read_shard, select_frames
 from pipeline.ssv2.sampling import segment_centres
 from pipeline.student import checkpoint
+from pipeline.student.data import teacher_source
 from pipeline.student.import_weights import expected_classes, import_checkpoint
 from pipeline.student.models import build_student
 from pipeline.teacher import run as teacher_run
@@ -69,3 +71,14 @@ def test_a_student_that_does_not_average_its_frames_is_refused(tmp_path):
     checkpoint.save(path, {"model": {"fc.weight": torch.zeros(3, 4)}, "config": {"student": {"arch": "mobilevit_xxs"}}})
     with pytest.raises(StudentTeacherError, match="pools its frames by attention"):
         load_teacher(cfg.teacher, ["a", "b", "c"], torch.device("cpu"))
+
+
+@pytest.mark.unit
+def test_a_cache_of_another_feature_width_is_refused_with_the_setting_to_change(tmp_path):
+    cfg = make_config(tmp_path, tmp_path / "run", "student.feature_dim=512")
+    zarr.open_group(cfg.paths.teacher_cache, mode="w").create_group("train").create_array(
+        "features", shape=(4, 1, 2048), dtype="f4"
+    )
+    with pytest.raises(ValueError, match="holds 2048-d features.*set student.feature_dim=2048"):
+        teacher_source(cfg, "train", None)
+    assert teacher_source(make_config(tmp_path, tmp_path / "run", "student.feature_dim=2048"), "train", None) is not None

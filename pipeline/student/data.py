@@ -319,9 +319,24 @@ def teacher_source(cfg: Config, split: str, teacher: HeadChoice | None) -> Cache
     head's logits (zero_shot when none is given)."""
     if cfg.loss.mode != "distill":
         return None
+    check_feature_width(cfg, split)
     if teacher is None:
         return CacheSource(cfg.paths.teacher_cache, split)
     return CacheSource(cfg.paths.teacher_cache, split, logits=teacher.array, temperature=teacher.temperature)
+
+
+def check_feature_width(cfg: Config, split: str) -> None:
+    """The cached teacher feature and the student's distilled feature have one width (a student as
+    the teacher, `teacher.model=student:`, caches its backbone's: 2048 for TSM-R50)."""
+    path = Path(cfg.paths.teacher_cache)
+    if not (path / split / "features").exists():
+        return  # no cache yet: the cache's own checks say what to run
+    width = int(zarr.open_group(path, mode="r")[split]["features"].shape[-1])
+    if width != cfg.student.feature_dim:
+        raise ValueError(
+            f"the teacher cache {path} holds {width}-d features, the student distils a {cfg.student.feature_dim}-d "
+            f"one: set student.feature_dim={width}"
+        )
 
 
 # Batches each worker may have ready. With the batch pool every one of them is a page-locked slot

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import Config, to_dict
+from pipeline.config import Config, dump, to_dict
+from pipeline.runtime.atomic import write_text
 from pipeline.runtime.errors import UserError
 from pipeline.ssv2.annotations import NUM_CLASSES, class_names, labels_path, load_labels
 from pipeline.student import checkpoint
@@ -279,6 +280,17 @@ def import_checkpoint(cfg: Config, src: Path, fmt: str, out: Path, *, trusted: b
         "imported %s (%s, %d tensors) into %s: %s at %s frame(s)", src, fmt, len(source.state), out, cfg.student.arch, counts
     )
     return Path(out)
+
+
+def import_as_student(cfg: Config, src: Path, fmt: str, *, trusted: bool = False) -> Path:
+    """Import into a new student folder (paths.student_name): best.pt, and config.yaml with the
+    student settings, which `make evaluate` then builds whatever its command line says."""
+    folder = cfg.paths.student_dir
+    if (folder / "config.yaml").exists():
+        raise WeightsImportError(f"{folder} holds another student (config.yaml); name a new folder: paths.student_name=<name>")
+    out = import_checkpoint(cfg, src, fmt, folder / "best.pt", trusted=trusted)
+    write_text(folder / "config.yaml", dump(_no_pretrained(cfg)))
+    return out
 
 
 def _no_pretrained(cfg: Config) -> Config:
