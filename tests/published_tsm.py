@@ -11,7 +11,7 @@ published key names and their forward is theirs, not this project's:
   `adaconv_<n>` added to the shifted input of each block's conv1.
 
 Only the evaluation path at one frame count is written; the ResNet is one BasicBlock per stage,
-as `tsm_tiny`.
+as `tsm_tiny` (mit-han-lab's also ResNet-50, as `tsm_r50`).
 """
 
 from __future__ import annotations
@@ -69,13 +69,16 @@ class DataParallelNames(nn.Module):
         return self.module(clips)
 
 
-def mit_han_lab_tsm(num_classes: int, frames: int) -> nn.Module:
-    """TSM (blockres shift, 1/8) on a one-block-per-stage torchvision ResNet."""
-    net = resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1])
+def mit_han_lab_tsm(num_classes: int, frames: int, depth: int = 10) -> nn.Module:
+    """TSM (blockres shift, 1/8) on a one-block-per-stage torchvision ResNet, or ResNet-50 (`depth` 50)."""
+    if depth == 50:
+        net, width = resnet.resnet50(), 2048
+    else:
+        net, width = resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1]), 512
     for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
         for block in layer:
             block.conv1 = Shifted(block.conv1, frames)
-    return DataParallelNames(TSN(net, 512, num_classes, frames))
+    return DataParallelNames(TSN(net, width, num_classes, frames))
 
 
 class FFNBlock(nn.Module):

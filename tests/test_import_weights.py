@@ -20,7 +20,7 @@ from pipeline.runtime.errors import UserError, guarded
 from pipeline.shards import build as shards
 from pipeline.student import checkpoint, evaluate_run
 from pipeline.student.ffn import trained_counts
-from pipeline.student.import_weights import expected_classes, import_checkpoint
+from pipeline.student.import_weights import Source, check_settings, convert, expected_classes, import_checkpoint
 from pipeline.student.models import build_student
 from stages import import_weights as stage
 from tests import published_tsm
@@ -213,3 +213,30 @@ def test_make_evaluate_reads_an_imported_checkpoint(synth_root, tmp_path):
     assert all(r["videos"] > 0 for r in rows)
     facts = json.loads((cfg.paths.student_dir / "test" / "test.json").read_text())
     assert facts["checkpoint"].endswith("best.pt") and facts["epoch"] == 1
+
+
+@pytest.mark.unit
+def test_a_mit_han_lab_resnet50_gives_its_models_logits_as_tsm_r50(tmp_path):
+    reference = _seeded(published_tsm.mit_han_lab_tsm(CLASSES, frames=8, depth=50))
+    src = tmp_path / "TSM_something_RGB_resnet50_shift8_blockres_avg_segment8_e45.pth"
+    torch.save({"state_dict": reference.state_dict()}, src)
+    cfg = _cfg(tmp_path, "student.arch=tsm_r50", "student.num_frames=8")
+    out = import_checkpoint(cfg, src, "mit-han-lab", tmp_path / "best.pt")
+    clips = torch.randn(1, 8, 3, 32, 32, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    with torch.no_grad():
+        expected, logits = reference(clips), _imported(out, cfg)(clips).logits
+    assert expected.std() > 0.01
+    assert torch.allclose(logits, expected, rtol=0, atol=TOLERANCE), (logits - expected).abs().max()
+
+
+@pytest.mark.unit
+def test_mmaction2s_published_ssv2_resnet50_layout_maps_onto_tsm_r50(tmp_path):
+    shapes = json.loads(FIXTURE.read_text())["resnet50_ssv2_shapes"]  # names and shapes of mmaction2's own model
+    state = {k: torch.zeros(()).expand(s) if s else torch.tensor(0) for k, s in shapes.items()}
+    source = Source(tmp_path / "tsm_imagenet-pretrained-r50_8xb16-1x1x8-50e_sthv2-rgb.pth", state, 0, 8, 8, [])
+    cfg = _cfg(tmp_path, "student.arch=tsm_r50", "student.num_frames=8", classes=174)
+    check_settings(source, "mmaction2", cfg, [8])
+    model = build_student(cfg.student, 174, [8])
+    filled = convert(source, "mmaction2", model, [8], "tsm_r50")  # raises on any unmatched key or shape
+    model.load_state_dict(filled, strict=True)
+    assert sum(1 for k in filled if not k.startswith("proj.")) == len(shapes)
