@@ -121,8 +121,10 @@ def _refusal(tmp_path: Path, case: str) -> str:
         fmt = "mmaction2"
     elif case == "classes":
         classes = 7
-    elif case == "truncated":
-        src.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    elif case.startswith("truncated"):  # cut at several places, in both of torch's file formats
+        legacy, fraction = case.split()[1] == "legacy", float(case.split()[2])
+        torch.save({"state_dict": reference.state_dict()}, src, _use_new_zipfile_serialization=not legacy)
+        src.write_bytes(src.read_bytes()[: max(1, int(src.stat().st_size * fraction))])
     elif case == "unmapped":
         state = reference.state_dict()
         del state["module.base_model.layer2.0.conv2.weight"]
@@ -134,6 +136,8 @@ def _refusal(tmp_path: Path, case: str) -> str:
         fmt, overrides = "ffn", ("student.num_frames=8", "train.frame_counts=[2,8]")
         src = tmp_path / "ffn.pth"
         torch.save({"state_dict": published_tsm.ffn_tsm(CLASSES, [4, 8, 16], 8).state_dict()}, src)
+    elif case == "project":
+        src = import_checkpoint(_cfg(tmp_path), src, fmt, tmp_path / "imported.pt")
     elif case == "not a checkpoint":
         torch.save({"state_dict": {"weight": torch.zeros(2)}}, src)
     cfg = _cfg(tmp_path, *overrides, classes=classes)
@@ -151,7 +155,12 @@ def _refusal(tmp_path: Path, case: str) -> str:
     [
         ("format", ["a mit-han-lab checkpoint, not mmaction2", "FROM=mit-han-lab"]),
         ("classes", [f"classifies into {CLASSES} classes, the data set has 7"]),
-        ("truncated", ["truncated or not a PyTorch checkpoint", "download it again"]),
+        *[
+            (f"truncated {kind} {fraction}", ["truncated or not a PyTorch checkpoint", "download it again"])
+            for kind in ("zip", "legacy")
+            for fraction in (0.0001, 0.01, 0.5, 0.99)
+        ],
+        ("project", ["already a checkpoint of this project"]),
         ("unmapped", ["module.base_model.layer2.0.nl.weight", "backbone.layer2.0.conv2.weight"]),
         ("frames", ["trained at 8 frames", "student.num_frames=8"]),
         ("ffn counts", ["frame counts [4, 8, 16]", "train.frame_counts=[4,8,16] student.num_frames=16"]),

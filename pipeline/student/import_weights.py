@@ -121,6 +121,10 @@ def read_source(path: Path, fmt: str, *, trusted: bool = False) -> Source:
     if fmt not in FORMATS:
         raise WeightsImportError(f"FROM={fmt!r}: one of {', '.join(FORMATS)}")
     saved = _load(Path(path), trusted)
+    if isinstance(saved, dict) and {"model", "config"} <= saved.keys():
+        raise WeightsImportError(
+            f"{path}: already a checkpoint of this project; use it as it is (eval.checkpoint=, student.pretrained=)"
+        )
     state = saved.get("state_dict", saved.get("model", saved)) if isinstance(saved, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsImportError(f"{path}: holds no state dict of tensors (top-level keys: {_first(_keys(saved))})")
@@ -142,16 +146,23 @@ def _load(path: Path, trusted: bool):
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as e:
+        if "WeightsUnpickler error" not in str(e):
+            raise _truncated(path, e) from e
         reason = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:160]
         raise WeightsImportError(
             f"{path}: holds more than tensors and plain values ({reason}); it was not loaded, since that could run "
             "code. Only for a file from a source you trust: ARGS=--trusted"
         ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
-        raise WeightsImportError(
-            f"{path}: truncated or not a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-            "download it again (its size and checksum should match the published ones)"
-        ) from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:  # torch says "truncated" in many ways
+        raise _truncated(path, e) from e
+
+
+def _truncated(path: Path, e: Exception) -> WeightsImportError:
+    first = (str(e).strip().splitlines() or [""])[0][:120]
+    return WeightsImportError(
+        f"{path}: truncated or not a PyTorch checkpoint ({type(e).__name__}{': ' * bool(first)}{first}); "
+        "download it again (its size and checksum should match the published ones)"
+    )
 
 
 def _stated_settings(path: Path, saved, fmt: str) -> tuple[int | None, int | None, list[str]]:
