@@ -148,7 +148,7 @@ def _load(path: Path, trusted: bool):
     except pickle.UnpicklingError as e:
         if "WeightsUnpickler error" not in str(e):
             raise _truncated(path, e) from e
-        reason = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:160]
+        reason = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0].split(" Please use")[0][:160]
         raise WeightsImportError(
             f"{path}: holds more than tensors and plain values ({reason}); it was not loaded, since that could run "
             "code. Only for a file from a source you trust: ARGS=--trusted"
