@@ -17,7 +17,7 @@ import re
 
 from torch import nn
 
-from pipeline.runtime.errors import UserError
+from pipeline.student.models.base import WeightsError
 
 
 def project_canonical(key: str, counts: list[int]) -> str:
@@ -57,7 +57,7 @@ def load_tsm_backbone(model: nn.Module, saved: dict, counts: list[int], *, sourc
             if found is not None and found.shape == tensor.shape:
                 usable[key] = found
     if not usable:
-        raise UserError(f"student.pretrained={source!r}: no tensor of this checkpoint fits the student's backbone")
+        raise WeightsError(f"student.pretrained={source!r}: no tensor of this checkpoint fits the student's backbone")
     model.load_state_dict(usable, strict=False)
 
 
