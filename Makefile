@@ -12,11 +12,14 @@ SMOKE_DIR ?= runs/smoke
 SWEEP ?=
 RUNS ?=
 COMPARE_DIR ?= runs/compare
+SRC ?=
+FROM ?=
+OUT ?=
 # The smoke run: configs/smoke.yaml (small settings, also the tests' base) over the config, on the
 # tiny synthetic set under SMOKE_DIR, so it runs on a laptop CPU in minutes.
 SMOKE_ARGS := --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) --config configs/smoke.yaml paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR)
 
-.PHONY: help venv smoke test test-fast lint format shards teacher-cache teacher-head train-student evaluate export sweep compare all report verify status slurm-up slurm-down synthetic bench-shards clean-smoke
+.PHONY: help venv smoke test test-fast lint format shards teacher-cache teacher-head train-student evaluate export import-weights sweep compare all report verify status slurm-up slurm-down synthetic bench-shards clean-smoke
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -70,6 +73,10 @@ evaluate: $(STAMP) ## The published test protocol (eval.clips x eval.crops views
 
 all: $(STAMP) ## Submit every stage (shards, teacher-cache, teacher-head, train-student) chained with afterok dependencies
 	$(PY) -m slurm.launch all --no-wait --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
+
+import-weights: $(STAMP) ## A downloaded TSM-R50 checkpoint (SRC=file FROM=mit-han-lab|mmaction2|ffn [OUT=file]) as this project's student (<student>/best.pt)
+	@test -n "$(SRC)" -a -n "$(FROM)" || { echo "make import-weights: name the file and its layout: make import-weights SRC=path.pth FROM=mmaction2 (or mit-han-lab, ffn)" >&2; exit 2; }
+	$(PY) -m stages.import_weights --src $(SRC) --from $(FROM) $(if $(OUT),--out $(OUT)) --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
 
 export: $(STAMP) ## The trained student as ONNX and torch.export programs per frame count, checked against PyTorch, timed at batch 1 (a job; waits)
 	$(PY) -m slurm.launch export --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)

@@ -3,7 +3,7 @@ loader against the model alone on synthetic input, in one run.
 
     python -m bench.eval_bench [--videos 1024] [--configs mobilevit_xxs:8 tsm_r50:8] [--batch 8]
 
-Real: `pipeline.student.test_protocol.evaluate_views` over the validation shards (JPEG shards built
+Real: `pipeline.student.protocol.evaluate_views` over the validation shards (JPEG shards built
 without ffmpeg), the stage's own loader (writing into one page-locked pool kept across passes, as
 the stage does), normalisation and bf16 forward, timed over the whole pass (loader start included)
 and after its first batch (steady). Synthetic: the same model's forward on one uint8 batch of the
@@ -27,7 +27,7 @@ from pipeline.runtime.cpus import EVAL_RESERVE, loader_workers
 from pipeline.runtime.device import autocast_dtype, pick_device
 from pipeline.runtime.dist import DistEnv
 from pipeline.student.models import build_student, input_normalizer
-from pipeline.student.test_protocol import Protocol, evaluate_views
+from pipeline.student.protocol import Protocol, evaluate_views
 from pipeline.student.train import prepare_model
 
 

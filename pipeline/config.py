@@ -178,7 +178,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """The evaluate stage: the published test protocol on a trained checkpoint (ssv2/test_views.py)."""
+    """The evaluate stage: the published test protocol on a trained checkpoint (ssv2/multi_view.py)."""
 
     checkpoint: str = "best"  # best or latest (in the student folder), or a checkpoint file
     split: str = "validation"

@@ -21,7 +21,6 @@ import zarr
 
 from pipeline import cli
 from pipeline.config import Config, ConfigError
-from pipeline.runtime import lock
 from pipeline.runtime.errors import UserError, guarded
 from pipeline.runtime.progress import setup_logging
 from pipeline.shards import build as shards_lib
@@ -30,7 +29,8 @@ from pipeline.teacher.heads import head_settings
 from pipeline.teacher.store import CacheMismatchError, head_fingerprint, head_records
 from slurm.executor import executor_kind, make_executor, max_array_size, submission_folder
 from slurm.jobs import EvaluateJob, TrainJob
-from slurm.status import active_jobs, status_report
+from slurm.launch_lock import claim
+from slurm.status import status_report
 from stages import export as export_stage
 from stages import shards as shards_stage
 from stages import teacher_cache as teacher_stage
@@ -279,15 +279,6 @@ def wait(jobs: list, stage: str, *, totals: bool = True) -> Waited:
     return Waited(ok, input_errors)
 
 
-# launch step -> the stage's folder under <run_dir>/slurm (submissions, logs, the launch lock)
-FOLDERS = {
-    "shards": "shards",
-    "teacher": "teacher_cache",
-    "head": "teacher_head",
-    "train": "train_student",
-    "evaluate": "evaluate",
-    "export": "export",
-}
 PLANS = {
     "shards": ["shards"],
     "teacher-cache": ["teacher"],
@@ -311,27 +302,6 @@ def submit_step(cfg: Config, step: str, after: list | None = None) -> list:
         "export": submit_export,
     }[step]
     return submit(cfg, after=after)[0]
-
-
-def claim(cfg: Config, plan: list[str], stack: contextlib.ExitStack) -> None:
-    """Take each step's launch lock for this process's life, and refuse while an earlier submission's
-    jobs of these steps are still queued or running (a second `make shards` on the same run folder)."""
-    run_dir = Path(cfg.paths.run_dir)
-    for step in plan:
-        folder = FOLDERS[step]
-        stack.enter_context(
-            lock.hold(
-                run_dir / "slurm" / folder / "launch.lock",
-                what=f"a launch of {folder} on {run_dir}",
-                advice="wait for it to end (make status shows its jobs), then launch again if anything is left",
-            )
-        )
-        active = active_jobs(cfg, folder)
-        if active:
-            raise lock.Busy(
-                f"{folder} jobs {', '.join(active)} submitted earlier on {run_dir} are still queued or running; "
-                f"wait for them (make status) or cancel them (scancel {' '.join(active)}), then launch again"
-            )
 
 
 def check_resubmit(cfg: Config) -> None:

@@ -29,7 +29,7 @@ from pipeline.sweep import load_sweep, point_configs
 from slurm import launch
 from slurm.executor import executor_kind
 from slurm.jobs import TrainJob
-from slurm.status import active_jobs
+from slurm.launch_lock import claim, claim_sweep
 
 log = logging.getLogger("slurm.sweep")
 
@@ -85,7 +85,7 @@ def run_sweep(cfgs: dict[str, Config], *, sweep: str, wait_for: bool) -> int:
     else:
         first = cfgs[todo[0]]
         with contextlib.ExitStack() as inputs:  # no other launch builds these inputs meanwhile
-            launch.claim(first, ["shards", "teacher", "head"], inputs)
+            claim(first, ["shards", "teacher", "head"], inputs)
             ok, after = submit_inputs({n: cfgs[n] for n in todo}, wait_for=wait_for)
         if not ok:
             return 1
@@ -121,19 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(cfgs.values()))
     launch.check_resubmit(first)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(
-            launch.lock.hold(
-                Path(first.paths.run_dir) / "slurm" / f"sweep-{sweep.name}" / "launch.lock",
-                what=f"sweep {sweep.name} on {first.paths.run_dir}",
-                advice="wait for it to end (make status shows its jobs), then launch again if anything is left",
-            )
-        )
-        active = active_jobs(first, f"sweep-{sweep.name}")
-        if active:
-            raise launch.lock.Busy(
-                f"sweep {sweep.name}: its array {', '.join(active)} is still queued or running on {first.paths.run_dir}; "
-                f"wait for it (make status) or cancel it (scancel {' '.join(active)}), then launch again"
-            )
+        claim_sweep(first, sweep.name, stack)
         return run_sweep(cfgs, sweep=sweep.name, wait_for=not args.no_wait)
 
 

@@ -11,21 +11,21 @@ import sys
 from pipeline import cli
 from pipeline.config import Config
 from pipeline.runtime.errors import guarded, settings_errors
-from pipeline.student import test_run
+from pipeline.student import evaluate_run
 
 
 def run_task(cfg: Config) -> list[dict]:
     """Evaluate as this process's rank (from torchrun's or SLURM's environment)."""
     cli.setup_task_logging()
     with settings_errors():
-        return test_run.run(cfg)
+        return evaluate_run.run(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate the checkpoint named by eval.checkpoint and write <student>/test/."""
     cfg, _ = cli.parse(__doc__, argv)
     with settings_errors():
-        test_run.run(cfg)
+        evaluate_run.run(cfg)
     return 0
 
 

@@ -8,7 +8,7 @@ import sys
 
 from pipeline import config
 from pipeline.runtime.dist import from_environment
-from pipeline.student import test_run, train
+from pipeline.student import evaluate_run, train
 from tests.helpers import PIPELINE_YAML, SMOKE_YAML
 
 if __name__ == "__main__":
@@ -17,7 +17,7 @@ if __name__ == "__main__":
     cfg = config.load([PIPELINE_YAML, SMOKE_YAML], overrides)  # as the test's make_config
     summary = train.run(cfg, env)
     if os.environ.get("EVALUATE") == "1":
-        test_run.run(cfg, env)
+        evaluate_run.run(cfg, env)
     digest = hashlib.sha256()
     for name, tensor in sorted(summary.model.state_dict().items()):
         digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())

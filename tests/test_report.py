@@ -9,7 +9,7 @@ from PIL import Image
 from pipeline.report import write as report
 from pipeline.shards import build as shards
 from pipeline.ssv2.records import read_shard
-from pipeline.student import test_run, train
+from pipeline.student import evaluate_run, train
 from pipeline.teacher import run as teacher_run
 from tests.helpers import TINY_TRAINING, make_config
 
@@ -23,7 +23,7 @@ def full_run(synth_root, tmp_path_factory):
     teacher_run.run(cfg)
     train.run(cfg)
     cfg.eval.checkpoint = "latest"  # the final weights: its single view is the trainer's last evaluation
-    test_run.run(cfg)
+    evaluate_run.run(cfg)
     return cfg, report.write_report(cfg).read_text()
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.ssv2.multi_view import clip_frames, three_crop_boxes
 from pipeline.ssv2.sampling import segment_centres
-from pipeline.ssv2.test_views import clip_frames, three_crop_boxes
 
 
 def _mmaction2_twice_sample(total: int, num_clips: int) -> list[list[int]]:

@@ -34,10 +34,10 @@ from pipeline.runtime.cpus import TRAIN_RESERVE, loader_workers
 from pipeline.runtime.dist import DistEnv
 from pipeline.shards.plan import read_index
 from pipeline.ssv2.frames import channels_last_empty, decode, stack_channels_last
+from pipeline.ssv2.multi_view import clip_frames as test_clips
+from pipeline.ssv2.multi_view import three_crop_boxes
 from pipeline.ssv2.records import select_frames
 from pipeline.ssv2.sampling import segment_centres, segment_random
-from pipeline.ssv2.test_views import clip_frames as test_clips
-from pipeline.ssv2.test_views import three_crop_boxes
 from pipeline.ssv2.views import View, crop_box, replay_view, teacher_subset
 from pipeline.teacher.heads import HeadChoice
 from pipeline.teacher.store import CacheMismatchError, CacheReader
@@ -69,7 +69,7 @@ class ClipSpec:
     train: bool
     flip: bool = False
     lower_counts: tuple[int, ...] = ()  # FFN training: the lower frame counts, ascending (num_frames is the highest)
-    test_clips: int = 1  # evaluation: clips per video (ssv2/test_views.py); with test_crops > 1 or clips > 1,
+    test_clips: int = 1  # evaluation: clips per video (ssv2/multi_view.py); with test_crops > 1 or clips > 1,
     test_crops: int = 1  # each video's views are stacked clip by clip into one [views * T, 3, S, S] tensor
     test_size: int = 0  # the three crops' size (test_crops=3); one crop is the usual centre crop at image_size
     shuffle_buffer: int = 256
@@ -319,9 +319,24 @@ def teacher_source(cfg: Config, split: str, teacher: HeadChoice | None) -> Cache
     head's logits (zero_shot when none is given)."""
     if cfg.loss.mode != "distill":
         return None
+    check_feature_width(cfg, split)
     if teacher is None:
         return CacheSource(cfg.paths.teacher_cache, split)
     return CacheSource(cfg.paths.teacher_cache, split, logits=teacher.array, temperature=teacher.temperature)
+
+
+def check_feature_width(cfg: Config, split: str) -> None:
+    """The cached teacher feature and the student's distilled feature have one width (a student as
+    the teacher, `teacher.model=student:`, caches its backbone's: 2048 for TSM-R50)."""
+    path = Path(cfg.paths.teacher_cache)
+    if not (path / split / "features").exists():
+        return  # no cache yet: the cache's own checks say what to run
+    width = int(zarr.open_group(path, mode="r")[split]["features"].shape[-1])
+    if width != cfg.student.feature_dim:
+        raise ValueError(
+            f"the teacher cache {path} holds {width}-d features, the student distils a {cfg.student.feature_dim}-d "
+            f"one: set student.feature_dim={width}"
+        )
 
 
 # Batches each worker may have ready. With the batch pool every one of them is a page-locked slot

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
@@ -15,7 +13,8 @@ import torch.nn.functional as F
 from pipeline.config import TeacherConfig
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.paths import looks_like_path
-from pipeline.teacher import stand_in
+from pipeline.teacher import stand_in, video_student
+from pipeline.teacher.model import Teacher, weights_hash
 
 log = logging.getLogger(__name__)
 MODEL_CONFIGS = Path(__file__).parent / "resources"
@@ -27,38 +26,12 @@ class TeacherWeightsError(UserError, RuntimeError):
     """The configured teacher weights cannot be had here; the message says which setting to change."""
 
 
-@dataclass
-class Teacher:
-    """A frozen open_clip model plus its zero-shot classifier over the class names."""
-
-    model: torch.nn.Module
-    classifier: torch.Tensor  # [num_classes, dim], L2-normalised text embeddings
-    logit_scale: float
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    weights_sha256: str
-    prompt_texts: list[str]
-
-    @torch.no_grad()
-    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """Normalised float frames [N, 3, S, S] -> per-frame embeddings [N, dim] in float32."""
-        return self.model.encode_image(frames).float()
-
-    @property
-    def dim(self) -> int:
-        """The embedding width."""
-        return int(self.classifier.shape[1])
-
-    def logits(self, video_features: torch.Tensor) -> torch.Tensor:
-        """Zero-shot logits of video features [B, dim]: scale * cos(feature, class text)."""
-        return self.logit_scale * F.normalize(video_features.float(), dim=-1) @ self.classifier.T
-
-
 def load_teacher(cfg: TeacherConfig, class_names: list[str], device: torch.device) -> Teacher:
     """Build the frozen teacher on `device` with its zero-shot head for `class_names`."""
     if cfg.model == stand_in.MODEL:
-        return stand_in.load(class_names, device, teacher_cls=Teacher)
+        return stand_in.load(class_names, device)
+    if video_student.is_student(cfg.model):
+        return video_student.load(cfg, class_names, device)
     with _quiet_root_logger():
         model = _create_model(cfg)
     model = model.to(device).eval().requires_grad_(False)
@@ -132,12 +105,3 @@ def _text_classifier(model, model_name: str, prompts: list[str], num_classes: in
     emb = F.normalize(model.encode_text(tokenizer(prompts).to(device)).float(), dim=-1)
     emb = emb.view(num_classes, -1, emb.shape[-1]).mean(1)  # prompt ensemble: mean of unit vectors
     return F.normalize(emb, dim=-1)
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    """sha256 over every parameter and buffer, in name order: what the cache was built from."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.teacher.model import Teacher, weights_hash
+
 MODEL = "stand-in"
 DIM, GRID, SIZE = 512, 16, 64
 
@@ -36,12 +38,10 @@ class SaturationTower(nn.Module):
         return pooled @ self.projection
 
 
-def load(class_names: list[str], device: torch.device, *, teacher_cls):
-    """The stand-in as a `teacher_cls` (clip.Teacher) on `device`."""
-    from pipeline.teacher.clip import weights_hash
-
+def load(class_names: list[str], device: torch.device) -> Teacher:
+    """The stand-in as a Teacher on `device`."""
     tower = SaturationTower().to(device).eval()
-    return teacher_cls(
+    return Teacher(
         model=tower,
         classifier=torch.zeros(len(class_names), DIM, device=device),
         logit_scale=1.0,

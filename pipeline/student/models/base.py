@@ -87,6 +87,16 @@ def load_backbone_weights(module: nn.Module, source: str, download: callable) ->
     module.load_state_dict(usable, strict=False)
 
 
+def project_checkpoint(source: str) -> dict | None:
+    """`source` read as a checkpoint this project wrote (a trained or imported student: its weights
+    under "model" and its config under "config"), or None when it is another kind of file or a tag."""
+    path = Path(source) if source else None
+    if path is None or not path.is_file() or path.suffix == ".safetensors":
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return saved if isinstance(saved, dict) and {"model", "config"} <= saved.keys() else None
+
+
 def classifier(width: int, num_classes: int, init_std: float) -> nn.Linear:
     """The class layer; with `init_std` > 0 its weights come from N(0, init_std) and its bias is 0 (TSM's)."""
     fc = nn.Linear(width, num_classes)

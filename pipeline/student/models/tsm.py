@@ -22,8 +22,10 @@ from pipeline.student.models.base import (
     cached_or_download,
     classifier,
     load_backbone_weights,
+    project_checkpoint,
 )
 from pipeline.student.models.flexible import alter_before, specialise_norms
+from pipeline.student.models.layout import load_tsm_backbone
 
 
 def _shifted(x: torch.Tensor, num_frames: int, fold_div: int, *, backward: bool) -> torch.Tensor:
@@ -150,11 +152,16 @@ def _imagenet_state(tag: str) -> dict:
 
 
 def build_tsm(cfg: StudentConfig, num_classes: int, depth: int, counts: list[int] | None = None) -> TSM:
-    """TSM on ResNet-50 (depth 50) or a one-block-per-stage ResNet-10 (depth 10, for tests)."""
+    """TSM on ResNet-50 (depth 50) or a one-block-per-stage ResNet-10 (depth 10, for tests); a
+    `student.pretrained` checkpoint of this project (trained or imported) gives its backbone."""
     if depth == 50:
         net = resnet.ResNet(resnet.Bottleneck, [3, 4, 6, 3])
     else:
         net = resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1])
-    # Weights are loaded before the shifts wrap conv1, so torchvision/timm keys match.
-    load_backbone_weights(net, cfg.pretrained, _imagenet_state)
-    return TSM(add_shifts(net, counts=counts), cfg, num_classes)
+    saved = project_checkpoint(cfg.pretrained)
+    if saved is None:  # loaded before the shifts wrap conv1, so torchvision/timm keys match
+        load_backbone_weights(net, cfg.pretrained, _imagenet_state)
+    model = TSM(add_shifts(net, counts=counts), cfg, num_classes)
+    if saved is not None:  # a student of this project (trained or imported): matched name by name
+        load_tsm_backbone(model, saved, counts or [cfg.num_frames], source=cfg.pretrained)
+    return model

@@ -19,7 +19,7 @@ from pipeline.ssv2.annotations import class_names, labels_path, load_labels
 from pipeline.student import checkpoint
 from pipeline.student.ffn import trained_counts
 from pipeline.student.models import build_student
-from pipeline.student.test_protocol import Protocol, ProtocolResult, evaluate_views, protocols, table, write_scores
+from pipeline.student.protocol import Protocol, ProtocolResult, evaluate_views, protocols, table, write_scores
 from pipeline.student.train import prepare_model
 
 log = logging.getLogger(__name__)
