@@ -13,10 +13,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from bench.synthetic_videos import synthetic
 from pipeline import config
 from pipeline.shards import build as shards
 from pipeline.shards.ffmpeg import DecodedVideo
+from pipeline.ssv2 import synthetic
 from pipeline.ssv2.annotations import VideoEntry
 
 

@@ -19,10 +19,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.synthetic_videos import synthetic
 from pipeline import config
 from pipeline.runtime.tools import ffmpeg_exe
 from pipeline.shards import build as shards
+from pipeline.ssv2 import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.synthetic_videos import synthetic
 from pipeline import config
 from pipeline.shards import build as shards
+from pipeline.ssv2 import synthetic
 from pipeline.teacher import run as teacher_run
 from slurm import launch
 
