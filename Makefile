@@ -19,7 +19,9 @@ OUT ?=
 # tiny synthetic set under SMOKE_DIR, so it runs on a laptop CPU in minutes.
 SMOKE_ARGS := --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) --config configs/smoke.yaml paths.ssv2_root=$(SMOKE_DIR)/ssv2 paths.run_dir=$(SMOKE_DIR)
 
-.PHONY: help venv smoke test test-fast lint format shards teacher-cache teacher-head train-student evaluate export import-weights sweep compare all report verify status slurm-up slurm-down synthetic bench-shards clean-smoke
+EXP_ARGS ?=
+NAME ?=
+.PHONY: pretrain-teacher experiment help venv smoke test test-fast lint format shards teacher-cache teacher-head train-student evaluate export import-weights sweep compare all report verify status slurm-up slurm-down synthetic bench-shards clean-smoke
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -53,7 +55,14 @@ format: $(STAMP) ## ruff: apply the formatter and the safe lint fixes
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-synthetic: $(STAMP) ## Write the synthetic SSv2-format set to paths.ssv2_root
+pretrain-teacher: $(STAMP) ## Train the proxy benchmark's small CLIP here with ClipLoss (teacher_pretrain.*): writes the checkpoint teacher.pretrained names
+	$(PY) -m stages.pretrain_teacher --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
+
+experiment: $(STAMP) ## One proxy-benchmark table (or all): make experiment NAME=heads [EXP_ARGS="--work DIR --seeds 0 1 2 --parallel 2"]
+	@test -n "$(NAME)" || { echo "make experiment: name a table: make experiment NAME=heads (heads loss labels views tfd mobilevit controls all)" >&2; exit 2; }
+	$(PY) -m experiments.proxy_benchmark $(NAME) $(EXP_ARGS)
+
+synthetic: $(STAMP) ## Write a synthetic SSv2-format set to paths.ssv2_root (ARGS="synthetic.preset=proxy": the proxy benchmark's)
 	$(PY) -m stages.synthetic --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
 
 shards: $(STAMP) ## Stage 1: submit the shard array job (only shards not done) and wait

@@ -170,6 +170,23 @@ def per_class_and_confusions(
     return per_class, [(t, p, n) for (t, p), n in mistakes.most_common(top)]
 
 
+def per_class_with_teacher(pred: dict, teacher_logits: dict[int, np.ndarray], rows_by_id: dict[str, int]) -> dict[int, dict]:
+    """Per validation class: videos, teacher's and student's top-1, and the student's mistakes that repeat the teacher's."""
+    out: dict[int, dict] = {}
+    for vid, label, logits in zip(pred["ids"], pred["labels"], pred["logits"]):
+        row = rows_by_id.get(vid)
+        if row not in teacher_logits:
+            continue
+        t, s = int(np.argmax(teacher_logits[row])), int(np.argmax(logits.astype(np.float32)))
+        c = out.setdefault(int(label), {"videos": 0, "teacher": 0, "student": 0, "copied": 0, "student_wrong": 0})
+        c["videos"] += 1
+        c["teacher"] += t == label
+        c["student"] += s == label
+        c["student_wrong"] += s != label
+        c["copied"] += s != label and s == t
+    return out
+
+
 def agreement(pred: dict, teacher_logits: dict[int, np.ndarray], rows_by_id: dict[str, int]) -> tuple[float, float, int] | None:
     """(top-1 agreement, mean KL(teacher || student) at T=1, videos) over videos in both."""
     pairs = [

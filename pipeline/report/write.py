@@ -16,6 +16,7 @@ from pipeline.report.facts import (
     data_facts,
     names,
     per_class_and_confusions,
+    per_class_with_teacher,
     teacher_facts,
     train_facts,
 )
@@ -219,6 +220,31 @@ def _export_section(cfg: Config) -> str:
     return "## Export\n\n" + path.read_text() + f"\nFiles in `{path.parent}`.\n"
 
 
+def _teacher_student_table(classes: dict[int, dict], class_names: list[str]) -> str:
+    """Teacher and student top-1 side by side per class, and the classes where the teacher leads or misleads."""
+    lines = [
+        "Per class, the teacher head and the student on the same validation videos (the student's mistakes that "
+        "repeat the teacher's wrong answer are where the teacher pulls it down):\n",
+        "| class | videos | teacher top-1 | student top-1 | student minus teacher | student's mistakes copying the teacher |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    rows = sorted(classes.items(), key=lambda kv: (kv[1]["student"] - kv[1]["teacher"]) / kv[1]["videos"])
+    for c, r in rows:
+        n = r["videos"]
+        copied = f"{r['copied']}/{r['student_wrong']}" if r["student_wrong"] else "-"
+        lines.append(
+            f"| {class_names[c]} | {n} | {r['teacher'] / n:.3f} | {r['student'] / n:.3f} | "
+            f"{(r['student'] - r['teacher']) / n:+.3f} | {copied} |"
+        )
+    ahead = [class_names[c] for c, r in rows if r["teacher"] > r["student"]][:5]
+    misled = sorted(classes.items(), key=lambda kv: -kv[1]["copied"])
+    misled = [f"{class_names[c]} ({r['copied']})" for c, r in misled if r["copied"]][:5]
+    lines.append("")
+    lines.append(f"Teacher ahead of the student (room for the teacher to help): {', '.join(ahead) or 'none'}.\n")
+    lines.append(f"Most student mistakes copied from the teacher (where it hurt): {', '.join(misled) or 'none'}.\n")
+    return "\n".join(lines)
+
+
 def _classes_section(
     training: TrainFacts | None, teacher: TeacherFacts | None, data: DataFacts, class_names: list[str], folder: Path
 ) -> str:
@@ -240,6 +266,8 @@ def _classes_section(
                 f"on {agree[2]} validation videos: top-1 agreement {agree[0]:.4f}, "
                 f"mean KL(teacher || student) {agree[1]:.4f} nats (the head's calibrated logits, temperature 1).\n"
             )
+            classes = per_class_with_teacher(pred, teacher.logits, data.rows_by_id.get("validation", {}))
+            lines.append(_teacher_student_table(classes, class_names))
     else:
         lines.append("Student-teacher agreement: no teacher logits for validation (vanilla run or no cache).\n")
     return "\n".join(lines)
