@@ -94,13 +94,18 @@ TABLES: dict[str, dict] = {
             "feature only + task (0.5, 0, 1.0)": (*SEEDS_RECIPE, "loss.beta=0", "loss.gamma=1.0"),
             "T 1 (0.5, 1.0, 0.1)": (*SEEDS_RECIPE, "loss.temperature=1.0"),
             "T 6 (0.5, 1.0, 0.1)": (*SEEDS_RECIPE, "loss.temperature=6.0"),
+            "labels replace wrong teacher targets (gate correct)": (*SEEDS_RECIPE, "loss.teacher_gate=correct"),
         },
     },
     "labels": {
         "conditions": {
             f"{n} per class, {kind}": (f"@labels={n}", *overrides)
             for n in (10, 40, 160)
-            for kind, overrides in (("vanilla", VANILLA), ("distilled", ()))
+            for kind, overrides in (
+                ("vanilla", VANILLA),
+                ("distilled", ()),
+                ("distilled, gate correct", ("loss.teacher_gate=correct",)),
+            )
         },
     },
     "views": {

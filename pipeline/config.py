@@ -141,6 +141,7 @@ class LossConfig:
     gamma: float = 0.1
     temperature: float = 3.0
     feature_reduction: Literal["mean", "sum"] = "mean"  # MSE over the feature's dimensions: mean (the seeds') or sum (D x)
+    teacher_gate: Literal["all", "correct"] = "all"  # correct: where the teacher's target misses the label, the label replaces it
 
 
 @dataclass

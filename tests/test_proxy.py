@@ -117,3 +117,31 @@ def test_report_sets_teacher_and_student_side_by_side_per_class():
     out = per_class_with_teacher(pred, teacher, rows)
     assert out[0] == {"videos": 2, "teacher": 1, "student": 1, "copied": 1, "student_wrong": 1}
     assert out[1] == {"videos": 2, "teacher": 1, "student": 1, "copied": 0, "student_wrong": 1}
+
+
+@pytest.mark.unit
+def test_teacher_gate_replaces_a_wrong_targets_kl_by_the_labels_cross_entropy():
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.config import LossConfig
+    from pipeline.student.loss import distill_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, feature, teacher_feature = (
+        torch.randn(4, 5, generator=g),
+        torch.randn(4, 8, generator=g),
+        torch.randn(4, 8, generator=g),
+    )
+    labels = torch.tensor([0, 1, 2, 3])
+    teacher = torch.randn(4, 5, generator=g)
+    teacher[torch.arange(4), labels] += 10  # right on every clip
+    plain = distill_loss(LossConfig(), logits, feature, labels, teacher, teacher_feature)
+    gated = distill_loss(LossConfig(teacher_gate="correct"), logits, feature, labels, teacher, teacher_feature)
+    assert torch.allclose(plain.response, gated.response)
+    teacher[1] = 0
+    teacher[1, 4] = 10  # wrong on clip 1
+    gated = distill_loss(LossConfig(teacher_gate="correct"), logits, feature, labels, teacher, teacher_feature)
+    kl = F.kl_div(F.log_softmax(logits / 3, -1), F.log_softmax(teacher / 3, -1), reduction="none", log_target=True).sum(-1) * 9
+    kl[1] = F.cross_entropy(logits[1:2], labels[1:2])
+    assert torch.allclose(gated.response, kl.mean())

@@ -29,6 +29,7 @@ def distill_loss(
 ) -> LossParts:
     """alpha * MSE(normalised features) + beta * KL(teacher_T || student_T) * T^2 + gamma * CE; the MSE
     averages over the feature's dimensions or sums them (`loss.feature_reduction`), over the batch it averages.
+    With `loss.teacher_gate: correct` the KL of a clip whose teacher target misses its label is that clip's CE.
 
     Vanilla mode is CE alone (weight 1): the parts that need a teacher are zero.
     """
@@ -51,10 +52,18 @@ def distill_loss(
         F.kl_div(
             F.log_softmax(logits / temp, dim=-1),
             F.log_softmax(teacher_logits.float() / temp, dim=-1),
-            reduction="batchmean",
+            reduction="none",
             log_target=True,
-        )
+        ).sum(-1)
         * temp**2
     )
+    if cfg.teacher_gate == "correct":
+        # A student copies its teacher's mistakes (docs/proxy_benchmark.md); where the (out-of-fold)
+        # target's top class is not the label, the label replaces it.
+        right = teacher_logits.argmax(-1) == labels
+        kl = torch.where(right, kl, F.cross_entropy(logits, labels, reduction="none"))
+    elif cfg.teacher_gate != "all":
+        raise ValueError(f"loss.teacher_gate must be all or correct, got {cfg.teacher_gate!r}")
+    kl = kl.mean()
     parts = (cfg.alpha * mse, cfg.beta * kl, cfg.gamma * ce)
     return LossParts(sum(parts), *parts)
