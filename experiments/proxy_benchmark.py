@@ -139,6 +139,13 @@ TABLES: dict[str, dict] = {
             "distilled from the stand-in teacher": ("@teacher=stand-in",),
         },
     },
+    "student_teacher": {
+        "conditions": {
+            "vanilla (CE only)": VANILLA,
+            "distilled from the pretrained CLIP-style teacher": (),
+            "distilled from a trained tsm_tiny (vanilla, 40 per class, seed 1000)": ("@teacher=student",),
+        },
+    },
 }
 
 
@@ -165,10 +172,12 @@ def base_name(labels: int = 40, views: int = 1, teacher: str = "pretrained") -> 
     return f"base-l{labels}-v{views}-{teacher}"
 
 
-def base_overrides(teacher: str, views: int) -> tuple[str, ...]:
+def base_overrides(teacher: str, views: int, work: Path) -> tuple[str, ...]:
     """The teacher settings of a base."""
     out = [f"teacher.views={views}"]
-    if teacher == "random":
+    if teacher == "student":
+        out.append(f"teacher.model=student:{teacher_student(work)}")
+    elif teacher == "random":
         out.append("teacher.pretrained=random")
     elif teacher == "stand-in":
         out.append("teacher.model=stand-in")
@@ -225,7 +234,7 @@ def prepare_base(work: Path, *, labels: int, views: int, teacher: str, ffmpeg: b
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "shards").exists():
         (run_dir / "shards").symlink_to(data / "shards")
-    cfg = make_cfg(work, run_dir, *base_overrides(teacher, views), labels=labels)
+    cfg = make_cfg(work, run_dir, *base_overrides(teacher, views, work), labels=labels)
     teacher_run.run(cfg)
     head_run.run(cfg)
     return run_dir
@@ -268,7 +277,7 @@ def train_one(work: Path, table: str, name: str, *, seed: int, epochs: int) -> d
         if not link.exists() and target.exists():
             link.symlink_to(target.resolve())
     extra = (
-        *base_overrides(base["teacher"], base["views"]),
+        *base_overrides(base["teacher"], base["views"], work),
         *overrides,
         f"train.seed={seed}",
         f"train.epochs={_epochs(base, epochs)}",
@@ -427,10 +436,29 @@ def _done(work: Path, table: str, name: str, seed: int, epochs: int) -> bool:
     return result(work, table, name, seed, epochs) is not None
 
 
+def teacher_student(work: Path) -> Path:
+    """The trained student that serves as a teacher (`student_teacher` table)."""
+    return work / "teacher_student" / "student" / "best.pt"
+
+
+def prepare_teacher_student(work: Path, epochs: int) -> None:
+    """A vanilla tsm_tiny on the 40-per-class set (its own seed), trained once: issue 29's video teacher."""
+    if teacher_student(work).exists():
+        return
+    run_dir = work / "teacher_student"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "shards").exists():
+        (run_dir / "shards").symlink_to((work / "data-l40" / "shards").resolve())
+    train.run(make_cfg(work, run_dir, *VANILLA, "train.seed=1000", f"train.epochs={epochs}"))
+
+
 def prepare(args: argparse.Namespace, work: Path, tables: list[str]) -> None:
     """The teacher, every base the tables train from (data, shards, cache, heads)."""
     prepare_teacher(work)
     bases = [b for t in tables for b in needed_bases(t)] or [{"labels": 40, "views": 1, "teacher": "pretrained"}]
+    if any(b["teacher"] == "student" for b in bases):
+        prepare_data(work, 40, ffmpeg=not args.no_ffmpeg)
+        prepare_teacher_student(work, args.epochs)
     for base in [b for i, b in enumerate(bases) if b not in bases[:i]]:
         prepare_base(work, labels=base["labels"], views=base["views"], teacher=base["teacher"], ffmpeg=not args.no_ffmpeg)
 

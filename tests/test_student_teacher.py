@@ -3,6 +3,8 @@ its own logits and pooled feature, as its own forward gives them on the same cli
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,10 +14,11 @@ from pipeline.shards import build as shards
 from pipeline.ssv2.frames import decode, normalize, resize_crop
 from pipeline.ssv2.records import read_shard, select_frames
 from pipeline.ssv2.sampling import segment_centres
-from pipeline.student import checkpoint
+from pipeline.student import checkpoint, train
 from pipeline.student.data import teacher_source
 from pipeline.student.import_weights import expected_classes, import_checkpoint
 from pipeline.student.models import build_student
+from pipeline.teacher import head_run
 from pipeline.teacher import run as teacher_run
 from pipeline.teacher.clip import load_teacher
 from pipeline.teacher.store import CacheReader, open_checked
@@ -62,6 +65,14 @@ def test_a_student_checkpoint_fills_the_cache_with_its_own_outputs(synth_root, t
             np.testing.assert_allclose(cached_feature, pooled.numpy(), rtol=1e-3, atol=1e-3)
             checked += 1
     assert checked > 0 and logits.std() > 0.01
+    # ... and serves as a teacher end to end: heads fitted on its cache, a student distilled from one.
+    head_run.run(cfg)
+    width = open_checked(cfg)["train/features"].shape[-1]
+    more = (f"teacher.model=student:{path}", f"teacher.num_frames={FRAMES}", f"student.feature_dim={width}")
+    distil = make_config(synth_root, tmp_path / "run", *base, *more, "loss.teacher_head=temporal", "train.epochs=1")
+    summary = train.run(distil)
+    assert summary.progress.step > 0 and summary.val is not None
+    assert json.loads((distil.paths.student_dir / "teacher_head.json").read_text())["name"] == "temporal"
 
 
 @pytest.mark.unit
