@@ -14,6 +14,7 @@ uses it wherever a real CLIP goes (cache, views, heads), as a downloaded one wou
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import time
@@ -33,7 +34,7 @@ from pipeline.runtime.device import pick_device
 from pipeline.runtime.progress import Progress
 from pipeline.ssv2 import proxy
 from pipeline.ssv2.frames import normalize, resize_crop
-from pipeline.teacher import clip  # registers the project's model configs
+from pipeline.teacher import clip  # noqa: F401 (registers the project's open_clip model configs)
 
 log = logging.getLogger(__name__)
 CORPUS_SEED = 1_000_003  # the corpus' videos: another seed than any split's
@@ -116,8 +117,6 @@ def run(cfg: Config) -> PretrainSummary:
 
 
 def _state_bytes(model: torch.nn.Module) -> bytes:
-    import io
-
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
     return buf.getvalue()
@@ -158,7 +157,7 @@ def _train(model, frames, tokens, pre, tp, device) -> float:
         sched.step()
         with torch.no_grad():  # as open_clip's trainer: the temperature stays below 100
             model.logit_scale.clamp_(0, math.log(100))
-        value = float(loss)
+        value = float(loss.detach())
         progress.update()
         if progress.done % max(tp.steps // 10, 1) == 0:
             log.info("step %d: ClipLoss %.3f, logit scale %.1f", progress.done, value, float(scale))
@@ -179,6 +178,3 @@ def _caption_top1(model, frames, texts, tokenizer, pre, device) -> tuple[float, 
         best = (image_f @ text_f.T).argmax(1).tolist()
         hits += sum(distinct[b] == texts[i + j] for j, b in enumerate(best))
     return hits / len(texts), 1 / len(distinct)
-
-
-__all__ = ["PretrainSummary", "checkpoint_path", "corpus", "run", "clip"]
