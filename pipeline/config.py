@@ -141,7 +141,12 @@ class LossConfig:
     gamma: float = 0.1
     temperature: float = 3.0
     feature_reduction: Literal["mean", "sum"] = "mean"  # MSE over the feature's dimensions: mean (the seeds') or sum (D x)
-    teacher_gate: Literal["all", "correct"] = "all"  # correct: where the teacher's target misses the label, the label replaces it
+    # all (the seeds'); correct: the label's CE replaces a target that misses it; label_prob: the KL times
+    # the teacher's calibrated probability of the label
+    teacher_gate: Literal["all", "correct", "label_prob"] = "all"
+    frame_alpha: float = 0.0  # per-frame term: 1 - cosine of each projected student frame to its cached teacher frame
+    # an unlabelled clip's teacher terms weighted by the head's calibrated top probability, or 1
+    unlabelled_weight: Literal["confidence", "uniform"] = "confidence"
 
 
 @dataclass
@@ -157,7 +162,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     decay_norms_and_biases: bool = False  # false: no weight decay on norm weights and biases (TSM and mmaction2)
     lr_multipliers: bool = False  # TSM's policy: biases 2x lr; the new classifier and feature projection weights 5x, biases 10x
-    warmup_epochs: float = 0.0  # linear warm-up of the lr from 0
+    warmup_epochs: float = 3.0  # linear warm-up of the lr from 0 (without it runs fell onto a plateau: docs/frame_flexible.md)
     schedule: Literal["cosine", "step"] = "cosine"  # cosine to 0, or step: x0.1 at each of lr_milestones
     lr_milestones: list[int] = field(default_factory=list)  # epochs, for schedule=step (mmaction2 SSv2: [25, 45])
     grad_clip: float = 1.0  # max gradient norm (the seeds' walkthrough: 1; TSM, FFN and mmaction2: 20)
@@ -175,6 +180,8 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many steps in total (0: train all epochs)
     channels_last: bool = True  # CUDA: NHWC convolutions, faster for both students (docs/benchmarks.md)
     compile: bool = False  # CUDA: torch.compile the student (faster again; not yet validated under multi-GPU DDP)
+    unlabelled_splits: list[str] = field(default_factory=list)  # splits in data.splits: their clips get the teacher's terms alone
+    unlabelled_ratio: float = 1.0  # unlabelled clips per labelled clip in each batch (batch_size x this, rounded, at least 1)
 
 
 @dataclass
@@ -254,6 +261,7 @@ class SyntheticConfig:
     train_per_class: int = 40  # proxy: labelled training videos per class
     validation_per_class: int = 15  # proxy
     test_per_class: int = 4  # proxy
+    unlabelled_per_class: int = 0  # proxy: this many more per class in the test split (ids, no labels: SSv2's unlabelled split)
 
 
 @dataclass

@@ -94,6 +94,7 @@ def test_quick_heads_table_through_the_real_stages(tmp_path):
     results = [json.loads(f.read_text()) for f in (tmp_path / "results").glob("*.json")]
     distilled = {f"distilled from {h}" for h in ("zero_shot", "linear", "temporal")}
     assert {r["name"] for r in results} == {"vanilla (CE only)", *distilled}
+    assert all(len(r["curve"]) == 1 and r["provenance"]["commit"] for r in results)
     assert all(0 <= r["counts"]["8"] <= 1 for r in results)
     heads = {r["teacher_head"]["name"] for r in results if r["teacher_head"]}
     assert heads == {"zero_shot", "linear", "temporal"}
@@ -102,7 +103,7 @@ def test_quick_heads_table_through_the_real_stages(tmp_path):
     assert record["summary"]["pairs"] == 40 * 4 and record["summary"]["steps"] == 3
     import zarr
 
-    cache = zarr.open_group(str(tmp_path / "base-l40-v1-pretrained" / "teacher_cache.zarr"), mode="r")
+    cache = zarr.open_group(str(tmp_path / "base-l40-u0-s96-v1-pretrained" / "teacher_cache.zarr"), mode="r")
     assert cache.attrs["teacher"]["model"] == "proxy-clip" and cache.attrs["teacher"]["pretrained"].endswith("proxy-clip.pt")
 
 

@@ -74,7 +74,7 @@ def test_warmup_then_steps_or_cosine():
     assert step(29) == 1.0 and step(30) == pytest.approx(0.1) and step(50) == pytest.approx(0.01)
     cosine = lr_factor(TrainConfig(warmup_epochs=1), steps_per_epoch=10, total_steps=110)
     assert cosine(9) == pytest.approx(1.0) and cosine(60) == pytest.approx(0.5) and cosine(110) == pytest.approx(0.0)
-    assert math.isclose(lr_factor(TrainConfig(), steps_per_epoch=10, total_steps=100)(0), 1.0)
+    assert math.isclose(lr_factor(TrainConfig(warmup_epochs=0), steps_per_epoch=10, total_steps=100)(0), 1.0)
 
 
 @pytest.mark.unit

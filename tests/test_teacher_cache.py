@@ -240,7 +240,7 @@ def test_the_students_replayed_crop_is_the_teachers_crop_bit_for_bit(cached):
             assert torch.equal(student[subset], teacher), (record["id"], view)
             assert flip == item.flips[position * cfg.teacher.views + view]
         sample = {"json": json.dumps(record).encode(), "jpgs": blob}
-        _, _, feature, logits, _, lower = clips._clip(sample, worker=0, index=0)
+        _, _, feature, logits, _, lower, _ = clips._clip(sample, worker=0, index=0)
         assert lower == ()  # one trained count: no lower-count clips
         replayed = replay_view(spec.seed, record["row"], spec.epoch, cfg.teacher.views)
         np.testing.assert_array_equal(feature, cache.get(record["row"], record["id"], replayed)[0])

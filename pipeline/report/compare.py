@@ -14,6 +14,7 @@ import yaml
 
 from pipeline.report import plots
 from pipeline.runtime.atomic import write_text
+from pipeline.student.health import plateau
 
 
 @dataclass
@@ -30,6 +31,12 @@ class RunFacts:
     device_hours: float
     device: str
     val_curve: list[tuple[int, float]]
+
+    @property
+    def learned(self) -> str:
+        """'plateau' when the validation curve never left its first epochs' level, 'yes' when it did, '-' when too short."""
+        verdict = plateau([top1 for _, top1 in self.val_curve])
+        return "-" if verdict is None else ("PLATEAU" if verdict.flagged else "yes")
 
 
 def student_folders(paths: list[Path]) -> list[Path]:
@@ -67,6 +74,7 @@ def run_facts(folder: Path, names: dict[Path, str]) -> RunFacts:
         "T": loss["temperature"],
         "views": teacher["views"],
         "lr": train["lr"],
+        "warm-up": train.get("warmup_epochs", 0),
     }
     return RunFacts(
         name=names[folder],
@@ -95,12 +103,21 @@ def comparison_table(runs: list[RunFacts]) -> str:
     """One row per run: settings, best accuracy per evaluated frame count, epochs and device-hours."""
     counts = sorted({t for r in runs for t in r.best})
     keys = list(runs[0].settings) if runs else []
-    head = ["run", *keys, "teacher head", *[f"top-1 / top-5 @{t}" for t in counts], "best val top-1", "epochs", "device-hours"]
+    head = [
+        "run",
+        *keys,
+        "teacher head",
+        *[f"top-1 / top-5 @{t}" for t in counts],
+        "best val top-1",
+        "learned",
+        "epochs",
+        "device-hours",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in sorted(runs, key=lambda r: -r.best_val_top1 if r.best_val_top1 == r.best_val_top1 else 0):
         cells = [r.name, *[str(r.settings.get(k, "-")) for k in keys], r.teacher_head]
         cells += [f"{100 * r.best[t][0]:.2f} / {100 * r.best[t][1]:.2f}" if t in r.best else "-" for t in counts]
-        cells += [f"{100 * r.best_val_top1:.2f}", str(r.epochs_done), f"{r.device_hours:.3f} ({r.device})"]
+        cells += [f"{100 * r.best_val_top1:.2f}", r.learned, str(r.epochs_done), f"{r.device_hours:.3f} ({r.device})"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -120,7 +137,8 @@ def write_comparison(paths: list[Path], *, out: Path) -> Path:
     text = (
         f"# {len(runs)} runs compared\n\n"
         "Best: the trained model evaluated at each frame count at the end of training (eval_frames.json); "
-        "best val top-1: the highest validation top-1 over epochs at the trained count. Device-hours: "
+        "best val top-1: the highest validation top-1 over epochs at the trained count; learned: PLATEAU "
+        "when it never rose 0.05 above its first fifth of epochs (pipeline/student/health.py). Device-hours: "
         "training processes x their wall time (compute.jsonl; a segment killed without warning is not counted).\n\n"
         + comparison_table(runs)
         + f"\n![validation top-1 of every run]({curves})\n\n![top-1 per frame count]({bars})\n"
@@ -138,6 +156,7 @@ def _as_json(r: RunFacts) -> dict:
         "teacher_head": r.teacher_head,
         "best": {str(t): {"top1": a, "top5": b} for t, (a, b) in r.best.items()},
         "best_val_top1": r.best_val_top1,
+        "learned": r.learned,
         "epochs": r.epochs_done,
         "device_hours": r.device_hours,
     }

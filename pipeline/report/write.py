@@ -21,6 +21,7 @@ from pipeline.report.facts import (
     train_facts,
 )
 from pipeline.runtime.atomic import write_text
+from pipeline.student.health import plateau
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,9 @@ def _training_section(training: TrainFacts | None, cfg: Config, folder: Path) ->
             f"Best checkpoint: `best.pt`, epoch {training.best['epoch']}, step {training.best['step']}, "
             f"validation top-1 {training.best['top1']:.4f}.\n"
         )
+    verdict = plateau([r["top1"] for r in training.val])
+    if verdict is not None:
+        lines.append(("**" + verdict.sentence() + ".**" if verdict.flagged else verdict.sentence().capitalize() + ".") + "\n")
     if training.val:
         lines += ["| epoch | validation loss | top-1 | top-5 |", "| --- | --- | --- | --- |"]
         lines += [f"| {r['epoch']} | {r['loss']:.4f} | {r['top1']:.4f} | {r['top5']:.4f} |" for r in training.val]

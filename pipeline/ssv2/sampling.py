@@ -12,6 +12,12 @@ def segment_centres(num_frames: int, segments: int) -> list[int]:
     return [min(num_frames - 1, int((k + 0.5) * num_frames / segments)) for k in range(segments)]
 
 
+def segment_of(index: int, total: int, segments: int) -> int:
+    """Which of `segments` equal segments of `total` items item `index` falls in (the inverse of the
+    segment samplers: a frame drawn in segment k, or segment k's centre, gives k)."""
+    return min(segments - 1, index * segments // total)
+
+
 def segment_random(num_frames: int, segments: int, rng: np.random.Generator) -> list[int]:
     """A random frame in each of `segments` equal segments (TSN-style training sampling)."""
     if num_frames < 1:

@@ -77,7 +77,8 @@ def plan_proxy(cfg: SyntheticConfig) -> list[SyntheticVideo]:
     whatever the training count, and 10 training videos per class are the first 10 of 40 (label
     scarcity compares nested sets).
     """
-    per_split = {"train": cfg.train_per_class, "validation": cfg.validation_per_class, "test": cfg.test_per_class}
+    test = cfg.test_per_class + cfg.unlabelled_per_class  # the test split has no labels: unlabelled videos go there
+    per_split = {"train": cfg.train_per_class, "validation": cfg.validation_per_class, "test": test}
     videos = []
     for s, (split, n) in enumerate(per_split.items()):
         for c, name in enumerate(proxy.TEMPLATES):

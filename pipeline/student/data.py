@@ -37,7 +37,7 @@ from pipeline.ssv2.frames import channels_last_empty, decode, stack_channels_las
 from pipeline.ssv2.multi_view import clip_frames as test_clips
 from pipeline.ssv2.multi_view import three_crop_boxes
 from pipeline.ssv2.records import select_frames
-from pipeline.ssv2.sampling import segment_centres, segment_random
+from pipeline.ssv2.sampling import segment_centres, segment_of, segment_random
 from pipeline.ssv2.views import View, crop_box, replay_view, teacher_subset
 from pipeline.teacher.heads import HeadChoice
 from pipeline.teacher.store import CacheMismatchError, CacheReader
@@ -48,11 +48,12 @@ class ClipBatch:
     """A batch of clips: uint8 frames [B, T, 3, S, S], labels, and the teacher's outputs if cached."""
 
     clips: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor  # -1 for a clip of an unlabelled split
     teacher_feature: torch.Tensor | None
     teacher_logits: torch.Tensor | None
     ids: list[str]
     lower: tuple[torch.Tensor, ...] = ()  # FFN training: the same videos at the lower frame counts, ascending
+    teacher_frames: torch.Tensor | None = None  # [B, T, D]: the cached teacher frame each student frame shows
 
     def pin_memory(self) -> "ClipBatch":
         """Pinned copies, for asynchronous host-to-device transfer."""
@@ -78,6 +79,15 @@ class ClipSpec:
 
 
 @dataclass(frozen=True)
+class UnlabelledSource:
+    """The unlabelled splits' share of every training batch: their shards (split, path) and caches."""
+
+    shards: list[tuple[str, str]]
+    caches: dict[str, "CacheSource"]  # split -> its teacher rows (the teacher's terms are all these clips train on)
+    per_batch: int  # unlabelled clips in each batch, beside the spec's batch_size labelled ones
+
+
+@dataclass(frozen=True)
 class ClipSource:
     """Which clips one rank's loader makes: its shards, how, how many batches, and what goes with them."""
 
@@ -89,6 +99,7 @@ class ClipSource:
     cache: "CacheSource | None"
     flip_pairs: dict[int, int]
     skip_batches: int = 0  # batches of this epoch already trained on (a resumed run)
+    unlabelled: UnlabelledSource | None = None  # training: unlabelled clips in every batch
 
 
 class ShardClips(IterableDataset):
@@ -99,10 +110,10 @@ class ShardClips(IterableDataset):
         self.source, self.spec = source, source.spec
         self.memory = memory or SegmentMemory()
 
-    def _my_shards(self, worker: int, workers: int) -> list[str]:
-        order = list(self.source.shards)
+    def _my_shards(self, worker: int, workers: int, shards: Sequence | None = None, salt: str = "") -> list:
+        order = list(self.source.shards if shards is None else shards)
         if self.spec.train:
-            random.Random(f"{self.spec.seed}-{self.spec.epoch}").shuffle(order)  # shuffle (seed, epoch)
+            random.Random(f"{self.spec.seed}-{self.spec.epoch}{salt}").shuffle(order)  # shuffle (seed, epoch)
         return order[self.source.rank :: self.source.world][worker::workers]  # split by node, then by worker
 
     def __iter__(self) -> Iterator[ClipBatch]:
@@ -120,9 +131,20 @@ class ShardClips(IterableDataset):
         share = wanted // workers + (worker < wanted % workers)
         skip = skipped // workers + (worker < skipped % workers)
         sized = islice(enumerate(samples), skip * self.spec.batch_size, share * self.spec.batch_size)
-        yield from self._batches(sized, worker)
+        extra = self.source.unlabelled
+        if extra is None:
+            yield from self._batches(sized, worker)
+            return
+        # the unlabelled stream is cut like the labelled one: `per_batch` of its clips per batch
+        mine = self._my_shards(worker, workers, extra.shards, salt="-unlabelled")
+        if not mine:
+            raise ValueError(f"loader worker {worker} of rank {self.source.rank} has no unlabelled shard")
+        split_of = {path: split for split, path in mine}
+        others = self._samples([path for _, path in mine], worker, salt="-unlabelled")
+        tagged = ((i, sample, split_of[sample["__url__"]]) for i, sample in enumerate(others))
+        yield from self._mixed_batches(sized, islice(tagged, skip * extra.per_batch, share * extra.per_batch), worker)
 
-    def _samples(self, shards: list[str], worker: int) -> Iterator[dict]:
+    def _samples(self, shards: list[str], worker: int, salt: str = "") -> Iterator[dict]:
         spec = self.spec
         if not shards:
             return
@@ -131,7 +153,7 @@ class ShardClips(IterableDataset):
             pipeline = wds.DataPipeline(wds.SimpleShardList(shards), wds.tarfile_to_samples())
             stream = iter(pipeline)
             if spec.train:
-                rng = random.Random(f"{spec.seed}-{spec.epoch}-{self.source.rank}-{worker}-{passes}")
+                rng = random.Random(f"{spec.seed}-{spec.epoch}-{self.source.rank}-{worker}-{passes}{salt}")
                 stream = wds.shuffle(spec.shuffle_buffer, initial=spec.shuffle_buffer, rng=rng)(stream)
             got = 0
             for got, sample in enumerate(stream, 1):  # noqa: B007 (read after the loop)
@@ -152,14 +174,26 @@ class ShardClips(IterableDataset):
         if items:
             yield self._collate(items)
 
+    def _mixed_batches(self, labelled: Iterator[tuple[int, dict]], unlabelled: Iterator[tuple[int, dict, str]], worker: int):
+        """Batches of `batch_size` labelled clips followed by `per_batch` unlabelled ones (label -1)."""
+        size, extra = self.spec.batch_size, self.source.unlabelled.per_batch
+        while True:
+            items = [self._clip(sample, worker, index) for index, sample in islice(labelled, size)]
+            if len(items) < size:
+                return
+            items += [self._clip(sample, worker, index, split=split) for index, sample, split in islice(unlabelled, extra)]
+            yield self._collate(items)
+
     def _collate(self, items: list[tuple]):
         slot = self.memory.claim()
         return slot.seal(collate(items, slot.empty))
 
-    def _clip(self, sample: dict, worker: int, index: int) -> tuple:
-        spec, cache = self.spec, self.source.cache
+    def _clip(self, sample: dict, worker: int, index: int, split: str | None = None) -> tuple:
+        """One clip and what goes with it; `split`: an unlabelled split's clip (label -1, its own cache and draws)."""
+        spec = self.spec
+        cache = self.source.cache if split is None else self.source.unlabelled.caches[split]
         record = json.loads(sample["json"])
-        label, view = record["label"], 0
+        label, view = (record["label"] if split is None else -1), 0
         if not spec.train and spec.test_clips * spec.test_crops > 1:
             clips, flipped = [test_views(sample, record, spec)], False
         elif not spec.train:
@@ -170,23 +204,37 @@ class ShardClips(IterableDataset):
             if cache is not None and cache.views > 1:
                 # replay: exactly the frames, crop and flip the teacher saw for this epoch's view
                 view = replay_view(spec.seed, record["row"], spec.epoch, cache.views)
-                picks, box, flipped = self._replayed(record, view)
+                picks, box, flipped = self._replayed(record, view, cache)
             else:
-                picks, box, flipped = self._drawn(record, worker, index)
+                picks, box, flipped = self._drawn(record, worker, index, unlabelled=split is not None)
             size = [spec.image_size, spec.image_size]
             clips = [TF.resize(crop, size, antialias=True) for crop in cut_clips(sample, record, picks, box)]
         if flipped:
             clips, label = [c.flip(-1) for c in clips], self.source.flip_pairs.get(label, label)
-        feature = logits = None
+        feature = logits = frames = None
         if cache is not None:
             feature, logits = cache.get(record["row"], record["id"], view)
-        return clips[0], label, feature, logits, record["id"], tuple(clips[1:])
+            if cache.frames and spec.train:
+                frames = self._teacher_frames(cache, record, view, picks[0])
+        return clips[0], label, feature, logits, record["id"], tuple(clips[1:]), frames
 
-    def _drawn(self, record: dict, worker: int, index: int) -> tuple[list[list[int]], tuple, bool]:
+    def _teacher_frames(self, cache: "CacheSource", record: dict, view: int, picks: list[int]) -> np.ndarray:
+        """For each student frame, the cached teacher frame of the segment it falls in: of the view's
+        frames (replayed views: the teacher took evenly spaced ones), or of the video (the centre view)."""
+        stored = cache.frame_features(record["row"], record["id"], view)  # [F, D]
+        f = len(stored)
+        if cache.views > 1:
+            ks = [segment_of(i, len(picks), f) for i in range(len(picks))]
+        else:
+            ks = [segment_of(p, record["num_frames"], f) for p in picks]
+        return stored[ks]
+
+    def _drawn(self, record: dict, worker: int, index: int, unlabelled: bool = False) -> tuple[list[list[int]], tuple, bool]:
         """A fresh training clip: a random frame per segment at every trained count (drawn
         independently, as FFN does), one multi-scale crop box and one flip for all of them."""
         spec = self.spec
-        rng = np.random.default_rng([spec.seed, spec.epoch, self.source.rank, worker, index])
+        key = [spec.seed, spec.epoch, self.source.rank, worker, index] + ([1] if unlabelled else [])
+        rng = np.random.default_rng(key)
         n = record["num_frames"]
         picks = [segment_random(n, spec.num_frames, rng)]
         box = crop_box(record["height"], record["width"], rng)
@@ -194,9 +242,9 @@ class ShardClips(IterableDataset):
         picks += [segment_random(n, count, rng) for count in spec.lower_counts]
         return picks, box, bool(flipped)
 
-    def _replayed(self, record: dict, view: int) -> tuple[list[list[int]], tuple, bool]:
+    def _replayed(self, record: dict, view: int, cache: "CacheSource | None" = None) -> tuple[list[list[int]], tuple, bool]:
         """A stored view's frames (lower counts: evenly spaced subsets of them), box and flip."""
-        v = self.source.cache.view(record["row"], record["id"], view)
+        v = (cache or self.source.cache).view(record["row"], record["id"], view)
         if len(v.frames) != self.spec.num_frames:
             raise CacheMismatchError(
                 f"the teacher cache's views have {len(v.frames)} frames, the student trains on {self.spec.num_frames}: "
@@ -245,15 +293,24 @@ def view_size(spec: ClipSpec) -> int:
 
 def collate(items: list[tuple], make=empty_for_handover) -> ClipBatch:
     """Stack clips (channels last in memory, like the clips; lower frame counts each on their own),
-    labels and (when present) teacher outputs, each into a tensor from `make(shape, dtype)`."""
-    frames, labels, features, logits, ids, *lower = zip(*items)
+    labels and (when present) teacher outputs, each into a tensor from `make(shape, dtype)`.
+
+    An item is (clip, label, teacher feature, teacher logits, id[, lower-count clips[, teacher frames]])."""
+    frames, labels, features, logits, ids, *rest = zip(*items)  # then, when there: lower counts, teacher frames
+    lower, teacher_frames = (rest + [None, None])[:2]
 
     def stack(clips):
         return stack_channels_last(clips, out=channels_last_empty((len(clips), *clips[0].shape), make))
 
-    per_count = tuple(stack(clips) for clips in zip(*lower[0])) if lower else ()
+    per_count = tuple(stack(clips) for clips in zip(*lower)) if lower else ()
     return ClipBatch(
-        stack(frames), _stacked(labels, make), _stacked(features, make), _stacked(logits, make), list(ids), per_count
+        stack(frames),
+        _stacked(labels, make),
+        _stacked(features, make),
+        _stacked(logits, make),
+        list(ids),
+        per_count,
+        _stacked(teacher_frames, make) if teacher_frames else None,
     )
 
 
@@ -283,10 +340,11 @@ def centre_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
 class CacheSource:
     """Opens the teacher cache lazily in each worker and serves (feature, logits) by row; the logits
     are those of the teacher head in array `logits` (see teacher.store.head_array), divided by the
-    head's calibration `temperature`."""
+    head's calibration `temperature`; with `frames`, the per-frame features too."""
 
-    def __init__(self, store: Path, split: str, *, logits: str = "logits", temperature: float = 1.0):
+    def __init__(self, store: Path, split: str, *, logits: str = "logits", temperature: float = 1.0, frames: bool = False):
         self.store, self.split, self.logits, self.temperature = str(store), split, logits, temperature
+        self.frames = frames
         self._reader: CacheReader | None = None
         self._views: int | None = None
 
@@ -295,8 +353,12 @@ class CacheSource:
         """This process's reader of the store."""
         if self._reader is None:
             root = zarr.open_group(self.store, mode="r")
-            self._reader = CacheReader(root, self.split, logits=self.logits, temperature=self.temperature)
+            self._reader = CacheReader(root, self.split, logits=self.logits, temperature=self.temperature, frames=self.frames)
         return self._reader
+
+    def frame_features(self, row: int, video_id: str, view: int = 0) -> np.ndarray:
+        """The cached per-frame features [F, D] of a video's view."""
+        return self.reader.frames(row, video_id, view)
 
     @property
     def views(self) -> int:
@@ -314,15 +376,26 @@ class CacheSource:
         return self.reader.view(row, video_id, view)
 
 
-def teacher_source(cfg: Config, split: str, teacher: HeadChoice | None) -> CacheSource | None:
+def teacher_source(cfg: Config, split: str, teacher: HeadChoice | None, *, frames: bool | None = None) -> CacheSource | None:
     """The cache rows a split's clips carry when distilling (None for vanilla training): the chosen
     head's logits (zero_shot when none is given)."""
     if cfg.loss.mode != "distill":
         return None
     check_feature_width(cfg, split)
+    frames = cfg.loss.frame_alpha > 0 if frames is None else frames
     if teacher is None:
-        return CacheSource(cfg.paths.teacher_cache, split)
-    return CacheSource(cfg.paths.teacher_cache, split, logits=teacher.array, temperature=teacher.temperature)
+        return CacheSource(cfg.paths.teacher_cache, split, frames=frames)
+    return CacheSource(cfg.paths.teacher_cache, split, logits=teacher.array, temperature=teacher.temperature, frames=frames)
+
+
+def unlabelled_source(cfg: Config, teacher: HeadChoice | None) -> UnlabelledSource | None:
+    """The unlabelled splits' shards and teacher rows that join every training batch (None without `train.unlabelled_splits`)."""
+    splits = list(cfg.train.unlabelled_splits)
+    if not splits:
+        return None
+    shards = [(split, path) for split in splits for path in split_shards(cfg, split)[0]]
+    per_batch = max(1, round(cfg.train.unlabelled_ratio * cfg.train.batch_size))
+    return UnlabelledSource(shards, {split: teacher_source(cfg, split, teacher) for split in splits}, per_batch)
 
 
 def check_feature_width(cfg: Config, split: str) -> None:
@@ -350,7 +423,8 @@ def make_loader(source: ClipSource, *, workers: int, device: torch.device, keepe
     they are written into a page-locked pool and come out on `device`; otherwise they come in
     shared-memory segments (pinned by the pin-memory thread on CUDA) and the caller moves them."""
     pooled = keeper is not None and workers > 0
-    memory = keeper.memory(workers * _PREFETCH + 4, batch_bytes(source.spec)) if pooled else None
+    extra = source.unlabelled.per_batch if source.unlabelled else 0
+    memory = keeper.memory(workers * _PREFETCH + 4, batch_bytes(source.spec, extra)) if pooled else None
     loader = worker_loader(
         ShardClips(source, memory),
         workers=workers,
@@ -362,10 +436,12 @@ def make_loader(source: ClipSource, *, workers: int, device: torch.device, keepe
     return PooledLoader(loader, memory, device, keeper=keeper) if pooled else loader
 
 
-def batch_bytes(spec: ClipSpec) -> int:
-    """Room for one batch: its uint8 clips at every count, plus labels and teacher outputs (a generous 16 KiB a clip)."""
+def batch_bytes(spec: ClipSpec, unlabelled: int = 0) -> int:
+    """Room for one batch of `spec.batch_size` clips and `unlabelled` more: their uint8 clips at every
+    count, plus labels and teacher outputs (a generous 16 KiB a clip, and 4 KiB a frame for the
+    teacher's frame features, up to 2048 float16 each)."""
     frames = (spec.num_frames + sum(spec.lower_counts)) * (1 if spec.train else spec.test_clips * spec.test_crops)
-    return spec.batch_size * (frames * 3 * view_size(spec) ** 2 + 16 * 1024)
+    return (spec.batch_size + unlabelled) * (frames * 3 * view_size(spec) ** 2 + 16 * 1024 + spec.num_frames * 4096)
 
 
 def split_shards(cfg: Config, split: str) -> tuple[list[str], int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,8 @@ def evaluate(
     whose logits the loss compares with (zero_shot when none is given)."""
     shards, _ = split_shards(cfg, split)
     spec = ClipSpec(num_frames, cfg.student.image_size, cfg.train.batch_size, train=False, seed=cfg.train.seed)
-    cache = teacher_source(cfg, split, teacher)
+    cache = teacher_source(cfg, split, teacher, frames=False)
+    no_frames = dataclasses.replace(cfg.loss, frame_alpha=0.0)
     workers = min(train_workers(cfg, env), max(1, len(shards) // env.world_size))
     source = ClipSource(shards, spec, env.rank, env.world_size, None, cache, {})
     loader = make_loader(source, workers=workers, device=device, keeper=pools)
@@ -66,7 +68,8 @@ def evaluate(
         batch = to_device(batch, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             out = model(norm(batch.clips))
-        loss = distill_loss(cfg.loss, out.logits, out.feature, batch.labels, batch.teacher_logits, batch.teacher_feature)
+        # validation clips carry no teacher frames: the validation loss leaves the frame term out
+        loss = distill_loss(no_frames, out.logits, out.feature, batch.labels, batch.teacher_logits, batch.teacher_feature)
         top1, top5 = topk_hits(out.logits.float(), batch.labels)
         n = len(batch.labels)
         sums = [sums[0] + float(loss.total) * n, sums[1] + int(top1.sum()), sums[2] + int(top5.sum()), sums[3] + n]

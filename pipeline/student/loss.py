@@ -1,4 +1,14 @@
-"""The distillation loss, with each component kept for logging."""
+"""The distillation loss, with each component kept for logging.
+
+Per clip: alpha * MSE(normalised video features) + beta * KL(teacher_T || student_T) * T^2
++ frame_alpha * mean over frames of (1 - cosine(student frame, teacher frame)), and over the
+labelled clips gamma * CE. Clips without a label (label -1: `train.unlabelled_splits`) have only the
+teacher's terms, each weighted by the teacher head's calibrated top probability
+(`loss.unlabelled_weight: confidence`), so a teacher that knows little says little.
+`loss.teacher_gate` decides what a labelled clip's KL is where the teacher may be wrong: all (the
+seeds': the teacher's target as it is), correct (where the out-of-fold target misses the label, the
+label's CE instead), or label_prob (the KL weighted by the teacher's probability of the label).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +21,13 @@ from pipeline.config import LossConfig
 
 
 class LossParts(NamedTuple):
-    """The total and its weighted parts: feature (MSE), response (KL) and task (CE)."""
+    """The total and its weighted parts: feature (MSE), response (KL), task (CE) and frame (per-frame cosine)."""
 
     total: torch.Tensor
     feature: torch.Tensor
     response: torch.Tensor
     task: torch.Tensor
+    frame: torch.Tensor | float = 0.0
 
 
 def distill_loss(
@@ -26,44 +37,78 @@ def distill_loss(
     labels: torch.Tensor,
     teacher_logits: torch.Tensor | None = None,
     teacher_feature: torch.Tensor | None = None,
+    *,
+    frames: torch.Tensor | None = None,
+    teacher_frames: torch.Tensor | None = None,
 ) -> LossParts:
-    """alpha * MSE(normalised features) + beta * KL(teacher_T || student_T) * T^2 + gamma * CE; the MSE
-    averages over the feature's dimensions or sums them (`loss.feature_reduction`), over the batch it averages.
-    With `loss.teacher_gate: correct` the KL of a clip whose teacher target misses its label is that clip's CE.
-
-    Vanilla mode is CE alone (weight 1): the parts that need a teacher are zero.
-    """
+    """The loss of a batch; `frames` / `teacher_frames` [B, T, D] are the student's projected frame
+    features and the cached teacher frames they show (needed when `loss.frame_alpha` > 0). The MSE
+    averages over the feature's dimensions or sums them (`loss.feature_reduction`); every term
+    averages over the batch (CE over its labelled clips). Vanilla mode is CE alone (weight 1)."""
     logits = logits.float()
-    ce = F.cross_entropy(logits, labels)
+    labelled = labels >= 0
+    ce_each = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+    ce = (ce_each * labelled).sum() / labelled.sum().clamp(min=1)
     zero = ce.new_zeros(())
     if cfg.mode == "vanilla":
-        return LossParts(ce, zero, zero, ce)
+        return LossParts(ce, zero, zero, ce, zero)
     if cfg.mode != "distill":
         raise ValueError(f"loss.mode must be distill or vanilla, got {cfg.mode!r}")
-    s = F.normalize(feature.float(), dim=-1)
-    t = F.normalize(teacher_feature.float(), dim=-1)
-    mse = F.mse_loss(s, t)  # the seeds' mean over the D dimensions: its gradient is 1/D of the sum's
-    if cfg.feature_reduction == "sum":
-        mse = mse * s.shape[-1]
-    elif cfg.feature_reduction != "mean":
-        raise ValueError(f"loss.feature_reduction must be mean or sum, got {cfg.feature_reduction!r}")
-    temp = cfg.temperature
-    kl = (
-        F.kl_div(
-            F.log_softmax(logits / temp, dim=-1),
-            F.log_softmax(teacher_logits.float() / temp, dim=-1),
-            reduction="none",
-            log_target=True,
-        ).sum(-1)
-        * temp**2
-    )
-    if cfg.teacher_gate == "correct":
-        # A student copies its teacher's mistakes (docs/proxy_benchmark.md); where the (out-of-fold)
-        # target's top class is not the label, the label replaces it.
-        right = teacher_logits.argmax(-1) == labels
-        kl = torch.where(right, kl, F.cross_entropy(logits, labels, reduction="none"))
-    elif cfg.teacher_gate != "all":
-        raise ValueError(f"loss.teacher_gate must be all or correct, got {cfg.teacher_gate!r}")
-    kl = kl.mean()
-    parts = (cfg.alpha * mse, cfg.beta * kl, cfg.gamma * ce)
+    weight = _teacher_weight(cfg, teacher_logits.float(), labelled)
+    mse = _feature_mse(cfg, feature, teacher_feature)
+    kl = _response_kl(cfg, logits, teacher_logits.float(), labels, labelled, ce_each)
+    frame = zero
+    if cfg.frame_alpha > 0:
+        if frames is None or teacher_frames is None:
+            raise ValueError("loss.frame_alpha > 0 needs the student's frame features and the cached teacher frames")
+        frame = ((1 - F.cosine_similarity(frames.float(), teacher_frames.float(), dim=-1)).mean(1) * weight).mean()
+    parts = (cfg.alpha * (mse * weight).mean(), cfg.beta * (kl * weight).mean(), cfg.gamma * ce, cfg.frame_alpha * frame)
     return LossParts(sum(parts), *parts)
+
+
+def _teacher_weight(cfg: LossConfig, teacher_logits: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+    """Per clip, the weight of its teacher terms: 1 for labelled clips; for unlabelled ones the head's
+    calibrated top probability (its logits come divided by the head's fitted temperature) or 1."""
+    if cfg.unlabelled_weight == "uniform" or bool(labelled.all()):
+        return torch.ones_like(labelled, dtype=torch.float32)
+    if cfg.unlabelled_weight != "confidence":
+        raise ValueError(f"loss.unlabelled_weight must be confidence or uniform, got {cfg.unlabelled_weight!r}")
+    confidence = teacher_logits.softmax(-1).amax(-1)
+    return torch.where(labelled, torch.ones_like(confidence), confidence)
+
+
+def _feature_mse(cfg: LossConfig, feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+    """Per clip, the MSE of the L2-normalised video features: the seeds' mean over the D dimensions
+    (its gradient is 1/D of the sum's), or the sum."""
+    mse = (F.normalize(feature.float(), dim=-1) - F.normalize(teacher_feature.float(), dim=-1)).pow(2)
+    if cfg.feature_reduction == "sum":
+        return mse.sum(-1)
+    if cfg.feature_reduction != "mean":
+        raise ValueError(f"loss.feature_reduction must be mean or sum, got {cfg.feature_reduction!r}")
+    return mse.mean(-1)
+
+
+def _response_kl(
+    cfg: LossConfig,
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    labelled: torch.Tensor,
+    ce_each: torch.Tensor,
+) -> torch.Tensor:
+    """Per clip, KL(teacher_T || student_T) * T^2, gated on labelled clips by `loss.teacher_gate`."""
+    temp = cfg.temperature
+    student_t, teacher_t = F.log_softmax(logits / temp, dim=-1), F.log_softmax(teacher_logits / temp, dim=-1)
+    kl = F.kl_div(student_t, teacher_t, reduction="none", log_target=True).sum(-1) * temp**2
+    if cfg.teacher_gate == "correct":
+        # A student copies its teacher's mistakes (docs/proxy_benchmark.md): where the (out-of-fold)
+        # target's top class is not the label, the label replaces it.
+        wrong = labelled & (teacher_logits.argmax(-1) != labels)
+        return torch.where(wrong, ce_each, kl)
+    if cfg.teacher_gate == "label_prob":
+        # the teacher's calibrated belief in the label scales how much of its target the clip keeps
+        belief = teacher_logits.softmax(-1).gather(-1, labels.clamp(min=0)[:, None])[:, 0]
+        return torch.where(labelled, belief * kl, kl)
+    if cfg.teacher_gate != "all":
+        raise ValueError(f"loss.teacher_gate must be all, correct or label_prob, got {cfg.teacher_gate!r}")
+    return kl

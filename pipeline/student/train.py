@@ -25,7 +25,7 @@ from pipeline.runtime.device import autocast_dtype, pick_device
 from pipeline.runtime.dist import DistEnv
 from pipeline.runtime.progress import format_duration
 from pipeline.ssv2.annotations import class_names, flip_pairs, labels_path, load_labels
-from pipeline.student import checkpoint
+from pipeline.student import checkpoint, health
 from pipeline.student.data import (
     ClipSource,
     ClipSpec,
@@ -35,6 +35,7 @@ from pipeline.student.data import (
     teacher_source,
     to_device,
     train_workers,
+    unlabelled_source,
 )
 from pipeline.student.evaluate import EvalResult, evaluate, write_frame_count_eval, write_predictions
 from pipeline.student.ffn import consistency_loss, trained_counts
@@ -114,8 +115,11 @@ def run(
                 "n/a" if teacher.val_top1 is None else f"{teacher.val_top1:.4f}",
             )
             write_json(out / "teacher_head.json", {"asked": cfg.loss.teacher_head, **asdict(teacher)})
+    check_unlabelled(cfg)
     train_shards, train_videos = split_shards(cfg, "train")
     check_shards_feed(len(train_shards), env.world_size, train_workers(cfg, env) or 1, "train")
+    for split in cfg.train.unlabelled_splits:
+        check_shards_feed(len(split_shards(cfg, split)[0]), env.world_size, train_workers(cfg, env) or 1, split)
     per_rank = train_videos // (env.world_size * cfg.train.batch_size)
     if per_rank == 0:
         raise ValueError(f"{train_videos} training videos are fewer than one batch per rank")
@@ -164,8 +168,27 @@ def run(
     )
     if env.is_main:
         log.info(_summary_paragraph(cfg, summary, env, total_steps))
+        verdict = health.plateau([h["val"]["top1"] for h in state.progress.history])
+        if verdict is not None and verdict.flagged and not stopped:
+            log.warning(verdict.sentence())
         _log_compute(out / "compute.jsonl", seconds=summary.seconds, env=env, device=device)
     return summary
+
+
+def check_unlabelled(cfg: Config) -> None:
+    """Refuse unlabelled splits that cannot be trained on: not cached, labelled, or what validation scores."""
+    for split in cfg.train.unlabelled_splits:
+        if split not in cfg.data.splits:
+            raise ValueError(
+                f"train.unlabelled_splits: {split!r} is not in data.splits {cfg.data.splits}: add it there, then run "
+                "make shards and make teacher-cache, which build and cache every split in data.splits"
+            )
+        if split in ("train", "validation", cfg.eval.split):
+            raise ValueError(
+                f"train.unlabelled_splits: {split!r} is a labelled or evaluation split; name a split without labels (SSv2: test)"
+            )
+    if cfg.train.unlabelled_splits and cfg.loss.mode != "distill":
+        raise ValueError("train.unlabelled_splits needs loss.mode=distill: unlabelled clips train on the teacher's terms alone")
 
 
 def _log_compute(path, *, seconds: float, env: DistEnv, device: torch.device) -> None:
@@ -219,28 +242,44 @@ def _resume(path: Path, state: TrainState, env: DistEnv) -> None:
         log.info("resumed from %s: epoch %d, step %d (%d into the epoch)", path, p.epoch, p.step, p.step_in_epoch)
 
 
-def train_step(state: TrainState, batch, *, cfg: Config, norm, dtype: torch.dtype | None) -> tuple[list, tuple]:
-    """One optimisation step on a batch already on the device; returns (loss parts, (top-1, top-5,
-    top-1 agreement with the teacher or None)) as tensors."""
+def train_step(
+    state: TrainState, batch, *, cfg: Config, norm, dtype: torch.dtype | None, labelled: int | None = None
+) -> tuple[list, dict]:
+    """One optimisation step on a batch already on the device; returns the loss parts and the step's
+    statistics (top-1 and top-5 over its first `labelled` clips, the labelled ones: default all;
+    agreement with the teacher where there is one; the gradient norm before clipping), all device tensors."""
     # forward: the clip, and with FFN the same videos at the lower counts (one call)
     with torch.autocast(batch.clips.device.type, dtype=dtype, enabled=dtype is not None):
         outs = state.wrapped(norm(batch.clips), *(norm(c) for c in batch.lower))
     out, lower = (outs[0], outs[1:]) if batch.lower else (outs, ())
-    parts = distill_loss(cfg.loss, out.logits, out.feature, batch.labels, batch.teacher_logits, batch.teacher_feature)
+    parts = distill_loss(
+        cfg.loss,
+        out.logits,
+        out.feature,
+        batch.labels,
+        batch.teacher_logits,
+        batch.teacher_feature,
+        frames=out.frames,
+        teacher_frames=batch.teacher_frames,
+    )
     if lower:  # FFN: each lower count's prediction towards the highest's (in the total, beside its parts)
         parts = parts._replace(total=parts.total + consistency_loss(out.logits, [o.logits for o in lower], cfg.train.ffn_lambda))
     # backward, clip, update
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(parts.total).backward()
     state.scaler.unscale_(state.optimizer)
-    torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.train.grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.train.grad_clip)
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.scheduler.step()
-    agree = None
+    top1, top5 = topk_accuracy(out.logits.detach()[:labelled], batch.labels[:labelled])
+    stats = {"top1": top1, "top5": top5, "grad_norm": grad_norm.detach()}
     if batch.teacher_logits is not None:
-        agree = (out.logits.detach().argmax(1) == batch.teacher_logits.argmax(1)).float().mean()
-    return [p.detach() for p in parts], (*topk_accuracy(out.logits.detach(), batch.labels), agree)
+        stats["agree"] = (out.logits.detach().argmax(1) == batch.teacher_logits.argmax(1)).float().mean()
+    return [p.detach() for p in parts], stats
+
+
+PARTS = ("total", "feature", "response", "task", "frame")  # the loss parts train_step returns, in order
 
 
 class Trainer:
@@ -265,6 +304,8 @@ class Trainer:
         self.pools = PoolKeeper() if cfg.experimental.batch_pool else None
         self.metrics = MetricsLog(cfg.paths.student_dir, enabled=env.is_main)
         self.clips_per_s = 0.0
+        unlabelled = unlabelled_source(cfg, teacher)
+        self.unlabelled_per_batch = unlabelled.per_batch if unlabelled else 0
 
     def close(self) -> None:
         """Flush the metrics and release the loader pool."""
@@ -314,23 +355,30 @@ class Trainer:
         shards, _ = split_shards(cfg, "train")
         cache = teacher_source(cfg, "train", self.teacher)
         source = ClipSource(
-            shards, spec, env.rank, env.world_size, self.per_rank, cache, self.flip_pairs, skip_batches=progress.step_in_epoch
+            shards,
+            spec,
+            env.rank,
+            env.world_size,
+            self.per_rank,
+            cache,
+            self.flip_pairs,
+            skip_batches=progress.step_in_epoch,
+            unlabelled=unlabelled_source(cfg, self.teacher),
         )
         return make_loader(source, workers=train_workers(cfg, env), device=self.device, keeper=self.pools)
 
     def _epoch(self, state: TrainState):
         cfg, env, p = self.cfg, self.env, state.progress
-        meters = {k: AverageMeter() for k in ("total", "feature", "response", "task", "top1", "top5", "agree")}
+        meters = {k: AverageMeter() for k in (*PARTS, "top1", "top5", "agree", "grad_norm")}
         tick, clips = time.monotonic(), 0
         for batch in self._loader(p):
-            parts, accuracy = train_step(state, to_device(batch, self.device), cfg=cfg, norm=self.norm, dtype=self.dtype)
-            n = len(batch.labels)
-            for key, value in zip(("total", "feature", "response", "task", "top1", "top5", "agree"), (*parts, *accuracy)):
-                if value is not None:
-                    meters[key].update(value, n)  # device tensors: no sync until the log line reads them
+            n = len(batch.labels) - self.unlabelled_per_batch  # a batch's labelled clips come first
+            parts, stats = train_step(state, to_device(batch, self.device), cfg=cfg, norm=self.norm, dtype=self.dtype, labelled=n)
+            for key, value in (*zip(PARTS, parts), *stats.items()):
+                meters[key].update(value, n)  # device tensors: no sync until the log line reads them
             p.step += 1
             p.step_in_epoch += 1
-            clips += n * env.world_size
+            clips += len(batch.labels) * env.world_size
             if p.step % cfg.train.log_every_steps == 0 or p.step_in_epoch == self.per_rank:
                 tick, clips = self._log(state, meters, tick, clips)
             if p.step % cfg.train.checkpoint_every_steps == 0:
@@ -355,14 +403,16 @@ class Trainer:
             loss_feature=v["feature"],
             loss_response=v["response"],
             loss_task=v["task"],
+            loss_frame=v["frame"],
             top1=v["top1"],
             top5=v["top5"],
+            grad_norm=v["grad_norm"],
             **({"teacher_agree": v["agree"]} if meters["agree"].count else {}),
         )
         if self.env.is_main:
             log.info(
-                "epoch %d step %d/%d: loss %.4f (feature %.4f, response %.4f, task %.4f), top-1 %.3f, lr %.5f, "
-                "%.1f clips/s, ETA %s",
+                "epoch %d step %d/%d: loss %.4f (feature %.4f, response %.4f, task %.4f, frame %.4f), top-1 %.3f, "
+                "lr %.5f, gradient norm %.3g, %.1f clips/s, ETA %s",
                 p.epoch,
                 p.step,
                 self.total_steps,
@@ -370,8 +420,10 @@ class Trainer:
                 v["feature"],
                 v["response"],
                 v["task"],
+                v["frame"],
                 v["top1"],
                 lr,
+                v["grad_norm"],
                 rate,
                 format_duration(left),
             )
@@ -396,13 +448,17 @@ class Trainer:
         val = self.evaluate(state.model, cfg.student.num_frames)
         self.metrics.write("val", p.step, epoch=p.epoch, loss=val.loss, top1=val.top1, top5=val.top5, videos=val.videos)
         if env.is_main:
+            batches = self.per_rank * env.world_size
             log.info(
-                "epoch %d validation: loss %.4f, top-1 %.4f, top-5 %.4f over %d videos",
+                "epoch %d validation: loss %.4f, top-1 %.4f, top-5 %.4f over %d videos (the epoch trained %d labelled "
+                "and %d unlabelled clips)",
                 p.epoch,
                 val.loss,
                 val.top1,
                 val.top5,
                 val.videos,
+                batches * cfg.train.batch_size,
+                batches * self.unlabelled_per_batch,
             )
         p.history.append({"epoch": p.epoch, "step": p.step, "val": vars(val)})
         improved = val.top1 > p.best_top1
@@ -458,9 +514,13 @@ def _summary_paragraph(cfg: Config, s: TrainSummary, env: DistEnv, total_steps: 
     counts = ", ".join(f"{k} frames {r.top1:.4f}" for k, r in sorted(s.frame_counts.items())) or "not run"
     resumed = f"resumed from step {s.resumed_from_step}, " if s.resumed_from_step else ""
     p = s.progress
+    per_epoch = total_steps // max(1, cfg.train.epochs) * env.world_size
+    unlabelled = per_epoch * round(cfg.train.unlabelled_ratio * cfg.train.batch_size) if cfg.train.unlabelled_splits else 0
     return (
         f"Training {how} in {format_duration(s.seconds)}: {cfg.student.arch} ({cfg.loss.mode}), {resumed}now at "
         f"epoch {p.epoch}/{cfg.train.epochs}, step {p.step}/{total_steps}, {env.world_size} process(es) x "
-        f"{cfg.train.batch_size} clips, {s.clips_per_s:.1f} clips/s at the last log; {val}; best top-1 "
+        f"{cfg.train.batch_size} clips, each epoch {per_epoch * cfg.train.batch_size} labelled and {unlabelled} "
+        f"unlabelled clips{' (' + ', '.join(cfg.train.unlabelled_splits) + ')' if unlabelled else ''}, "
+        f"{s.clips_per_s:.1f} clips/s at the last log; {val}; best top-1 "
         f"{p.best_top1:.4f}; top-1 at {counts}; outputs in {cfg.paths.student_dir}."
     )

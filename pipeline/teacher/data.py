@@ -46,10 +46,11 @@ class ViewPlan:
     seed: int = 0
     clip_frames: int = 8
     flip: bool = False
+    splits: tuple[str, ...] = ("train",)  # the splits students train on: train and the unlabelled ones
 
     def stores_views(self, split: str) -> bool:
         """Whether `split`'s videos get training views (whose parameters are stored with the outputs)."""
-        return split == "train" and self.count > 1
+        return split in self.splits and self.count > 1
 
     def views(self, record: dict, split: str) -> list[View]:
         """The views of the video in `record`."""

@@ -35,6 +35,7 @@ from pipeline.teacher.store import (
     create_store,
     expected_attrs,
     open_checked,
+    training_splits,
 )
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,14 @@ def view_plan(cfg: Config) -> ViewPlan:
     """The views the teacher encodes: the training views of `teacher.views`, the centre view elsewhere."""
     check_views(cfg)
     t = cfg.teacher
-    return ViewPlan(t.num_frames, count=t.views, seed=t.view_seed, clip_frames=cfg.student.num_frames, flip=cfg.train.flip)
+    return ViewPlan(
+        t.num_frames,
+        count=t.views,
+        seed=t.view_seed,
+        clip_frames=cfg.student.num_frames,
+        flip=cfg.train.flip,
+        splits=training_splits(cfg),
+    )
 
 
 def gpu_share(cfg: TeacherConfig, device: torch.device) -> float:

@@ -82,18 +82,26 @@ def views_fingerprint(cfg: Config) -> dict[str, Any]:
     """What the training views were drawn with; training refuses a cache whose views differ."""
     if cfg.teacher.views == 1:
         return {"count": 1, "view": "centre"}
-    return {
+    out = {
         "count": cfg.teacher.views,
         "seed": cfg.teacher.view_seed,
         "clip_frames": cfg.student.num_frames,
         "flip": cfg.train.flip,
         "sampler": V.SAMPLER,
     }
+    if cfg.train.unlabelled_splits:  # only then, so a cache built before unlabelled training still matches
+        out["splits"] = list(training_splits(cfg))
+    return out
+
+
+def training_splits(cfg: Config) -> tuple[str, ...]:
+    """The splits students train on: train and `train.unlabelled_splits` (they get the training views)."""
+    return ("train", *(s for s in cfg.train.unlabelled_splits if s != "train"))
 
 
 def split_views(cfg: Config, split: str) -> int:
-    """Views per video stored for `split`: teacher.views for train, 1 elsewhere."""
-    return cfg.teacher.views if split == "train" else 1
+    """Views per video stored for `split`: teacher.views for the splits students train on, 1 elsewhere."""
+    return cfg.teacher.views if split in training_splits(cfg) else 1
 
 
 def check_views(cfg: Config) -> None:
@@ -215,6 +223,7 @@ class ShardRows:
     valid: np.ndarray
     ids: np.ndarray
     views: dict[str, np.ndarray]  # view_frames, view_box, view_flip when the split has training views
+    frames: np.ndarray | None = None  # [per, V, F, D] per-frame features, when the reader was asked for them
 
     def check(self, row: int, video_id: str) -> int:
         """`row`'s position in the chunk; refuses invalid rows and rows of another video."""
@@ -234,12 +243,22 @@ class CacheReader:
     loader a large share of its time (docs/benchmarks.md).
     """
 
-    def __init__(self, root: zarr.Group, split: str, keep_shards: int = 64, logits: str = "logits", temperature: float = 1.0):
+    def __init__(
+        self,
+        root: zarr.Group,
+        split: str,
+        keep_shards: int = 64,
+        logits: str = "logits",
+        temperature: float = 1.0,
+        frames: bool = False,
+    ):
         group = root[split]
         self.store, self.split = str(root.store), split
         self.shard_names = [name for name, _ in root.attrs.get("splits", {}).get(split, {}).get("shards", [])]
-        # metadata read once; `logits` names the teacher head's array (head_array), divided by its temperature
-        self.arrays = {name: group[name] for name in ("features", "valid", "ids")} | {"logits": group[logits]}
+        # metadata read once; `logits` names the teacher head's array (head_array), divided by its temperature;
+        # the per-frame features only when asked for (`loss.frame_alpha`): they are the largest array
+        names = ("features", "valid", "ids", *(("frame_features",) if frames else ()))
+        self.arrays = {name: group[name] for name in names} | {"logits": group[logits]}
         self.view_arrays = {name: group[name] for name in VIEW_ARRAYS if name in group}
         self.temperature = temperature
         self.per = self.arrays["features"].chunks[0]
@@ -272,7 +291,8 @@ class CacheReader:
         a = self.arrays
         logits = a["logits"][sl] / np.float32(self.temperature)
         views = {name: array[sl] for name, array in self.view_arrays.items()}
-        return ShardRows(shard * self.per, a["features"][sl], logits, a["valid"][sl], a["ids"][sl], views)
+        frames = a["frame_features"][sl] if "frame_features" in a else None
+        return ShardRows(shard * self.per, a["features"][sl], logits, a["valid"][sl], a["ids"][sl], views, frames)
 
     @property
     def kept_shards(self) -> list[int]:
@@ -284,6 +304,12 @@ class CacheReader:
         rows = self.shard_rows(row // self.per)
         i = rows.check(row, video_id)
         return rows.features[i, view], rows.logits[i, view]
+
+    def frames(self, row: int, video_id: str, view: int = 0) -> np.ndarray:
+        """The per-frame features [F, D] (float16) of view `view` of the video at `row` (a reader opened with frames)."""
+        rows = self.shard_rows(row // self.per)
+        i = rows.check(row, video_id)
+        return rows.frames[i, view]
 
     def view(self, row: int, video_id: str, view: int) -> V.View:
         """The frames, crop box and flip of view `view` of the video at `row` (a split with training views)."""

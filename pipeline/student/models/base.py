@@ -16,10 +16,12 @@ from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD
 
 
 class StudentOutput(NamedTuple):
-    """Class logits [B, C] and the video feature [B, D] that is distilled towards the teacher's."""
+    """Class logits [B, C], the video feature [B, D] distilled towards the teacher's, and the
+    projected feature of every frame [B, T, D] (towards the teacher's frames, `loss.frame_alpha`)."""
 
     logits: torch.Tensor
     feature: torch.Tensor
+    frames: torch.Tensor | None = None
 
 
 class VideoStudent(nn.Module):

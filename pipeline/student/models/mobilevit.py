@@ -54,15 +54,16 @@ class TemporalAttentionHead(nn.Module):
         self.fc = classifier(cfg.feature_dim, num_classes, cfg.fc_init_std)
 
     def forward(self, frames: torch.Tensor) -> StudentOutput:
-        """frames [B, T, in_dim] -> logits [B, C], feature [B, feature_dim]."""
-        x = self.proj(frames)
+        """frames [B, T, in_dim] -> logits [B, C], feature [B, feature_dim], frame features [B, T, feature_dim]."""
+        projected = self.proj(frames)
+        x = projected
         if self.position is not None:
             x = x + self._positions(x.shape[1]).to(x.dtype)
         weights = self.score(x).softmax(dim=1)  # [B, T, 1]
         video = (weights * x).sum(1)
         # per frame: each frame drops its own units before the weighted sum the classifier sees
         dropped = (weights * self.dropout(x)).sum(1) if self.per_frame else self.dropout(video)
-        return StudentOutput(self.fc(dropped), video)
+        return StudentOutput(self.fc(dropped), video, projected)
 
     def _positions(self, frames: int) -> torch.Tensor:
         if frames == POSITIONS:

@@ -112,13 +112,14 @@ class TSM(VideoStudent):
         self.proj = nn.Linear(width, cfg.feature_dim)
 
     def forward_clip(self, clips: torch.Tensor) -> StudentOutput:
-        """clips [B, T, 3, H, W] -> logits [B, C], feature [B, D]."""
+        """clips [B, T, 3, H, W] -> logits [B, C], feature [B, D], frame features [B, T, D]."""
         b, t = clips.shape[:2]
         frames = self.backbone(self.frames(clips)).view(b, t, -1)  # [B, T, width]
         pooled = frames.mean(1)  # average consensus (the fc is linear: equal to averaging frame logits)
         # per frame, TSM's place: each frame drops its own units before the (shared) fc
         dropped = self.dropout(frames).mean(1) if self.per_frame else self.dropout(pooled)
-        return StudentOutput(self.fc(dropped), self.proj(pooled))
+        projected = self.proj(frames)  # linear: its mean over frames is the projection of the pooled feature
+        return StudentOutput(self.fc(dropped), projected.mean(1), projected)
 
 
 def add_shifts(net: resnet.ResNet, fold_div: int = 8, counts: list[int] | None = None) -> resnet.ResNet:

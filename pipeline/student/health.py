@@ -1,0 +1,45 @@
+"""Whether a training run learned: the plateau check every run summary, report and experiment table applies.
+
+A student that falls onto a plateau early (docs/proxy_benchmark.md: AdamW at lr 1e-3 without
+warm-up, 16 frames) keeps the validation top-1 of its first epochs to the end; it trains on, its
+loss falls a little, and nothing fails. The check compares the best validation top-1 after the
+first fifth of the epochs with the best of that first fifth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIN_EPOCHS = 4  # fewer validations say nothing about a curve's shape
+RISE = 0.05  # top-1 a learning run gains after its first fifth of epochs, at least (docs/frame_flexible.md)
+SOLVED = 0.95  # an early level this high has nothing left to rise to
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """The verdict on one validation curve."""
+
+    flagged: bool
+    early: float  # best validation top-1 of the first epochs
+    later: float  # best after them
+    early_epochs: int
+
+    def sentence(self) -> str:
+        """One line for a log, a report or a table note."""
+        if not self.flagged:
+            return f"learned: validation top-1 rose from {self.early:.3f} (first {self.early_epochs} epochs) to {self.later:.3f}"
+        return (
+            f"PLATEAU: validation top-1 never left its first {self.early_epochs} epochs' level ({self.early:.3f}, "
+            f"best later {self.later:.3f}); the run likely learned only what single frames show. "
+            "Lower train.lr or raise train.warmup_epochs (docs/frame_flexible.md, 'Training that learns')"
+        )
+
+
+def plateau(top1_per_epoch: list[float]) -> Plateau | None:
+    """The plateau verdict of a run's validation top-1 per epoch, or None when it has too few epochs to judge."""
+    n = len(top1_per_epoch)
+    if n < MIN_EPOCHS:
+        return None
+    k = max(1, n // 5)
+    early, later = max(top1_per_epoch[:k]), max(top1_per_epoch[k:])
+    return Plateau(flagged=early < SOLVED and later < early + RISE, early=early, later=later, early_epochs=k)
