@@ -27,9 +27,51 @@ from experiments import proxy_world as world
 from experiments.runner import Study, Table, main
 
 VANILLA = world.VANILLA
-SEEDS_RECIPE = ("loss.alpha=0.5", "loss.beta=1.0", "loss.gamma=0.1", "loss.temperature=3.0", "loss.teacher_gate=all")
+# The seeds' walkthrough exactly (recipes/seeds_walkthrough.yaml), whatever pipeline.yaml's defaults are.
+SEEDS_RECIPE = (
+    "loss.alpha=0.5",
+    "loss.beta=1.0",
+    "loss.gamma=0.1",
+    "loss.temperature=3.0",
+    "loss.feature_reduction=mean",
+    "loss.teacher_gate=all",
+    "loss.frame_alpha=0",
+    "loss.unlabelled_weight=uniform",
+)
+# Candidates for a default that never loses to labels alone: the label at full weight, the teacher's
+# target only where it is right (or weighted by its belief in the label), unlabelled clips weighted
+# by the teacher's confidence, with and without the per-frame feature term.
+GATED = (*SEEDS_RECIPE, "loss.gamma=1.0", "loss.teacher_gate=correct", "loss.unlabelled_weight=confidence")
+GATED_FRAMES = (*GATED, "loss.frame_alpha=1.0")
+BELIEF_FRAMES = (*GATED_FRAMES, "loss.teacher_gate=label_prob")
+UNLABELLED = ("@unlabelled=30", "train.unlabelled_splits=[test]")
 
 TABLES: dict[str, Table] = {
+    "screen": Table(
+        {
+            "40, vanilla": VANILLA,
+            "40, seeds' recipe": SEEDS_RECIPE,
+            "40, gated (CE 1, KL where right)": GATED,
+            "40, gated + frames": GATED_FRAMES,
+            "40, belief + frames": BELIEF_FRAMES,
+            "40, random teacher, seeds' recipe": ("@teacher=random", *SEEDS_RECIPE),
+            "40, random teacher, gated": ("@teacher=random", *GATED),
+            "40, random teacher, gated + frames": ("@teacher=random", *GATED_FRAMES),
+            "40, random teacher, belief + frames": ("@teacher=random", *BELIEF_FRAMES),
+            "10, vanilla": ("@labels=10", *VANILLA),
+            "10 + 30 unlabelled, seeds' recipe": ("@labels=10", *UNLABELLED, *SEEDS_RECIPE),
+            "10 + 30 unlabelled, gated + frames": ("@labels=10", *UNLABELLED, *GATED_FRAMES),
+            "10 + 30 unlabelled, gated + frames, uniform": (
+                "@labels=10",
+                *UNLABELLED,
+                *GATED_FRAMES,
+                "loss.unlabelled_weight=uniform",
+            ),
+            "10 + 30 unlabelled, belief + frames": ("@labels=10", *UNLABELLED, *BELIEF_FRAMES),
+            "160, vanilla": ("@labels=160", *VANILLA),
+            "160, gated + frames": ("@labels=160", *GATED_FRAMES),
+        }
+    ),
     "optimiser": Table(
         {
             f"{frames} frames, {name}": (f"student.num_frames={frames}", *VANILLA, *settings)

@@ -92,6 +92,7 @@ def run(
     """Train (or resume) the configured student; `stop_after_steps`/`should_stop` end the call early
     after a checkpoint, as a preemption would."""
     start = time.monotonic()
+    check_unlabelled(cfg)
     env = env or dist.from_environment()
     device = _device(cfg, env)
     dist.init(env, device)
@@ -115,7 +116,6 @@ def run(
                 "n/a" if teacher.val_top1 is None else f"{teacher.val_top1:.4f}",
             )
             write_json(out / "teacher_head.json", {"asked": cfg.loss.teacher_head, **asdict(teacher)})
-    check_unlabelled(cfg)
     train_shards, train_videos = split_shards(cfg, "train")
     check_shards_feed(len(train_shards), env.world_size, train_workers(cfg, env) or 1, "train")
     for split in cfg.train.unlabelled_splits:

@@ -1,0 +1,182 @@
+"""Unlabelled videos and per-frame teacher targets in training (issue 35): the loss, the loader's
+batches, exact resume and DDP with them, on the synthetic set's `test` split (ids, no labels)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import zarr
+
+from pipeline.config import LossConfig
+from pipeline.shards import build as shards
+from pipeline.ssv2.sampling import segment_centres, segment_of, segment_random
+from pipeline.student import train
+from pipeline.student.data import ClipSource, ClipSpec, ShardClips, split_shards, teacher_source, unlabelled_source
+from pipeline.student.loss import distill_loss
+from pipeline.teacher import head_run
+from pipeline.teacher import run as teacher_run
+from pipeline.teacher.heads import choose_head
+from pipeline.teacher.store import head_records
+from tests.helpers import REPO, TINY_TRAINING, make_config
+
+UNLABELLED = (
+    *TINY_TRAINING,
+    "teacher.model=clip-tiny",
+    "teacher.pretrained=random",
+    "teacher.batch_videos=2",
+    "teacher_head.heads=[linear]",
+    "data.splits=[train, validation, test]",
+    "train.unlabelled_splits=[test]",
+    "loss.frame_alpha=1.0",
+    "loss.teacher_gate=correct",
+    "train.num_workers=1",
+    "shards.videos_per_shard=2",  # two test shards: one per rank in the DDP test
+)
+
+
+@pytest.mark.unit
+def test_unlabelled_clips_get_the_teachers_terms_alone_weighted_by_its_confidence():
+    g = torch.Generator().manual_seed(0)
+    logits, teacher = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g) * 3
+    feature, teacher_feature = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    frames, teacher_frames = torch.randn(6, 4, 8, generator=g), torch.randn(6, 4, 8, generator=g)
+    labels = torch.tensor([0, 1, 2, 3, -1, -1])
+    cfg = LossConfig(frame_alpha=0.5, gamma=1.0)
+    parts = distill_loss(cfg, logits, feature, labels, teacher, teacher_feature, frames=frames, teacher_frames=teacher_frames)
+    weight = torch.ones(6)
+    weight[4:] = teacher[4:].softmax(-1).amax(-1)
+    kl = F.kl_div(F.log_softmax(logits / 3, -1), F.log_softmax(teacher / 3, -1), reduction="none", log_target=True).sum(-1) * 9
+    cos = (1 - F.cosine_similarity(frames, teacher_frames, dim=-1)).mean(1)
+    torch.testing.assert_close(parts.task, F.cross_entropy(logits[:4], labels[:4]))  # over the labelled clips only
+    torch.testing.assert_close(parts.response, (kl * weight).mean())
+    torch.testing.assert_close(parts.frame, 0.5 * (cos * weight).mean())
+    mse = (F.normalize(feature, dim=-1) - F.normalize(teacher_feature, dim=-1)).pow(2).mean(-1)
+    torch.testing.assert_close(parts.feature, 0.5 * (mse * weight).mean())
+    uniform = distill_loss(LossConfig(unlabelled_weight="uniform"), logits, feature, labels, teacher, teacher_feature)
+    torch.testing.assert_close(uniform.response, kl.mean())
+    with pytest.raises(ValueError, match="frame_alpha"):
+        distill_loss(cfg, logits, feature, labels, teacher, teacher_feature)
+
+
+@pytest.mark.unit
+def test_label_prob_weights_a_labelled_clips_kl_by_the_teachers_belief_in_the_label():
+    g = torch.Generator().manual_seed(1)
+    logits, teacher = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    labels = torch.tensor([0, 1, 2, -1])
+    parts = distill_loss(
+        LossConfig(teacher_gate="label_prob", unlabelled_weight="uniform"), logits, logits[:, :3], labels, teacher, logits[:, :3]
+    )
+    kl = F.kl_div(F.log_softmax(logits / 3, -1), F.log_softmax(teacher / 3, -1), reduction="none", log_target=True).sum(-1) * 9
+    belief = teacher.softmax(-1)[torch.arange(4), labels.clamp(min=0)]
+    belief[3] = 1.0  # an unlabelled clip keeps its whole KL (weighted by confidence only)
+    torch.testing.assert_close(parts.response, (kl * belief).mean())
+
+
+@pytest.mark.unit
+def test_a_frame_maps_to_the_teacher_segment_it_was_drawn_from():
+    rng = np.random.default_rng(0)
+    for total in (7, 24, 37, 40):
+        for segments in (1, 4, 8):
+            centres = segment_centres(total, segments)
+            if total >= segments:
+                assert [segment_of(p, total, segments) for p in centres] == list(range(segments))
+            for picks in (segment_random(total, 16, rng), segment_random(total, 8, rng)):
+                ks = [segment_of(p, total, segments) for p in picks]
+                assert ks == sorted(ks) and 0 <= min(ks) and max(ks) < segments
+                # the teacher frame chosen lies in the drawn frame's segment: at most a segment (and rounding) away
+                assert all(abs(centres[k] - p) <= total / segments + 1 for k, p in zip(ks, picks))
+
+
+@pytest.fixture(scope="module")
+def cached(synth_root, tmp_path_factory):
+    """Shards of all three splits, the teacher cache over them and a fitted linear head."""
+    run_dir = tmp_path_factory.mktemp("unlabelled")
+    cfg = make_config(synth_root, run_dir, *UNLABELLED)
+    shards.run(cfg)
+    teacher_run.run(cfg)
+    head_run.run(cfg)
+    return run_dir
+
+
+def _cfg(synth_root, cached, tmp_path, *extra):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(parents=True)
+    for name in ("shards", "teacher_cache.zarr", "teacher_heads"):
+        (run_dir / name).symlink_to(cached / name)
+    return make_config(synth_root, run_dir, *UNLABELLED, *extra)
+
+
+def test_a_training_batch_holds_its_labelled_clips_then_unlabelled_ones_with_their_teacher_frames(synth_root, cached, tmp_path):
+    cfg = _cfg(synth_root, cached, tmp_path)
+    root = zarr.open_group(str(cfg.paths.teacher_cache), mode="r")
+    head = choose_head("linear", records=head_records(root), cache_fingerprint=root.attrs["fingerprint"], cfg=cfg.teacher_head)
+    extra = unlabelled_source(cfg, head)
+    assert extra.per_batch == cfg.train.batch_size  # unlabelled_ratio 1
+    spec = ClipSpec(cfg.student.num_frames, cfg.student.image_size, cfg.train.batch_size, train=True)
+    shards_, _ = split_shards(cfg, "train")
+    source = ClipSource(shards_, spec, 0, 1, 3, teacher_source(cfg, "train", head), {}, unlabelled=extra)
+    test_ids = set(root["test/ids"][:][root["test/valid"][:]].tolist())
+    batches = list(ShardClips(source))
+    assert len(batches) == 3
+    for batch in batches:
+        b, u = cfg.train.batch_size, extra.per_batch
+        assert batch.clips.shape[0] == b + u and batch.teacher_frames.shape == (b + u, cfg.student.num_frames, 512)
+        assert (batch.labels[:b] >= 0).all() and (batch.labels[b:] == -1).all()
+        assert set(batch.ids[b:]) <= test_ids and not set(batch.ids[:b]) & test_ids
+        for i, vid in enumerate(batch.ids):  # each student frame's target: a cached frame of its own video's view
+            split = "test" if i >= b else "train"
+            row = root[f"{split}/ids"][:].tolist().index(vid)
+            views = torch.from_numpy(root[f"{split}/frame_features"][row].astype(np.float32))  # [V, F, D]
+            got = batch.teacher_frames[i].float()
+            view = int(torch.argmin(torch.stack([(v[: len(got)] - got).abs().sum() for v in views])))
+            match = [int(torch.argmin((views[view] - f).abs().sum(-1))) for f in got]
+            torch.testing.assert_close(got, views[view][match])
+            assert match == sorted(match)  # in temporal order
+
+
+def test_stopped_and_resumed_with_unlabelled_clips_ends_with_the_same_weights(synth_root, cached, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="pipeline.student.train"):
+        full = train.run(_cfg(synth_root, cached, tmp_path / "full"))
+    assert "each epoch 32 labelled and 32 unlabelled clips (test)" in caplog.text
+    assert "the epoch trained 32 labelled and 32 unlabelled clips" in caplog.text
+    cfg = _cfg(synth_root, cached, tmp_path / "split")
+    first = train.run(cfg, stop_after_steps=5)  # mid-epoch: the unlabelled stream is cut there too
+    assert first.stopped_early and first.progress.step == 5
+    second = train.run(cfg)
+    assert second.resumed_from_step == 5 and second.progress.step == full.progress.step
+    for (name, a), b in zip(full.model.state_dict().items(), second.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    records = [json.loads(x) for x in (cfg.paths.student_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("loss_frame", 0) > 0 for r in records if r["kind"] == "train")
+
+
+def test_two_process_gloo_ddp_with_unlabelled_clips_agrees_on_weights(synth_root, cached, tmp_path):
+    cfg = _cfg(synth_root, cached, tmp_path, "train.epochs=1")
+    overrides = [f"paths.ssv2_root={synth_root}", f"paths.run_dir={cfg.paths.run_dir}", *UNLABELLED, "train.epochs=1"]
+    env = {**os.environ, "MASTER_PORT": "29541", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541"]
+    cmd += [str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), *overrides]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # 32 labelled videos, 2 ranks x 4 labelled (and 4 unlabelled) clips a step
+    assert ranks[0]["digest"] == ranks[1]["digest"] and ranks[0]["steps"] == ranks[1]["steps"] == 4
+
+
+def test_unlabelled_splits_that_cannot_be_trained_on_are_refused(synth_root, cached, tmp_path):
+    for bad, message in (
+        (("train.unlabelled_splits=[validation]",), "labelled or evaluation split"),
+        (("data.splits=[train, validation]",), "not in data.splits"),
+        (("loss.mode=vanilla",), "needs loss.mode=distill"),
+    ):
+        cfg = _cfg(synth_root, cached, tmp_path / bad[0].split("=")[0].replace(".", "_"), *bad)
+        with pytest.raises(ValueError, match=message):
+            train.run(cfg)
