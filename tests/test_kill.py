@@ -140,3 +140,13 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint_and_ends_as_
     assert resumed["state"]["step"] == clean["state"]["step"] == 2 * per_epoch
     for name, a in clean["model"].items():
         torch.testing.assert_close(resumed["model"][name], a, rtol=1e-5, atol=1e-6, msg=name)
+    # one record per step, though the killed run logged steps past its checkpoint that were trained again
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert steps == list(range(1, 2 * per_epoch + 1)), steps
+    assert [r["epoch"] for r in records if r["kind"] == "val"] == [0, 1]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(cfg.paths.student_dir / "tensorboard"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("train/loss")] == steps

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from pipeline.runtime.atomic import write_text
+
 
 class AverageMeter:
     """A running mean weighted by batch size."""
@@ -40,18 +42,24 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
 
 
 class MetricsLog:
-    """Appends one JSON object per record to `metrics.jsonl` and mirrors numbers to TensorBoard."""
+    """Appends one JSON object per record to `metrics.jsonl` and mirrors numbers to TensorBoard.
 
-    def __init__(self, folder: Path, enabled: bool = True):
+    A run resumed from a checkpoint at step S first drops every record after S (written by the
+    interrupted run after its last checkpoint, and written again as the steps are redone), in the
+    file and in TensorBoard (`purge_step`), so each step has one record.
+    """
+
+    def __init__(self, folder: Path, enabled: bool = True, resume_step: int = 0):
         self.enabled = enabled
         self.path = Path(folder) / "metrics.jsonl"
         self._tb = None
         if enabled:
             Path(folder).mkdir(parents=True, exist_ok=True)
+            truncate_after(self.path, resume_step)
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(Path(folder) / "tensorboard"))
+                self._tb = SummaryWriter(str(Path(folder) / "tensorboard"), purge_step=resume_step + 1)
             except ImportError:  # TensorBoard is pinned, but metrics.jsonl is the record of truth
                 self._tb = None
 
@@ -71,3 +79,21 @@ class MetricsLog:
         """Flush TensorBoard."""
         if self._tb is not None:
             self._tb.close()
+
+
+def truncate_after(path: Path, step: int) -> int:
+    """Drop the records of `path` past `step` (atomically: a crash leaves the old file or the new one); how many went."""
+    if not path.exists():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if _step(line) <= step]
+    if len(kept) < len(lines):
+        write_text(path, "".join(line + "\n" for line in kept))
+    return len(lines) - len(kept)
+
+
+def _step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):  # a line torn by a kill: past any checkpoint
+        return 1 << 62

@@ -150,7 +150,16 @@ def run(
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.loss.mode == "vanilla",
         )
-    trainer = Trainer(cfg, env=env, device=device, names=names, per_rank=per_rank, total_steps=total_steps, teacher=teacher)
+    trainer = Trainer(
+        cfg,
+        env=env,
+        device=device,
+        names=names,
+        per_rank=per_rank,
+        total_steps=total_steps,
+        teacher=teacher,
+        resumed_step=resumed_from,
+    )
     try:
         stopped = trainer.train(state, stop_after_steps, should_stop)
         val, counts = None, {}
@@ -295,6 +304,7 @@ class Trainer:
         per_rank: int,
         total_steps: int,
         teacher: HeadChoice | None = None,
+        resumed_step: int = 0,
     ):
         self.cfg, self.env, self.device, self.teacher = cfg, env, device, teacher
         self.per_rank, self.total_steps = per_rank, total_steps
@@ -302,7 +312,7 @@ class Trainer:
         self.norm = None  # the student's own input normalisation, set when training starts
         self.dtype = autocast_dtype(device, cfg.train.precision)
         self.pools = PoolKeeper() if cfg.experimental.batch_pool else None
-        self.metrics = MetricsLog(cfg.paths.student_dir, enabled=env.is_main)
+        self.metrics = MetricsLog(cfg.paths.student_dir, enabled=env.is_main, resume_step=resumed_step)
         self.clips_per_s = 0.0
         unlabelled = unlabelled_source(cfg, teacher)
         self.unlabelled_per_batch = unlabelled.per_batch if unlabelled else 0
