@@ -80,7 +80,7 @@ train-student: $(STAMP) ## Stage 3: submit the DDP training job (requeues itself
 evaluate: $(STAMP) ## The published test protocol (eval.clips x eval.crops views, softmax averaged) on a checkpoint, as a job; waits
 	$(PY) -m slurm.launch evaluate --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
 
-all: $(STAMP) ## Submit every stage (shards, teacher-cache, teacher-head, train-student) chained with afterok dependencies
+all: $(STAMP) ## Every stage (shards, teacher-cache, teacher-head, train-student): on SLURM chained with afterok, returning at once; without SLURM run here in order
 	$(PY) -m slurm.launch all --no-wait --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
 
 import-weights: $(STAMP) ## A downloaded TSM-R50 checkpoint (SRC=file FROM=mit-han-lab|mmaction2|ffn [OUT=file]) as this project's student (<student>/best.pt)

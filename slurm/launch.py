@@ -349,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _launch(cfg: Config, plan: list[str], *, wait_for: bool) -> int:
     local = executor_kind(cfg) == "local"
+    if local and not wait_for and len(plan) > 1:
+        # the local executor has no dependencies: each step must end before the next reads its output
+        log.info("local executor (no SLURM): --no-wait applies to SLURM only; running %s in order", ", ".join(plan))
+        wait_for = True
     submitted: list[tuple[str, list]] = []
     previous: list = []
     for step in plan:

@@ -120,3 +120,20 @@ def test_a_users_error_is_found_in_a_jobs_trace_whatever_its_name():
     assert line.startswith(f"{ExportMismatch.__module__}.ExportMismatch: at 4 frames")
     assert launch._raised_name(line) in launch._user_errors()
     assert launch._raised_name("srun: Force Terminated StepId=9.0") not in launch._user_errors()
+
+
+def test_make_all_without_slurm_runs_every_step_in_order_and_ends_with_a_trained_student(synth_root, tmp_path):
+    """`make all` passes --no-wait (SLURM's afterok chains the steps); with no sbatch on PATH the
+    executor is local and the steps must run one after another, each reading the last one's output."""
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "sbatch").exists())
+    args = f"paths.ssv2_root={synth_root} paths.run_dir={tmp_path} slurm.executor=auto teacher.num_workers=1 train.epochs=1"
+    env = {**os.environ, "PATH": path, "OMP_NUM_THREADS": "1"}
+    cmd = ["make", "-s", "all", "RECIPE=configs/smoke.yaml", f"ARGS={args}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "running shards, teacher, head, train in order" in proc.stderr
+    student = tmp_path / "student"
+    assert (student / "best.pt").exists() and (student / "eval_frames.json").exists()
+    logs = {stage: min(p.stat().st_mtime for p in (tmp_path / "slurm" / stage).glob("*/submission.json"))
+            for stage in ("shards", "teacher_cache", "teacher_head", "train_student")}  # fmt: skip
+    assert list(logs) == sorted(logs, key=logs.get), logs  # submitted one after another, in the plan's order
