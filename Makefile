@@ -47,9 +47,10 @@ test: $(STAMP) ## Run the whole test suite (what CI runs): unit, integration and
 test-fast: $(STAMP) ## Run the unit tier only (no stage runs, no SLURM): under a minute
 	$(PY) -m pytest -q -m unit tests
 
-lint: $(STAMP) ## ruff: lint and format check of the whole tree
+lint: $(STAMP) ## ruff (lint and format check of the whole tree) and the import layers (lint/import_layers.py)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) lint/import_layers.py
 
 format: $(STAMP) ## ruff: apply the formatter and the safe lint fixes
 	$(PY) -m ruff format .

@@ -29,10 +29,10 @@ def worker(configs: list[str], steps: int, warmup: int, data: Path | None) -> No
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from pipeline import config
+    from pipeline.models import input_normalizer
     from pipeline.runtime import dist
     from pipeline.runtime.device import autocast_dtype
     from pipeline.student.data import ClipBatch
-    from pipeline.student.models import input_normalizer
     from pipeline.student.train import build_state, train_step
 
     env = dist.from_environment()

@@ -23,10 +23,10 @@ import torch
 
 from bench.jpeg_shards import build
 from pipeline.accel.pool_loader import PoolKeeper
+from pipeline.models import build_student, input_normalizer
 from pipeline.runtime.cpus import EVAL_RESERVE, loader_workers
 from pipeline.runtime.device import autocast_dtype, pick_device
 from pipeline.runtime.dist import DistEnv
-from pipeline.student.models import build_student, input_normalizer
 from pipeline.student.protocol import Protocol, evaluate_views
 from pipeline.student.train import prepare_model
 

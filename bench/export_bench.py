@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from pipeline import config
+from pipeline.models import build_student
 from pipeline.student.export import export_count, latency
-from pipeline.student.models import build_student
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,11 +26,11 @@ import torch
 import zarr
 
 from pipeline import config
+from pipeline.cache.store import create_store, expected_attrs
 from pipeline.runtime import atomic
 from pipeline.runtime.progress import setup_logging
 from pipeline.shards.plan import decode_settings, index_path, manifest_path
 from pipeline.teacher import head_run
-from pipeline.teacher.store import create_store, expected_attrs
 
 log = logging.getLogger("bench.head_bench")
 

@@ -35,11 +35,11 @@ from torchvision.models import resnet50
 
 from pipeline import config
 from pipeline.accel import shift_kernel
+from pipeline.models import build_student, flexible
+from pipeline.models import tsm as tsm_module
+from pipeline.models.base import StudentOutput
 from pipeline.runtime.device import pick_device
 from pipeline.student.ffn import consistency_loss
-from pipeline.student.models import build_student, flexible
-from pipeline.student.models import tsm as tsm_module
-from pipeline.student.models.base import StudentOutput
 
 CLASSES = 174
 log = logging.getLogger(__name__)

@@ -70,7 +70,7 @@ def main() -> None:
     }
     import shutil
 
-    from pipeline.teacher.store import ShardRowsWriter, create_store, expected_attrs
+    from pipeline.cache.store import ShardRowsWriter, create_store, expected_attrs
 
     store = args.work / "profile_store.zarr"
     shutil.rmtree(store, ignore_errors=True)

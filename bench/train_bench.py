@@ -32,6 +32,7 @@ import torch
 from bench.jpeg_shards import build
 from pipeline.accel.pool_loader import PoolKeeper
 from pipeline.config import Config, load
+from pipeline.models import input_normalizer
 from pipeline.runtime.cpus import TRAIN_RESERVE, loader_workers
 from pipeline.runtime.device import autocast_dtype, pick_device
 from pipeline.ssv2.annotations import LABELS_FILE, class_names, flip_pairs, load_labels
@@ -45,7 +46,6 @@ from pipeline.student.data import (
     split_shards,
     to_device,
 )
-from pipeline.student.models import input_normalizer
 from pipeline.student.train import build_state, train_step
 from pipeline.teacher import run as teacher_run
 from pipeline.teacher.clip import load_teacher

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import StudentConfig
+from pipeline.models import build_student
 from pipeline.ssv2.synthetic import PAIRS, SyntheticVideo, render
-from pipeline.student.models import build_student
 
 log = logging.getLogger(__name__)
 

@@ -175,10 +175,10 @@ def teacher_text(work: Path) -> str:
     cfg = world.make_config(work, base, world.BASE)
     import zarr
 
+    from pipeline.cache.store import head_records
     from pipeline.shards.plan import row_labels
     from pipeline.ssv2 import proxy
     from pipeline.ssv2.annotations import class_names, labels_path, load_labels
-    from pipeline.teacher.store import head_records
 
     root = zarr.open_group(str(cfg.paths.teacher_cache), mode="r")
     records = head_records(root)

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
+from pipeline.cache.store import CacheMismatchError, open_checked
 from pipeline.config import Config
+from pipeline.models import checkpoint
 from pipeline.runtime.progress import Progress
 from pipeline.shards.plan import index_path, manifest_path, plan_all, why_not_done
-from pipeline.student import checkpoint
-from pipeline.teacher.store import CacheMismatchError, open_checked
 
 log = logging.getLogger(__name__)
 

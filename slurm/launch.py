@@ -20,13 +20,13 @@ from pathlib import Path
 import zarr
 
 from pipeline import cli
+from pipeline.cache.heads import head_settings
+from pipeline.cache.store import CacheMismatchError, head_fingerprint, head_records
 from pipeline.config import Config, ConfigError
 from pipeline.runtime.errors import UserError, guarded
 from pipeline.runtime.progress import setup_logging
 from pipeline.shards import build as shards_lib
 from pipeline.teacher import run as teacher_run
-from pipeline.teacher.heads import head_settings
-from pipeline.teacher.store import CacheMismatchError, head_fingerprint, head_records
 from slurm.executor import executor_kind, make_executor, max_array_size, submission_folder
 from slurm.jobs import EvaluateJob, TrainJob
 from slurm.launch_lock import claim

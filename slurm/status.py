@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.models import checkpoint
 from pipeline.shards.plan import plan_all
-from pipeline.student import checkpoint
 
 
 def _job_states(job_ids: list[str]) -> dict[str, str]:
@@ -104,7 +104,7 @@ def _cache_progress(cfg: Config) -> str:
 def _head_progress(cfg: Config) -> str:
     import zarr
 
-    from pipeline.teacher.store import head_records
+    from pipeline.cache.store import head_records
 
     if not cfg.paths.teacher_cache.exists():
         return "no cache yet"

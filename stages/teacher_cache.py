@@ -6,10 +6,10 @@ import logging
 import sys
 
 from pipeline import cli
+from pipeline.cache.store import forget_shards, open_checked
 from pipeline.config import Config
 from pipeline.runtime.errors import guarded
 from pipeline.teacher import run as teacher_run
-from pipeline.teacher.store import forget_shards, open_checked
 
 log = logging.getLogger("stages.teacher_cache")
 

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import StudentConfig
-from pipeline.student import checkpoint, train
+from pipeline.models import build_student, checkpoint
+from pipeline.models.flexible import Alteration, Altered, CountSwitch, nearest_count
 from pipeline.student import data as student_data
+from pipeline.student import train
 from pipeline.student.ffn import consistency_loss, trained_counts
-from pipeline.student.models import build_student
-from pipeline.student.models.flexible import Alteration, Altered, CountSwitch, nearest_count
 from tests.helpers import make_config
 from tests.test_train import SMALL, _cfg, prepared  # noqa: F401 (the shared shards and cache)
 

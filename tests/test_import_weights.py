@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from pipeline.config import StudentConfig
+from pipeline.models import build_student, checkpoint
 from pipeline.runtime.errors import UserError, guarded
 from pipeline.shards import build as shards
-from pipeline.student import checkpoint, evaluate_run
+from pipeline.student import evaluate_run
 from pipeline.student.ffn import trained_counts
 from pipeline.student.import_weights import Source, check_settings, convert, expected_classes, import_checkpoint
-from pipeline.student.models import build_student
 from stages import import_weights as stage
 from tests import published_tsm
 from tests.fixtures.make_mmaction2_fixture import fixed_input, seeded_state, state_sha256

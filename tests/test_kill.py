@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import zarr
 
+from pipeline.models import checkpoint
 from pipeline.shards import build as shards
-from pipeline.student import checkpoint
 from pipeline.teacher import run as teacher_run
 from tests.helpers import REPO, TINY_TRAINING, config_args, make_config
 

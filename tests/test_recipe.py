@@ -12,10 +12,10 @@ from safetensors.torch import save_file
 
 from pipeline import config
 from pipeline.config import LossConfig, StudentConfig, TrainConfig
+from pipeline.models import build_student
+from pipeline.models.base import WeightsError
 from pipeline.ssv2.frames import IMAGENET_MEAN
 from pipeline.student.loss import distill_loss
-from pipeline.student.models import build_student
-from pipeline.student.models.base import WeightsError
 from pipeline.student.optim import effective_lr, lr_factor, make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,12 +14,12 @@ import pytest
 import zarr
 
 from pipeline import config
+from pipeline.cache.store import head_records
 from pipeline.runtime.errors import guarded
 from pipeline.shards import build as shards
 from pipeline.ssv2 import synthetic
 from pipeline.sweep import load_sweep, point_configs
 from pipeline.teacher import run as teacher_run
-from pipeline.teacher.store import head_records
 from slurm import launch
 from slurm import sweep as sweep_launch
 from slurm.status import active_jobs, status_report

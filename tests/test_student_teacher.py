@@ -10,18 +10,18 @@ import pytest
 import torch
 import zarr
 
+from pipeline.cache.store import CacheReader, open_checked
+from pipeline.models import build_student, checkpoint
 from pipeline.shards import build as shards
 from pipeline.ssv2.frames import decode, normalize, resize_crop
 from pipeline.ssv2.records import read_shard, select_frames
 from pipeline.ssv2.sampling import segment_centres
-from pipeline.student import checkpoint, train
+from pipeline.student import train
 from pipeline.student.data import teacher_source
 from pipeline.student.import_weights import expected_classes, import_checkpoint
-from pipeline.student.models import build_student
 from pipeline.teacher import head_run
 from pipeline.teacher import run as teacher_run
 from pipeline.teacher.clip import load_teacher
-from pipeline.teacher.store import CacheReader, open_checked
 from pipeline.teacher.video_student import StudentTeacherError
 from tests import published_tsm
 from tests.fixtures.make_mmaction2_fixture import seeded_state

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from pipeline import config
+from pipeline.models import build_student
 from pipeline.report.compare import student_folders, write_comparison
 from pipeline.student.export import export_count
-from pipeline.student.models import build_student
 from pipeline.sweep import load_sweep, point_configs
 from slurm import sweep as sweep_launch
 from stages import export as export_stage

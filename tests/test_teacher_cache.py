@@ -7,6 +7,7 @@ import zarr
 
 from pipeline.accel.gpu_resize import resize_by_products
 from pipeline.accel.pool_loader import PoolKeeper
+from pipeline.cache.store import CacheCorruptError, CacheMismatchError, CacheReader, open_checked
 from pipeline.shards import build as shards
 from pipeline.ssv2.annotations import LABELS_FILE, class_names, load_labels
 from pipeline.ssv2.frames import decode, normalize, resize_crop
@@ -17,7 +18,6 @@ from pipeline.student.data import CacheSource, ClipSource, ClipSpec, ShardClips
 from pipeline.teacher import data as teacher_data
 from pipeline.teacher import run as teacher_run
 from pipeline.teacher.clip import TeacherWeightsError, load_teacher
-from pipeline.teacher.store import CacheCorruptError, CacheMismatchError, CacheReader, open_checked
 from tests.helpers import make_config, read_annotations
 
 TINY = ("teacher.model=clip-tiny", "teacher.pretrained=random", "teacher.num_workers=2", "teacher.batch_videos=3")

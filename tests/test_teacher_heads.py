@@ -13,6 +13,8 @@ import torch
 import zarr
 
 from pipeline import config
+from pipeline.cache.heads import choose_head
+from pipeline.cache.store import CacheMismatchError, head_array, head_records
 from pipeline.shards import build as shards
 from pipeline.shards.plan import row_labels
 from pipeline.ssv2 import synthetic
@@ -26,7 +28,6 @@ from pipeline.teacher import head_run
 from pipeline.teacher import heads as H
 from pipeline.teacher import run as teacher_run
 from pipeline.teacher.stand_in import SIZE, SaturationTower
-from pipeline.teacher.store import CacheMismatchError, head_array, head_records
 from tests.helpers import make_config
 
 FAST = (
@@ -200,9 +201,7 @@ def test_a_killed_fit_leaves_a_usable_store_and_the_rerun_completes(fitted, reve
     root = zarr.open_group(run_cfg.paths.teacher_cache, mode="r")
     assert set(head_records(root)) == {"zero_shot", "linear"}  # temporal never counted
     with pytest.raises(CacheMismatchError, match="make teacher-head"):
-        H.choose_head(
-            "temporal", records=head_records(root), cache_fingerprint=root.attrs["fingerprint"], cfg=run_cfg.teacher_head
-        )
+        choose_head("temporal", records=head_records(root), cache_fingerprint=root.attrs["fingerprint"], cfg=run_cfg.teacher_head)
     monkeypatch.setattr(H, "fit", real_fit)
     summary = head_run.run(run_cfg)
     assert summary.fitted == ["temporal"] and summary.skipped == ["linear"]
@@ -263,7 +262,7 @@ def test_the_students_position_head_learns_direction_where_the_seeds_head_cannot
     # per-frame features of the synthetic set's time-reversed pairs: the stand-in teacher's (a
     # from-scratch MobileViT learns too slowly on a CPU for a test; docs/frame_flexible.md)
     from pipeline.config import StudentConfig
-    from pipeline.student.models.mobilevit import TemporalAttentionHead
+    from pipeline.models.mobilevit import TemporalAttentionHead
 
     cfg, _ = fitted
     group = zarr.open_group(cfg.paths.teacher_cache, mode="r")

@@ -9,16 +9,17 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.accel import shift_kernel
+from pipeline.cache.store import CacheMismatchError
 from pipeline.config import LossConfig
+from pipeline.models import checkpoint
+from pipeline.models.tsm import pointwise_shift, temporal_shift
 from pipeline.shards import build as shards
 from pipeline.ssv2.annotations import LABELS_FILE, class_names, flip_pairs, load_labels
 from pipeline.ssv2.records import read_shard
-from pipeline.student import checkpoint, train
+from pipeline.student import train
 from pipeline.student.data import check_shards_feed
 from pipeline.student.loss import distill_loss
-from pipeline.student.models.tsm import pointwise_shift, temporal_shift
 from pipeline.teacher import run as teacher_run
-from pipeline.teacher.store import CacheMismatchError
 from tests.helpers import REPO, TINY_TRAINING, make_config
 
 SMALL = (*TINY_TRAINING, "train.checkpoint_every_steps=1000")

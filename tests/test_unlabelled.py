@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 import zarr
 
+from pipeline.cache.heads import choose_head
+from pipeline.cache.store import head_records
 from pipeline.config import LossConfig
 from pipeline.shards import build as shards
 from pipeline.ssv2.sampling import segment_centres, segment_of, segment_random
@@ -23,8 +25,6 @@ from pipeline.student.data import ClipSource, ClipSpec, ShardClips, split_shards
 from pipeline.student.loss import distill_loss
 from pipeline.teacher import head_run
 from pipeline.teacher import run as teacher_run
-from pipeline.teacher.heads import choose_head
-from pipeline.teacher.store import head_records
 from tests.helpers import REPO, TINY_TRAINING, make_config
 
 UNLABELLED = (

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.cache.store import head_array, head_records
 from pipeline.config import Config
 from pipeline.shards.plan import index_path, manifest_path
 from pipeline.ssv2.annotations import class_names, labels_path, load_labels
-from pipeline.teacher.store import head_array, head_records
 
 
 @dataclass

@@ -1,2 +1,2 @@
-"""Stage 3 (`stages/train_student.py` runs `train.run`): models, loss, data, training, evaluation,
-checkpoints and metrics."""
+"""Stage 3 (`stages/train_student.py` runs `train.run`): loss, data, training, evaluation, export and
+metrics; the models are in pipeline/models, the teacher's rows in pipeline/cache."""

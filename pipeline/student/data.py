@@ -29,6 +29,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from pipeline.accel.batch_pool import BatchMemory, SegmentMemory, map_tensors
 from pipeline.accel.pool_loader import PooledLoader, PoolKeeper, worker_loader
 from pipeline.accel.shm import empty_for_handover
+from pipeline.cache.heads import HeadChoice
+from pipeline.cache.store import CacheMismatchError, CacheReader
 from pipeline.config import Config
 from pipeline.runtime.cpus import TRAIN_RESERVE, loader_workers
 from pipeline.runtime.dist import DistEnv
@@ -39,8 +41,6 @@ from pipeline.ssv2.multi_view import three_crop_boxes
 from pipeline.ssv2.records import select_frames
 from pipeline.ssv2.sampling import segment_centres, segment_of, segment_random
 from pipeline.ssv2.views import View, crop_box, replay_view, teacher_subset
-from pipeline.teacher.heads import HeadChoice
-from pipeline.teacher.store import CacheMismatchError, CacheReader
 
 
 @dataclass

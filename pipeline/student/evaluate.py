@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 from pipeline.accel.pool_loader import PoolKeeper
+from pipeline.cache.heads import HeadChoice
 from pipeline.config import Config
+from pipeline.models import input_normalizer
 from pipeline.runtime import dist
 from pipeline.runtime.atomic import write_bytes, write_json, write_text
 from pipeline.runtime.device import autocast_dtype
@@ -19,8 +21,6 @@ from pipeline.runtime.dist import DistEnv
 from pipeline.student.data import ClipSource, ClipSpec, make_loader, split_shards, teacher_source, to_device, train_workers
 from pipeline.student.loss import distill_loss
 from pipeline.student.metrics import topk_hits
-from pipeline.student.models import input_normalizer
-from pipeline.teacher.heads import HeadChoice
 
 
 @dataclass

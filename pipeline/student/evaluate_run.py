@@ -10,15 +10,14 @@ from pathlib import Path
 
 from pipeline.accel.pool_loader import PoolKeeper
 from pipeline.config import Config
+from pipeline.models import build_student, checkpoint
 from pipeline.runtime import dist
 from pipeline.runtime.atomic import write_json, write_text
 from pipeline.runtime.device import pick_device
 from pipeline.runtime.dist import DistEnv
 from pipeline.runtime.progress import format_duration
 from pipeline.ssv2.annotations import class_names, labels_path, load_labels
-from pipeline.student import checkpoint
 from pipeline.student.ffn import trained_counts
-from pipeline.student.models import build_student
 from pipeline.student.protocol import Protocol, ProtocolResult, evaluate_views, protocols, table, write_scores
 from pipeline.student.train import prepare_model
 

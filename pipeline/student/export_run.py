@@ -10,15 +10,14 @@ from pathlib import Path
 import torch
 
 from pipeline.config import Config
+from pipeline.models import build_student, checkpoint
 from pipeline.runtime.atomic import write_json, write_text
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.progress import format_duration
 from pipeline.ssv2.annotations import class_names, labels_path, load_labels
-from pipeline.student import checkpoint
 from pipeline.student.data import ClipSource, ClipSpec, make_loader, split_shards
 from pipeline.student.export import export_count, latency
 from pipeline.student.ffn import trained_counts
-from pipeline.student.models import build_student
 
 log = logging.getLogger(__name__)
 

@@ -33,13 +33,12 @@ from pathlib import Path
 import torch
 
 from pipeline.config import Config, dump, to_dict
+from pipeline.models import build_student, checkpoint
+from pipeline.models.layout import canonical_counts, project_canonical
 from pipeline.runtime.atomic import write_text
 from pipeline.runtime.errors import UserError
 from pipeline.ssv2.annotations import NUM_CLASSES, class_names, labels_path, load_labels
-from pipeline.student import checkpoint
 from pipeline.student.ffn import trained_counts
-from pipeline.student.models import build_student
-from pipeline.student.models.layout import canonical_counts, project_canonical
 
 log = logging.getLogger(__name__)
 FORMATS = ("mit-han-lab", "mmaction2", "ffn")

@@ -18,6 +18,7 @@ import torch
 
 from pipeline.accel.pool_loader import PoolKeeper
 from pipeline.config import Config
+from pipeline.models import input_normalizer
 from pipeline.runtime import dist
 from pipeline.runtime.atomic import write_bytes
 from pipeline.runtime.cpus import EVAL_RESERVE, loader_workers
@@ -26,7 +27,6 @@ from pipeline.runtime.dist import DistEnv
 from pipeline.runtime.progress import Progress
 from pipeline.student.data import ClipSource, ClipSpec, make_loader, split_shards, to_device
 from pipeline.student.evaluate import gather_predictions
-from pipeline.student.models import input_normalizer
 
 log = logging.getLogger(__name__)
 

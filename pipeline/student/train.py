@@ -18,14 +18,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pipeline.accel.pool_loader import PoolKeeper
+from pipeline.cache.heads import HeadChoice, choose_head
+from pipeline.cache.store import head_records, open_checked
 from pipeline.config import Config, dump, to_dict
+from pipeline.models import build_student, checkpoint, input_normalizer
 from pipeline.runtime import dist
 from pipeline.runtime.atomic import write_json, write_text
 from pipeline.runtime.device import autocast_dtype, pick_device
 from pipeline.runtime.dist import DistEnv
 from pipeline.runtime.progress import format_duration
 from pipeline.ssv2.annotations import class_names, flip_pairs, labels_path, load_labels
-from pipeline.student import checkpoint, health
+from pipeline.student import health
 from pipeline.student.data import (
     ClipSource,
     ClipSpec,
@@ -41,10 +44,7 @@ from pipeline.student.evaluate import EvalResult, evaluate, write_frame_count_ev
 from pipeline.student.ffn import consistency_loss, trained_counts
 from pipeline.student.loss import distill_loss
 from pipeline.student.metrics import AverageMeter, MetricsLog, topk_accuracy
-from pipeline.student.models import build_student, input_normalizer
 from pipeline.student.optim import base_lr, effective_lr, lr_factor, make_optimizer, optimiser_facts
-from pipeline.teacher.heads import HeadChoice, choose_head
-from pipeline.teacher.store import head_records, open_checked
 
 log = logging.getLogger(__name__)
 

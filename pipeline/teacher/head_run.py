@@ -18,14 +18,7 @@ import numpy as np
 import torch
 import zarr
 
-from pipeline.config import Config, TeacherHeadConfig, dump
-from pipeline.runtime import atomic
-from pipeline.runtime.device import pick_device
-from pipeline.runtime.progress import format_duration
-from pipeline.shards.plan import row_labels
-from pipeline.ssv2.annotations import class_names, flip_pairs, labels_path, load_labels
-from pipeline.teacher import heads as H
-from pipeline.teacher.store import (
+from pipeline.cache.store import (
     head_array,
     head_fingerprint,
     head_records,
@@ -33,6 +26,13 @@ from pipeline.teacher.store import (
     set_head_record,
     write_rows,
 )
+from pipeline.config import Config, TeacherHeadConfig, dump
+from pipeline.runtime import atomic
+from pipeline.runtime.device import pick_device
+from pipeline.runtime.progress import format_duration
+from pipeline.shards.plan import row_labels
+from pipeline.ssv2.annotations import class_names, flip_pairs, labels_path, load_labels
+from pipeline.teacher import heads as H
 
 log = logging.getLogger(__name__)
 

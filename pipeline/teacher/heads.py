@@ -15,17 +15,15 @@ training logits (the calibration the distillation temperature applies on top of)
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.cache.heads import ALL_HEADS, FITTED, head_settings  # noqa: F401 (the heads' names and settings are the cache's contract)
 from pipeline.config import TeacherHeadConfig
-
-FITTED = ("linear", "temporal")
-ALL_HEADS = ("zero_shot", *FITTED)
 
 
 class LinearHead(nn.Module):
@@ -69,14 +67,6 @@ def build_head(name: str, *, dim: int, num_classes: int, frames: int, cfg: Teach
             dim, num_classes, frames=frames, width=cfg.temporal_width, layers=cfg.temporal_layers, dropout=cfg.dropout
         )
     raise ValueError(f"teacher_head.heads: unknown head {name!r} (fitted heads: {', '.join(FITTED)})")
-
-
-def head_settings(name: str, cfg: TeacherHeadConfig) -> dict:
-    """The settings a head's logits depend on (they go into its fingerprint)."""
-    keep = {"folds", "seed", "holdout", "weight_decays", "epochs", "min_steps", "batch_size", "lr"}
-    if name == "temporal":
-        keep |= {"temporal_width", "temporal_layers", "dropout"}
-    return {"head": name, **{k: v for k, v in asdict(cfg).items() if k in keep}}
 
 
 @dataclass
@@ -170,52 +160,3 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     optimizer.step(closure)
     return float(log_t.detach().exp().clamp(1e-2, 1e2))
-
-
-@dataclass(frozen=True)
-class HeadChoice:
-    """The head a student learns from: its name, its logits' array in the cache, its temperature."""
-
-    name: str
-    array: str
-    temperature: float
-    val_top1: float | None = None
-
-
-def choose_head(wanted: str, *, records: dict[str, dict], cache_fingerprint: str, cfg: TeacherHeadConfig) -> HeadChoice:
-    """`loss.teacher_head` resolved against the cache's head records; a stale or missing head is refused.
-
-    `best` is the fitted head with the highest validation top-1, or zero_shot when no head was fitted.
-    """
-    from pipeline.teacher.store import CacheMismatchError, head_array, head_fingerprint
-
-    def stale(name: str) -> bool:
-        return records[name].get("fingerprint") != head_fingerprint(cache_fingerprint, head_settings(name, cfg))
-
-    def choice(name: str) -> HeadChoice:
-        r = records.get(name, {})
-        return HeadChoice(name, head_array(name), float(r.get("temperature", 1.0)), r.get("val_top1"))
-
-    fix = "run `make teacher-head` (it refits what changed)"
-    if wanted == "zero_shot":
-        return choice("zero_shot")
-    if wanted == "best":
-        old = [n for n in FITTED if n in records and stale(n)]
-        if old:
-            raise CacheMismatchError(
-                f"teacher head(s) {', '.join(old)} were fitted on another cache or with other teacher_head settings: "
-                f"{fix}, or choose loss.teacher_head=zero_shot"
-            )
-        fitted = [n for n in FITTED if n in records]
-        if not fitted:
-            return choice("zero_shot")
-        return choice(max(fitted, key=lambda n: records[n].get("val_top1", -1.0)))
-    if wanted not in records:
-        raise CacheMismatchError(
-            f"loss.teacher_head={wanted}: no such head fitted on this teacher cache: {fix} with {wanted} in teacher_head.heads"
-        )
-    if stale(wanted):
-        raise CacheMismatchError(
-            f"loss.teacher_head={wanted}: the head was fitted on another cache or with other teacher_head settings: {fix}"
-        )
-    return choice(wanted)

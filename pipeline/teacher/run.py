@@ -18,6 +18,15 @@ import zarr
 from pipeline.accel.cuda_graph import GraphedForward
 from pipeline.accel.overlap import ProcessWriter
 from pipeline.accel.pool_loader import PoolKeeper
+from pipeline.cache.store import (
+    CacheMismatchError,
+    ShardRowsWriter,
+    check_views,
+    create_store,
+    expected_attrs,
+    open_checked,
+    training_splits,
+)
 from pipeline.config import Config, TeacherConfig, dump
 from pipeline.runtime import atomic
 from pipeline.runtime.device import autocast_dtype, pick_device
@@ -28,15 +37,6 @@ from pipeline.ssv2.frames import normalizer
 from pipeline.teacher.clip import Teacher, load_teacher
 from pipeline.teacher.data import FramePrep, ShardJob, ViewPlan, make_loader
 from pipeline.teacher.flow import ShardFlow
-from pipeline.teacher.store import (
-    CacheMismatchError,
-    ShardRowsWriter,
-    check_views,
-    create_store,
-    expected_attrs,
-    open_checked,
-    training_splits,
-)
 
 log = logging.getLogger(__name__)
 

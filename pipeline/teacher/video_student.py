@@ -20,11 +20,10 @@ import torch
 from torch import nn
 
 from pipeline.config import StudentConfig, TeacherConfig
+from pipeline.models import build_student, checkpoint
+from pipeline.models.layout import saved_counts
+from pipeline.models.tsm import TSM
 from pipeline.runtime.errors import UserError
-from pipeline.student import checkpoint
-from pipeline.student.models import build_student
-from pipeline.student.models.layout import saved_counts
-from pipeline.student.models.tsm import TSM
 from pipeline.teacher.model import Teacher, weights_hash
 
 log = logging.getLogger(__name__)

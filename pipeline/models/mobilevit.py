@@ -25,7 +25,7 @@ from timm.models.byobnet import BottleneckBlock
 from torch import nn
 
 from pipeline.config import StudentConfig
-from pipeline.student.models.base import (
+from pipeline.models.base import (
     StudentOutput,
     VideoStudent,
     WeightsError,
@@ -33,8 +33,8 @@ from pipeline.student.models.base import (
     classifier,
     load_backbone_weights,
 )
-from pipeline.student.models.flexible import alter_before, specialise_norms
-from pipeline.student.models.tsm import TemporalShift
+from pipeline.models.flexible import alter_before, specialise_norms
+from pipeline.models.tsm import TemporalShift
 
 POSITIONS = 16  # temporal position embeddings stored; resampled to other frame counts
 

@@ -17,7 +17,7 @@ import re
 
 from torch import nn
 
-from pipeline.student.models.base import WeightsError
+from pipeline.models.base import WeightsError
 
 
 def project_canonical(key: str, counts: list[int]) -> str:

@@ -14,7 +14,8 @@ shard's rows are exactly one chunk: array tasks working on different shards neve
     train/view_box          [N, V, 4]     int32    ... its crop box (top, left, height, width) in stored pixels
     train/view_flip         [N, V]        bool     ... whether it is flipped
 
-V is `teacher.views` for train and 1 (the centre view) for every other split and for views=1.
+V is `teacher.views` for the splits students train on (train and `train.unlabelled_splits`, which
+hold the view arrays too) and 1 (the centre view) for every other split and for views=1.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Students by name: each builder takes the StudentConfig and returns a VideoStudent."""
+"""The students by name (each builder takes the StudentConfig and returns a VideoStudent), their weight
+layouts and checkpoints: what the student stage trains and the teacher stage runs as a video teacher."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from collections.abc import Callable
 import torch
 
 from pipeline.config import StudentConfig
+from pipeline.models.base import VideoStudent
+from pipeline.models.mobilevit import build_mobilevit_xxs
+from pipeline.models.tsm import build_tsm
 from pipeline.ssv2.frames import normalizer
-from pipeline.student.models.base import VideoStudent
-from pipeline.student.models.mobilevit import build_mobilevit_xxs
-from pipeline.student.models.tsm import build_tsm
 
 BUILDERS: dict[str, Callable[..., VideoStudent]] = {
     "tsm_r50": lambda cfg, n, counts: build_tsm(cfg, n, depth=50, counts=counts),

@@ -15,7 +15,7 @@ from torchvision.models import resnet
 
 from pipeline.accel import shift_kernel
 from pipeline.config import StudentConfig
-from pipeline.student.models.base import (
+from pipeline.models.base import (
     StudentOutput,
     VideoStudent,
     WeightsError,
@@ -24,8 +24,8 @@ from pipeline.student.models.base import (
     load_backbone_weights,
     project_checkpoint,
 )
-from pipeline.student.models.flexible import alter_before, specialise_norms
-from pipeline.student.models.layout import load_tsm_backbone
+from pipeline.models.flexible import alter_before, specialise_norms
+from pipeline.models.layout import load_tsm_backbone
 
 
 def _shifted(x: torch.Tensor, num_frames: int, fold_div: int, *, backward: bool) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""The teacher cache: the contract between the teacher stages and the student (format, fingerprints, head records, reader)."""

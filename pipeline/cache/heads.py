@@ -1,0 +1,69 @@
+"""The teacher heads as the cache records them: their names, the settings their logits depend on, and
+which head a student learns from (`loss.teacher_head`), refused when stale. The heads themselves and
+their fitting are the teacher stage's (pipeline/teacher/heads.py)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from pipeline.cache.store import CacheMismatchError, head_array, head_fingerprint
+from pipeline.config import TeacherHeadConfig
+
+FITTED = ("linear", "temporal")
+ALL_HEADS = ("zero_shot", *FITTED)
+
+
+def head_settings(name: str, cfg: TeacherHeadConfig) -> dict:
+    """The settings a head's logits depend on (they go into its fingerprint)."""
+    keep = {"folds", "seed", "holdout", "weight_decays", "epochs", "min_steps", "batch_size", "lr"}
+    if name == "temporal":
+        keep |= {"temporal_width", "temporal_layers", "dropout"}
+    return {"head": name, **{k: v for k, v in asdict(cfg).items() if k in keep}}
+
+
+@dataclass(frozen=True)
+class HeadChoice:
+    """The head a student learns from: its name, its logits' array in the cache, its temperature."""
+
+    name: str
+    array: str
+    temperature: float
+    val_top1: float | None = None
+
+
+def choose_head(wanted: str, *, records: dict[str, dict], cache_fingerprint: str, cfg: TeacherHeadConfig) -> HeadChoice:
+    """`loss.teacher_head` resolved against the cache's head records; a stale or missing head is refused.
+
+    `best` is the fitted head with the highest validation top-1, or zero_shot when no head was fitted.
+    """
+
+    def stale(name: str) -> bool:
+        return records[name].get("fingerprint") != head_fingerprint(cache_fingerprint, head_settings(name, cfg))
+
+    def choice(name: str) -> HeadChoice:
+        r = records.get(name, {})
+        return HeadChoice(name, head_array(name), float(r.get("temperature", 1.0)), r.get("val_top1"))
+
+    fix = "run `make teacher-head` (it refits what changed)"
+    if wanted == "zero_shot":
+        return choice("zero_shot")
+    if wanted == "best":
+        old = [n for n in FITTED if n in records and stale(n)]
+        if old:
+            raise CacheMismatchError(
+                f"teacher head(s) {', '.join(old)} were fitted on another cache or with other teacher_head settings: "
+                f"{fix}, or choose loss.teacher_head=zero_shot"
+            )
+        fitted = [n for n in FITTED if n in records]
+        if not fitted:
+            return choice("zero_shot")
+        return choice(max(fitted, key=lambda n: records[n].get("val_top1", -1.0)))
+    if wanted not in records:
+        raise CacheMismatchError(
+            f"loss.teacher_head={wanted}: no such head fitted on this teacher cache: {fix} with {wanted} in teacher_head.heads"
+        )
+    if stale(wanted):
+        raise CacheMismatchError(
+            f"loss.teacher_head={wanted}: the head was fitted on another cache or with other teacher_head settings: {fix}"
+        )
+    return choice(wanted)
