@@ -23,12 +23,14 @@ def _git(*args: str) -> str | None:
 
 
 def code_version() -> dict:
-    """The commit and whether tracked files differ from it; a copy without .git says so, or takes
-    PIPELINE_COMMIT (set where the tree was copied from a checkout, as on a lent GPU machine)."""
+    """The commit and whether tracked files differ from it. PIPELINE_COMMIT, where set, wins: a tree
+    copied from a checkout (as onto a lent GPU machine) may carry a .git that is not its own."""
+    given = os.environ.get("PIPELINE_COMMIT", "")
+    if given:
+        return {"commit": given, "dirty": None, "commit_from": "PIPELINE_COMMIT"}
     commit = _git("rev-parse", "HEAD")
     if commit is None:
-        given = os.environ.get("PIPELINE_COMMIT", "")
-        return {"commit": given or "unknown (not a git checkout)", "dirty": None}
+        return {"commit": "unknown (not a git checkout)", "dirty": None}
     return {"commit": commit, "dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
 
 
