@@ -21,7 +21,7 @@ SMOKE_ARGS := --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) --config con
 
 EXP_ARGS ?=
 NAME ?=
-.PHONY: pretrain-teacher experiment help venv smoke test test-fast lint format shards teacher-cache teacher-head train-student evaluate export import-weights sweep compare all report verify status slurm-up slurm-down synthetic bench-shards clean-smoke
+.PHONY: runs pretrain-teacher experiment help venv smoke test test-fast lint format shards teacher-cache teacher-head train-student evaluate export import-weights sweep compare all report verify status slurm-up slurm-down synthetic bench-shards clean-smoke
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -98,6 +98,9 @@ sweep: $(STAMP) ## Train every point of SWEEP=sweeps/<name>.yaml as one SLURM ar
 compare: $(STAMP) ## One table and plots across RUNS="folder ..." (student, run or sweep folders) into COMPARE_DIR
 	@test -n "$(RUNS)" || { echo "make compare: name the runs: make compare RUNS=\"runs/a runs/b\"" >&2; exit 2; }
 	$(PY) -m stages.compare $(RUNS) --out $(COMPARE_DIR)
+
+runs: $(STAMP) ## Every trained student under DIR (default runs/): student, recipe, best top-1, learned, date, commit, device
+	$(PY) -m stages.runs $(or $(DIR),runs)
 
 report: $(STAMP) ## Write <run_dir>/report/report.md and its PNG plots from the run's own files
 	$(PY) -m stages.report --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)

@@ -98,3 +98,28 @@ def test_the_test_protocol_table_traces_back_to_its_scores(full_run):
     multi = next(r for r in facts["rows"] if r["clips"] == 2 and r["crops"] == 3)
     cell = re.search(rf"\| {multi['frames']}(?: \(trained\))? \| [0-9.]+ \| [0-9.]+ \| ([0-9.]+) \|", text)
     assert cell and float(cell.group(1)) == pytest.approx(100 * multi["top1"], abs=0.006)
+
+
+@pytest.mark.unit
+def test_make_runs_lists_every_student_with_its_recipe_verdict_and_provenance(tmp_path):
+    import yaml
+
+    from pipeline import config
+    from pipeline.report.runs import runs_table
+    from tests.helpers import PIPELINE_YAML
+
+    for name, curve, mode in (("a", [0.1, 0.2, 0.3, 0.5, 0.6], "vanilla"), ("sweeps/b", [0.19, 0.2, 0.19, 0.2, 0.19], "distill")):
+        folder = tmp_path / name / "student"
+        folder.mkdir(parents=True)
+        cfg = config.to_dict(config.load(PIPELINE_YAML, [f"loss.mode={mode}", "train.epochs=5"]))
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+        lines = [{"kind": "val", "step": i, "epoch": i, "top1": v, "time": 1.7e9 + i} for i, v in enumerate(curve)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        start = {"commit": "0123456789abcdef", "dirty": True, "device": "NVIDIA H100 80GB HBM3 x1"}
+        (folder / "provenance.jsonl").write_text(json.dumps(start) + "\n")
+    table = runs_table(tmp_path)
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
+    assert set(rows) == {"a/student", "sweeps/b/student"}
+    assert "| 0.6000 | yes | 5/5 |" in rows["a/student"] and "vanilla; sgd" in rows["a/student"]
+    assert "| 0.2000 | PLATEAU | 5/5 |" in rows["sweeps/b/student"] and "distill best: 0.5/1.0/0.1" in rows["sweeps/b/student"]
+    assert "0123456789 (dirty) | NVIDIA H100 80GB HBM3 x1 |" in rows["a/student"]

@@ -192,8 +192,12 @@ def test_stopped_and_resumed_run_ends_with_the_same_weights(synth_root, prepared
     records = [json.loads(x) for x in (cfg.paths.student_dir / "metrics.jsonl").read_text().splitlines()]
     assert {"train", "val"} <= {r["kind"] for r in records}
     train_record = next(r for r in records if r["kind"] == "train")
-    assert {"loss_feature", "loss_response", "loss_task", "clips_per_s", "lr"} <= set(train_record)
+    assert {"loss_feature", "loss_response", "loss_task", "clips_per_s", "lr", "grad_norm"} <= set(train_record)
     assert (cfg.paths.student_dir / "best.pt").exists()
+    # where each start's code and machine came from: one line per start
+    starts = [json.loads(x) for x in (cfg.paths.student_dir / "provenance.jsonl").read_text().splitlines()]
+    assert [s["resumed_from_step"] for s in starts] == [0, 5]
+    assert all(len(s["commit"]) == 40 and s["versions"]["torch"] and s["device"].startswith("CPU") for s in starts)
 
 
 @pytest.mark.parametrize("frame_counts", [[], [2, 4]], ids=["plain", "ffn"])

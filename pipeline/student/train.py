@@ -27,6 +27,7 @@ from pipeline.runtime.atomic import write_json, write_text
 from pipeline.runtime.device import autocast_dtype, pick_device
 from pipeline.runtime.dist import DistEnv
 from pipeline.runtime.progress import format_duration
+from pipeline.runtime.provenance import provenance
 from pipeline.ssv2.annotations import class_names, flip_pairs, labels_path, load_labels
 from pipeline.student import health
 from pipeline.student.data import (
@@ -143,6 +144,9 @@ def run(
         write_json(out / "optimiser.json", optimiser_facts(cfg.train, state.optimizer, world_size=env.world_size))
     _resume(out / "latest.pt", state, env)
     resumed_from = state.progress.step
+    if env.is_main:  # where this process's part of the run came from: one line per start (a requeue adds one)
+        record = provenance(cfg.train.device) | {"resumed_from_step": resumed_from, "world_size": env.world_size}
+        append_line(out / "provenance.jsonl", json.dumps(record))
     if env.world_size > 1:
         # CE alone leaves the feature projection out of the loss; DDP must be told.
         state.wrapped = DDP(
@@ -204,8 +208,13 @@ def _log_compute(path, *, seconds: float, env: DistEnv, device: torch.device) ->
     """One line per training process run (a requeue adds one): what `make compare` sums into
     device-hours. A run killed without warning leaves no line for its last segment."""
     record = {"seconds": seconds, "processes": env.world_size, "device": device.type, "time": time.time()}
+    append_line(path, json.dumps(record))
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line to a JSON-lines record."""
     with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(line + "\n")
 
 
 def _device(cfg: Config, env: DistEnv) -> torch.device:

@@ -1,0 +1,24 @@
+"""The plateau check that training summaries, reports, `make compare`, `make runs` and experiment tables apply."""
+
+import pytest
+
+from pipeline.student.health import plateau
+
+
+@pytest.mark.unit
+def test_a_curve_that_never_leaves_its_first_epochs_level_is_a_plateau():
+    # docs/proxy_benchmark.md: 16-frame tsm_tiny at AdamW 1e-3 without warm-up, 15 epochs
+    stuck = [0.17, 0.19, 0.18, 0.19, 0.2, 0.19, 0.18, 0.19, 0.2, 0.19, 0.19, 0.18, 0.19, 0.19, 0.187]
+    verdict = plateau(stuck)
+    assert verdict.flagged and verdict.early_epochs == 3 and verdict.sentence().startswith("PLATEAU")
+    # a run that learns late but clearly (the GPU TSM-R50 curves: chance for 4 epochs, then up)
+    late = [0.036, 0.036, 0.057, 0.045, 0.255, 0.274, 0.5, 0.7, 0.8, 0.85]
+    assert not plateau(late).flagged
+    assert not plateau([0.1, 0.2, 0.3, 0.5, 0.52]).flagged
+
+
+@pytest.mark.unit
+def test_short_or_already_solved_curves_are_not_judged_a_plateau():
+    assert plateau([0.2, 0.2, 0.2]) is None  # too few epochs to judge
+    assert not plateau([1.0, 1.0, 1.0, 1.0, 1.0]).flagged  # the toy set, solved in the first epoch
+    assert plateau([0.5, 0.51, 0.52, 0.53, 0.54]).flagged  # rose 0.04 after its first epoch: under the 0.05 a learner gains
