@@ -21,7 +21,7 @@ SMOKE_ARGS := --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) --config con
 
 EXP_ARGS ?=
 NAME ?=
-.PHONY: runs pretrain-teacher experiment help venv smoke test test-fast lint format shards teacher-cache teacher-head train-student evaluate export import-weights sweep compare all report verify status slurm-up slurm-down synthetic bench-shards clean-smoke
+.PHONY: test-integration test-slow runs pretrain-teacher experiment help venv smoke test test-fast lint format shards teacher-cache teacher-head train-student evaluate export import-weights sweep compare all report verify status slurm-up slurm-down synthetic bench-shards clean-smoke
 
 help: ## List every target with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -41,11 +41,17 @@ smoke: $(STAMP) ## Run every stage on the embedded tiny synthetic data set (CPU,
 	$(PY) -m slurm.launch export $(SMOKE_ARGS) $(ARGS)
 	$(PY) -m stages.report $(SMOKE_ARGS) $(ARGS)
 
-test: $(STAMP) ## Run the whole test suite (what CI runs): unit, integration and real-SLURM tests
-	$(PY) -m pytest -q tests
+test: $(STAMP) ## Run the whole test suite (what CI runs): unit, integration, slow and real-SLURM tests; the 15 slowest listed
+	$(PY) -m pytest -q --durations=15 tests
 
 test-fast: $(STAMP) ## Run the unit tier only (no stage runs, no SLURM): under a minute
 	$(PY) -m pytest -q -m unit tests
+
+test-integration: $(STAMP) ## The unit and integration tiers (real stages on the synthetic set; no SLURM, no experiment variants)
+	$(PY) -m pytest -q --durations=15 -m "unit or integration" tests
+
+test-slow: $(STAMP) ## The CPU variants of the accuracy experiments alone
+	$(PY) -m pytest -q --durations=15 -m slow tests
 
 lint: $(STAMP) ## ruff (lint and format check of the whole tree) and the import layers (lint/import_layers.py)
 	$(PY) -m ruff check .

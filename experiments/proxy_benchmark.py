@@ -4,7 +4,11 @@
     python -m experiments.proxy_benchmark all --work DIR          # every table
     python -m experiments.proxy_benchmark all --work DIR --tabulate
 
-Tables: optimiser (lr and warm-up, 8 and 16 frames: which settings learn), heads (vanilla against
+Tables: screen (recipe candidates, one or two seeds), safety (vanilla, the seeds' recipe and the
+default, from a strong, a weak and a useless teacher, at 10 / 40 / 160 labels per class),
+unlabelled (10 labelled per class with and without 30 unlabelled), frames (the per-frame term on
+and off), mobilevit_gpu and tsm_r50_gpu (the seeds' student and TSM-R50 at 112 px on a GPU),
+optimiser (lr and warm-up, 8 and 16 frames: which settings learn), heads (vanilla against
 distilled from each teacher head), loss (the loss terms and temperature), labels (10 / 40 / 160
 labelled videos per class), views (1 against 8 cached views), tfd (plain 16 frames against FFN
 4/8/16, evaluated at 4 / 8 / 16), mobilevit (the three temporal heads, vanilla and distilled),
@@ -45,6 +49,16 @@ GATED = (*SEEDS_RECIPE, "loss.gamma=1.0", "loss.teacher_gate=correct", "loss.unl
 GATED_FRAMES = (*GATED, "loss.frame_alpha=1.0")
 BELIEF_FRAMES = (*GATED_FRAMES, "loss.teacher_gate=label_prob")
 UNLABELLED = ("@unlabelled=30", "train.unlabelled_splits=[test]")
+DEFAULT = ()  # pipeline.yaml's loss: the recipe a user gets
+TEACHERS = {
+    "temporal head": ("loss.teacher_head=temporal",),
+    "linear head": ("loss.teacher_head=linear",),
+    "random-weight teacher": ("@teacher=random",),
+}
+RECIPES = {"seeds' recipe": SEEDS_RECIPE, "default": DEFAULT}
+# GPU-sized students: 112 px from shards at short side 128, batch 32, three loader workers, 30 epochs
+GPU = ("@size=128", "student.image_size=112", "train.batch_size=32", "train.num_workers=3")
+SEEDS_STUDENT = ("student.arch=mobilevit_xxs", "student.temporal=attention_pos")
 
 TABLES: dict[str, Table] = {
     "screen": Table(
@@ -71,6 +85,61 @@ TABLES: dict[str, Table] = {
             "160, vanilla": ("@labels=160", *VANILLA),
             "160, gated + frames": ("@labels=160", *GATED_FRAMES),
         }
+    ),
+    "safety": Table(
+        {
+            **{f"{n} per class, vanilla": (f"@labels={n}", *VANILLA) for n in (10, 40, 160)},
+            **{
+                f"{n} per class, {teacher}, {recipe}": (f"@labels={n}", *t, *r)
+                for n in (10, 40, 160)
+                for teacher, t in TEACHERS.items()
+                for recipe, r in RECIPES.items()
+            },
+        }
+    ),
+    "unlabelled": Table(
+        {
+            "10 labelled, vanilla": ("@labels=10", *VANILLA),
+            "10 labelled, seeds' recipe": ("@labels=10", *SEEDS_RECIPE),
+            "10 labelled, default": ("@labels=10", *DEFAULT),
+            "10 labelled + 30 unlabelled, seeds' recipe": ("@labels=10", *UNLABELLED, *SEEDS_RECIPE),
+            "10 labelled + 30 unlabelled, default": ("@labels=10", *UNLABELLED, *DEFAULT),
+            "40 labelled, vanilla (the ceiling)": VANILLA,
+        }
+    ),
+    "frames": Table(
+        {
+            "40 per class, default": DEFAULT,
+            "40 per class, default without the frame term": ("loss.frame_alpha=0",),
+            "40 per class, random-weight teacher, default": ("@teacher=random",),
+            "40 per class, random-weight teacher, default without the frame term": ("@teacher=random", "loss.frame_alpha=0"),
+            "10 + 30 unlabelled, default": ("@labels=10", *UNLABELLED),
+            "10 + 30 unlabelled, default without the frame term": ("@labels=10", *UNLABELLED, "loss.frame_alpha=0"),
+        }
+    ),
+    "mobilevit_gpu": Table(
+        {
+            "40 labelled, vanilla": VANILLA,
+            "40 labelled, seeds' recipe": SEEDS_RECIPE,
+            "40 labelled, default": DEFAULT,
+            "10 labelled, vanilla": ("@labels=10", *VANILLA),
+            "10 labelled + 30 unlabelled, seeds' recipe": ("@labels=10", *UNLABELLED, *SEEDS_RECIPE),
+            "10 labelled + 30 unlabelled, default": ("@labels=10", *UNLABELLED, *DEFAULT),
+        },
+        settings=(*GPU, *SEEDS_STUDENT),
+        epochs=30,
+    ),
+    "tsm_r50_gpu": Table(
+        {
+            "plain 16, vanilla": ("student.num_frames=16", *VANILLA),
+            "plain 16, seeds' recipe": ("student.num_frames=16", *SEEDS_RECIPE),
+            "plain 16, default": ("student.num_frames=16", *DEFAULT),
+            "FFN 4/8/16, seeds' recipe": ("student.num_frames=16", "train.frame_counts=[4, 8, 16]", *SEEDS_RECIPE),
+            "FFN 4/8/16, default": ("student.num_frames=16", "train.frame_counts=[4, 8, 16]", *DEFAULT),
+        },
+        counts=(4, 8, 16),
+        settings=(*GPU, "student.arch=tsm_r50"),
+        epochs=30,
     ),
     "optimiser": Table(
         {

@@ -168,7 +168,7 @@ def submit_head(cfg: Config, after: list | None = None) -> tuple[list, Path | No
 
 def training_complete(cfg: Config) -> bool:
     """latest.pt is past the last epoch and the frame-count evaluation is written."""
-    from pipeline.student import checkpoint
+    from pipeline.models import checkpoint
 
     saved = checkpoint.load(cfg.paths.student_dir / "latest.pt")
     done = saved is not None and saved["state"]["epoch"] >= cfg.train.epochs

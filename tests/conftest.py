@@ -10,6 +10,15 @@ import pytest
 from pipeline import config
 from pipeline.ssv2 import synthetic
 
+TIERS = ("unit", "slurm", "slow")
+
+
+def pytest_collection_modifyitems(items):
+    """A test with no tier marker runs real stages: it is an integration test."""
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:

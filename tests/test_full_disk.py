@@ -109,7 +109,7 @@ def test_a_full_disk_stops_each_stage_cleanly_and_the_rerun_completes(synth_root
 def test_a_checkpoint_that_does_not_fit_leaves_the_previous_one_loadable(small_disk):
     import torch
 
-    from pipeline.student import checkpoint
+    from pipeline.models import checkpoint
 
     if small_disk is None:
         return  # ran, and passed, in a namespace of its own

@@ -7,6 +7,7 @@ import pytest
 from experiments.order_heads import reversal_accuracy
 
 
+@pytest.mark.unit  # seconds: heads alone on rendered frames, no stage runs
 def test_the_position_head_learns_time_reversed_classes_the_seeds_head_cannot():
     blind = [reversal_accuracy("attention", seed)[1] for seed in (0, 1, 2)]
     aware = [reversal_accuracy("attention_pos", seed)[1] for seed in (0, 1, 2)]

@@ -74,6 +74,7 @@ def test_training_sets_are_nested_and_validation_does_not_change():
     assert set(counts.values()) == {40}
 
 
+@pytest.mark.slow
 def test_quick_heads_table_through_the_real_stages(tmp_path):
     """The heads table on a tiny proxy set: data (ffmpeg), pretrained teacher, cache, heads, four students."""
     settings = [

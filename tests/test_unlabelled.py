@@ -180,3 +180,36 @@ def test_unlabelled_splits_that_cannot_be_trained_on_are_refused(synth_root, cac
         cfg = _cfg(synth_root, cached, tmp_path / bad[0].split("=")[0].replace(".", "_"), *bad)
         with pytest.raises(ValueError, match=message):
             train.run(cfg)
+
+
+@pytest.mark.slow
+def test_the_make_targets_train_on_the_unlabelled_split_end_to_end(synth_root, tmp_path):
+    """What a user types: the four stage targets with SSv2's unlabelled test split in data.splits and in training."""
+    args = " ".join(
+        [
+            f"paths.ssv2_root={synth_root}",
+            f"paths.run_dir={tmp_path}",
+            "data.splits=[train,validation,test]",
+            "train.unlabelled_splits=[test]",
+            "loss.frame_alpha=1.0",
+            "shards.videos_per_shard=2",
+            "train.num_workers=1",
+            "train.epochs=1",
+            "teacher.num_workers=1",
+        ]
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    logs = ""
+    for target in ("shards", "teacher-cache", "teacher-head", "train-student"):
+        proc = subprocess.run(
+            ["make", "-s", target, "RECIPE=configs/smoke.yaml", f"ARGS={args}"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"make {target}: {proc.stderr[-3000:]}"
+        logs += proc.stderr
+    root = zarr.open_group(str(tmp_path / "teacher_cache.zarr"), mode="r")
+    assert root["test/done"][:].all() and root["test/heads/temporal/logits"].shape[0] == root["test/valid"].shape[0]
+    task_log = "".join(p.read_text() for p in (tmp_path / "slurm" / "train_student").rglob("*_log.err"))
+    assert "the epoch trained 32 labelled and 32 unlabelled clips" in task_log
+    assert "each epoch 32 labelled and 32 unlabelled clips (test)" in task_log
+    assert (tmp_path / "student" / "best.pt").exists()

@@ -135,7 +135,7 @@ def train_facts(cfg: Config) -> TrainFacts | None:
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     best = None
     if (folder / "best.pt").exists():
-        from pipeline.student import checkpoint
+        from pipeline.models import checkpoint
 
         state = checkpoint.load(folder / "best.pt")["state"]
         best = {"epoch": state["epoch"] - 1, "step": state["step"], "top1": state["best_top1"]}

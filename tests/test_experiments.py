@@ -1,0 +1,65 @@
+"""CPU-sized variants of the accuracy experiments (the `slow` tier): each table's machinery through the
+real stages on a few videos per class, one epoch; the numbers themselves are the GPU runs' (docs/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+TINY_PROXY = (
+    "synthetic.train_per_class=2",
+    "synthetic.validation_per_class=1",
+    "synthetic.test_per_class=0",
+    "teacher_pretrain.videos=40",
+    "teacher_pretrain.heldout_videos=10",
+    "teacher_pretrain.steps=3",
+    "teacher_pretrain.batch_size=32",
+    "teacher_head.min_steps=20",
+    "teacher_head.folds=2",
+)
+
+
+def _experiment(module: str, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", module, *args, *(f"--set={s}" for s in TINY_PROXY)]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_frame_flexibility_table_trains_evaluates_every_count_and_its_results_move_between_machines(tmp_path):
+    work = tmp_path / "work"
+    common = ("--work", str(work), "--seeds", "0", "--epochs", "1")
+    _experiment("experiments.frame_flexible", "cpu", *common, "--match", "plain 16", "FFN", "--export", str(tmp_path / "r.jsonl"))
+    results = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert {r["name"] for r in results} == {"tsm_tiny, plain 16", "tsm_tiny, FFN 4/8/16"}
+    for r in results:
+        assert set(r["counts"]) == {"4", "8", "16"} and len(r["curve"]) == 1 and r["plateau"] is False
+        assert r["provenance"]["versions"]["torch"]
+    # restored into an empty work folder, the table is the same and nothing is trained again
+    again = _experiment("experiments.frame_flexible", "cpu", *common, "--work", str(tmp_path / "other"), "--tabulate",
+                        "--restore", str(tmp_path / "r.jsonl"))  # fmt: skip
+    first = _experiment("experiments.frame_flexible", "cpu", *common, "--tabulate")
+    table = lambda out: out.stdout.split("cpu\n", 1)[1]  # noqa: E731
+    assert table(again) == table(first) and "| tsm_tiny, FFN 4/8/16 |" in table(first)
+
+
+@pytest.mark.slow
+def test_unlabelled_table_distils_from_unlabelled_videos_through_the_real_stages(tmp_path):
+    """10 labelled (here 2) and 30 unlabelled (here 1) per class: the proxy's test split cached and trained on."""
+    work = tmp_path / "work"
+    args = ("unlabelled", "--work", str(work), "--seeds", "0", "--epochs", "1", "--match", "+ 30 unlabelled, default")
+    _experiment("experiments.proxy_benchmark", *args, "--set=synthetic.unlabelled_per_class=1")
+    (result,) = [json.loads(p.read_text()) for p in (work / "results").glob("*.json")]
+    assert result["name"] == "10 labelled + 30 unlabelled, default"
+    (run,) = (work / "runs").iterdir()
+    log = [json.loads(line) for line in (run / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "train" for r in log)
+    cfg = (run / "student" / "config.yaml").read_text()
+    assert "unlabelled_splits:\n  - test" in cfg
