@@ -272,11 +272,14 @@ def restore_results(work: Path, path: Path) -> int:
     return len(lines)
 
 
-def prepare(study: Study, work: Path, tables: list[str], *, ffmpeg: bool) -> None:
-    """Every base the tables' conditions train from: data and shards, and a teacher cache with heads where a condition distils."""
+def prepare(study: Study, work: Path, tables: list[str], *, ffmpeg: bool, match: list[str] | None = None) -> None:
+    """Every base the tables' conditions (those `match` names, if given) train from: data and shards,
+    and a teacher cache with heads where a condition distils."""
     bases: list[tuple[dict, bool]] = []
     for table in tables:
         for name in study.tables[table].conditions:
+            if match and not any(m in name for m in match):
+                continue
             base, _ = run_spec(study, table, name)
             cache = needs_cache(study, work, table, name)
             known = next((i for i, (b, _) in enumerate(bases) if b == base), None)
@@ -291,9 +294,7 @@ def prepare(study: Study, work: Path, tables: list[str], *, ffmpeg: bool) -> Non
 def parser(study: Study, doc: str) -> argparse.ArgumentParser:
     """The command line every study shares."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "table", choices=[*study.tables, "all", "none"], help="a table, every table, or none (with --tabulate: the preface)"
-    )
+    p.add_argument("table", nargs="+", choices=[*study.tables, "all", "none"], help="tables, all, or none (the preface)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None, help="every run's epochs at 40 labels per class (default: the table's)")
     p.add_argument("--work", type=Path, default=None)
@@ -318,15 +319,16 @@ def main(study: Study, doc: str, argv: list[str] | None = None) -> None:
     setup_logging()
     logging.getLogger("pipeline").setLevel(logging.WARNING)
     work = (args.work or Path(tempfile.mkdtemp(prefix=study.module.rsplit(".", 1)[-1] + "-"))).resolve()
-    tables = list(study.tables) if args.table == "all" else ([] if args.table == "none" else [args.table])
+    tables = list(study.tables) if "all" in args.table else [t for t in args.table if t != "none"]
     if args.only is not None and (len(tables) != 1 or args.only not in study.tables[tables[0]].conditions):
-        p.error(f"--only {args.only!r}: not a condition of {args.table}")
+        p.error(f"--only {args.only!r}: not a condition of {' '.join(args.table)}")
     if args.restore:
         log.info("restored %d results from %s", restore_results(work, args.restore), args.restore)
     start = time.monotonic()
     if not args.tabulate:
         if not args.no_prepare:
-            prepare(study, work, tables, ffmpeg=not args.no_ffmpeg)
+            match = args.match or ([args.only] if args.only else None)
+            prepare(study, work, tables, ffmpeg=not args.no_ffmpeg, match=match)
         runs = pending_runs(study, work, tables, args.seeds, args.epochs)
         if args.only is not None:
             runs = [r for r in runs if r[1] == args.only]
