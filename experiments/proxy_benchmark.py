@@ -41,6 +41,7 @@ SEEDS_RECIPE = (
     "loss.teacher_gate=all",
     "loss.frame_alpha=0",
     "loss.unlabelled_weight=uniform",
+    "loss.fade=none",
 )
 # Candidates for a default that never loses to labels alone: the label at full weight, the teacher's
 # target only where it is right (or weighted by its belief in the label), unlabelled clips weighted
@@ -65,6 +66,10 @@ TABLES: dict[str, Table] = {
         {
             "40, vanilla": VANILLA,
             "40, seeds' recipe": SEEDS_RECIPE,
+            "40, default (seeds' weights, crossover fade)": DEFAULT,
+            "40, random teacher, default": ("@teacher=random", *DEFAULT),
+            "10 + 30 unlabelled, default": ("@labels=10", *UNLABELLED, *DEFAULT),
+            "160, default": ("@labels=160", *DEFAULT),
             "40, gated (CE 1, KL where right)": GATED,
             "40, gated + frames": GATED_FRAMES,
             "40, belief + frames": BELIEF_FRAMES,

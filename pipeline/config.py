@@ -146,7 +146,11 @@ class LossConfig:
     teacher_gate: Literal["all", "correct", "label_prob"] = "all"
     frame_alpha: float = 0.0  # per-frame term: 1 - cosine of each projected student frame to its cached teacher frame
     # an unlabelled clip's teacher terms weighted by the head's calibrated top probability, or 1
-    unlabelled_weight: Literal["confidence", "uniform"] = "confidence"
+    unlabelled_weight: Literal["confidence", "uniform"] = "uniform"
+    # crossover: the teacher's terms fade out as the student's best validation top-1 comes within
+    # fade_margin of the head's, and the label takes their place (docs/proxy_benchmark.md); none: always on
+    fade: Literal["none", "crossover"] = "crossover"
+    fade_margin: float = 0.05
 
 
 @dataclass

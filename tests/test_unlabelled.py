@@ -22,7 +22,7 @@ from pipeline.shards import build as shards
 from pipeline.ssv2.sampling import segment_centres, segment_of, segment_random
 from pipeline.student import train
 from pipeline.student.data import ClipSource, ClipSpec, ShardClips, split_shards, teacher_source, unlabelled_source
-from pipeline.student.loss import distill_loss
+from pipeline.student.loss import distill_loss, fade_weight
 from pipeline.teacher import head_run
 from pipeline.teacher import run as teacher_run
 from tests.helpers import REPO, TINY_TRAINING, make_config
@@ -49,7 +49,7 @@ def test_unlabelled_clips_get_the_teachers_terms_alone_weighted_by_its_confidenc
     feature, teacher_feature = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
     frames, teacher_frames = torch.randn(6, 4, 8, generator=g), torch.randn(6, 4, 8, generator=g)
     labels = torch.tensor([0, 1, 2, 3, -1, -1])
-    cfg = LossConfig(frame_alpha=0.5, gamma=1.0)
+    cfg = LossConfig(frame_alpha=0.5, gamma=1.0, unlabelled_weight="confidence")
     parts = distill_loss(cfg, logits, feature, labels, teacher, teacher_feature, frames=frames, teacher_frames=teacher_frames)
     weight = torch.ones(6)
     weight[4:] = teacher[4:].softmax(-1).amax(-1)
@@ -64,6 +64,27 @@ def test_unlabelled_clips_get_the_teachers_terms_alone_weighted_by_its_confidenc
     torch.testing.assert_close(uniform.response, kl.mean())
     with pytest.raises(ValueError, match="frame_alpha"):
         distill_loss(cfg, logits, feature, labels, teacher, teacher_feature)
+
+
+@pytest.mark.unit
+def test_the_teacher_fades_out_as_the_student_catches_up_and_the_label_takes_its_place():
+    cfg = LossConfig(fade="crossover", fade_margin=0.05)
+    fade = lambda best: fade_weight(cfg, teacher_top1=0.5, student_best=best, chance=0.04)  # noqa: E731
+    assert fade(None) == 1.0 and fade(0.3) == 1.0 and fade(0.44) == 1.0  # far behind (or not yet validated)
+    assert fade(0.475) == pytest.approx(0.5) and fade(0.5) == 0.0 and fade(0.9) == 0.0  # catching up, level, past
+    # a teacher no better than chance teaches nothing from the start; no fade, or no head accuracy: always on
+    assert fade_weight(cfg, teacher_top1=0.033, student_best=None, chance=1 / 28) == 0.0
+    assert fade_weight(LossConfig(fade="none"), teacher_top1=0.5, student_best=0.9, chance=0.04) == 1.0
+    assert fade_weight(cfg, teacher_top1=None, student_best=0.9, chance=0.04) == 1.0
+    g = torch.Generator().manual_seed(2)
+    logits, teacher = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    feature, labels = torch.randn(4, 8, generator=g), torch.tensor([0, 1, 2, 3])
+    off = distill_loss(LossConfig(), logits, feature, labels, teacher, feature.flip(0), teacher_weight=0.0)
+    torch.testing.assert_close(off.total, F.cross_entropy(logits, labels))  # faded out: vanilla's loss
+    half = distill_loss(LossConfig(), logits, feature, labels, teacher, feature.flip(0), teacher_weight=0.5)
+    full = distill_loss(LossConfig(), logits, feature, labels, teacher, feature.flip(0))
+    torch.testing.assert_close(half.response, 0.5 * full.response)
+    torch.testing.assert_close(half.task, (0.5 * 0.1 + 0.5) * F.cross_entropy(logits, labels))
 
 
 @pytest.mark.unit

@@ -2,12 +2,15 @@
 
 Per clip: alpha * MSE(normalised video features) + beta * KL(teacher_T || student_T) * T^2
 + frame_alpha * mean over frames of (1 - cosine(student frame, teacher frame)), and over the
-labelled clips gamma * CE. Clips without a label (label -1: `train.unlabelled_splits`) have only the
-teacher's terms, each weighted by the teacher head's calibrated top probability
-(`loss.unlabelled_weight: confidence`), so a teacher that knows little says little.
-`loss.teacher_gate` decides what a labelled clip's KL is where the teacher may be wrong: all (the
-seeds': the teacher's target as it is), correct (where the out-of-fold target misses the label, the
-label's CE instead), or label_prob (the KL weighted by the teacher's probability of the label).
+labelled clips gamma * CE.
+- `loss.fade: crossover`: the teacher's terms fade out as the student catches up with its teacher
+  head on validation, and the label takes their place (a teacher the student has passed teaches
+  nothing more).
+- Clips without a label (label -1: `train.unlabelled_splits`) have only the teacher's terms, each
+  weighted 1 or by the head's calibrated top probability (`loss.unlabelled_weight: confidence`).
+- `loss.teacher_gate` decides what a labelled clip's KL is where the teacher may be wrong: all (the
+  seeds': the teacher's target as it is), correct (where the out-of-fold target misses the label,
+  the label's CE instead), or label_prob (the KL weighted by the teacher's probability of the label).
 """
 
 from __future__ import annotations
@@ -40,11 +43,15 @@ def distill_loss(
     *,
     frames: torch.Tensor | None = None,
     teacher_frames: torch.Tensor | None = None,
+    teacher_weight: float = 1.0,
 ) -> LossParts:
     """The loss of a batch; `frames` / `teacher_frames` [B, T, D] are the student's projected frame
     features and the cached teacher frames they show (needed when `loss.frame_alpha` > 0). The MSE
     averages over the feature's dimensions or sums them (`loss.feature_reduction`); every term
-    averages over the batch (CE over its labelled clips). Vanilla mode is CE alone (weight 1)."""
+    averages over the batch (CE over its labelled clips). Vanilla mode is CE alone (weight 1).
+
+    `teacher_weight` w (the fade, `fade_weight`) scales the teacher's terms by w and the task term's
+    weight from gamma (w = 1) to 1 (w = 0): with the teacher faded out the loss is vanilla's."""
     logits = logits.float()
     labelled = labels >= 0
     ce_each = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
@@ -62,8 +69,23 @@ def distill_loss(
         if frames is None or teacher_frames is None:
             raise ValueError("loss.frame_alpha > 0 needs the student's frame features and the cached teacher frames")
         frame = ((1 - F.cosine_similarity(frames.float(), teacher_frames.float(), dim=-1)).mean(1) * weight).mean()
-    parts = (cfg.alpha * (mse * weight).mean(), cfg.beta * (kl * weight).mean(), cfg.gamma * ce, cfg.frame_alpha * frame)
+    w = teacher_weight
+    task = (cfg.gamma * w + (1.0 - w)) * ce
+    parts = (w * cfg.alpha * (mse * weight).mean(), w * cfg.beta * (kl * weight).mean(), task, w * cfg.frame_alpha * frame)
     return LossParts(sum(parts), *parts)
+
+
+def fade_weight(cfg: LossConfig, *, teacher_top1: float | None, student_best: float | None, chance: float) -> float:
+    """How much of the teacher a step uses (`loss.fade: crossover`): 1 while the student's best validation
+    top-1 (chance before its first validation) is `fade_margin` or more below the teacher head's, falling
+    linearly to 0 as it comes level; a teacher the student has passed teaches nothing more. With no fade,
+    or a head without a validation top-1, 1."""
+    if cfg.fade == "none" or teacher_top1 is None:
+        return 1.0
+    if cfg.fade != "crossover":
+        raise ValueError(f"loss.fade must be none or crossover, got {cfg.fade!r}")
+    behind = teacher_top1 - (chance if student_best is None else student_best)
+    return min(1.0, max(0.0, behind / cfg.fade_margin)) if cfg.fade_margin > 0 else float(behind > 0)
 
 
 def _teacher_weight(cfg: LossConfig, teacher_logits: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ from pipeline.student.data import (
 )
 from pipeline.student.evaluate import EvalResult, evaluate, write_frame_count_eval, write_predictions
 from pipeline.student.ffn import consistency_loss, trained_counts
-from pipeline.student.loss import distill_loss
+from pipeline.student.loss import distill_loss, fade_weight
 from pipeline.student.metrics import AverageMeter, MetricsLog, topk_accuracy
 from pipeline.student.optim import base_lr, effective_lr, lr_factor, make_optimizer, optimiser_facts
 
@@ -261,7 +261,14 @@ def _resume(path: Path, state: TrainState, env: DistEnv) -> None:
 
 
 def train_step(
-    state: TrainState, batch, *, cfg: Config, norm, dtype: torch.dtype | None, labelled: int | None = None
+    state: TrainState,
+    batch,
+    *,
+    cfg: Config,
+    norm,
+    dtype: torch.dtype | None,
+    labelled: int | None = None,
+    teacher_weight: float = 1.0,
 ) -> tuple[list, dict]:
     """One optimisation step on a batch already on the device; returns the loss parts and the step's
     statistics (top-1 and top-5 over its first `labelled` clips, the labelled ones: default all;
@@ -279,6 +286,7 @@ def train_step(
         batch.teacher_feature,
         frames=out.frames,
         teacher_frames=batch.teacher_frames,
+        teacher_weight=teacher_weight,
     )
     if lower:  # FFN: each lower count's prediction towards the highest's (in the total, beside its parts)
         parts = parts._replace(total=parts.total + consistency_loss(out.logits, [o.logits for o in lower], cfg.train.ffn_lambda))
@@ -318,6 +326,7 @@ class Trainer:
         self.cfg, self.env, self.device, self.teacher = cfg, env, device, teacher
         self.per_rank, self.total_steps = per_rank, total_steps
         self.flip_pairs = flip_pairs(names)
+        self.num_classes = len(names)
         self.norm = None  # the student's own input normalisation, set when training starts
         self.dtype = autocast_dtype(device, cfg.train.precision)
         self.pools = PoolKeeper() if cfg.experimental.batch_pool else None
@@ -390,9 +399,13 @@ class Trainer:
         cfg, env, p = self.cfg, self.env, state.progress
         meters = {k: AverageMeter() for k in (*PARTS, "top1", "top5", "agree", "grad_norm")}
         tick, clips = time.monotonic(), 0
+        weight = self.teacher_weight(p)
         for batch in self._loader(p):
             n = len(batch.labels) - self.unlabelled_per_batch  # a batch's labelled clips come first
-            parts, stats = train_step(state, to_device(batch, self.device), cfg=cfg, norm=self.norm, dtype=self.dtype, labelled=n)
+            device_batch = to_device(batch, self.device)
+            parts, stats = train_step(
+                state, device_batch, cfg=cfg, norm=self.norm, dtype=self.dtype, labelled=n, teacher_weight=weight
+            )
             for key, value in (*zip(PARTS, parts), *stats.items()):
                 meters[key].update(value, n)  # device tensors: no sync until the log line reads them
             p.step += 1
@@ -403,6 +416,15 @@ class Trainer:
             if p.step % cfg.train.checkpoint_every_steps == 0:
                 self._save(state, "latest.pt")
             yield p.step
+
+    def teacher_weight(self, p: TrainProgress) -> float:
+        """This epoch's share of the teacher (`loss.fade`), from the best validation top-1 so far (in
+        the checkpoint, so a resumed run and every rank agree)."""
+        if self.cfg.loss.mode != "distill":
+            return 1.0
+        best = max((h["val"]["top1"] for h in p.history), default=None)
+        teacher = self.teacher.val_top1 if self.teacher else None
+        return fade_weight(self.cfg.loss, teacher_top1=teacher, student_best=best, chance=1.0 / self.num_classes)
 
     def _log(self, state: TrainState, meters, tick: float, clips: int) -> tuple[float, int]:
         p = state.progress
@@ -423,6 +445,7 @@ class Trainer:
             loss_response=v["response"],
             loss_task=v["task"],
             loss_frame=v["frame"],
+            teacher_weight=self.teacher_weight(p),
             top1=v["top1"],
             top5=v["top5"],
             grad_norm=v["grad_norm"],
