@@ -134,8 +134,9 @@ def train_one(study: Study, work: Path, table: str, name: str, *, seed: int, epo
             link.symlink_to(target.resolve())
     cfg = run_config(study, work, run_dir, table, name, seed=seed, epochs=epochs)
     summary = train.run(cfg)
-    curve = [h["val"]["top1"] for h in summary.progress.history]
-    verdict = health.plateau(curve)
+    history = summary.progress.history
+    curve = [h["val"]["top1"] for h in history]
+    verdict = health.plateau(curve, history[-1].get("train_top1") if history else None)
     result = {
         "key": key,
         "table": table,
@@ -146,6 +147,8 @@ def train_one(study: Study, work: Path, table: str, name: str, *, seed: int, epo
         "counts": {str(c): r.top1 for c, r in summary.frame_counts.items()},
         "curve": curve,
         "plateau": bool(verdict and verdict.flagged),
+        "overfit": bool(verdict and verdict.overfit),  # flat over learned training clips: not a failed optimisation
+        "train_top1": history[-1].get("train_top1") if history else None,
         "seconds": summary.seconds,
         "teacher_head": _json_or_none(cfg.paths.student_dir / "teacher_head.json"),
         "provenance": provenance(cfg.train.device),
@@ -233,8 +236,8 @@ def table_text(study: Study, work: Path, table: str, seeds: list[int], epochs: i
     counts = study.tables[table].counts
     head = " | ".join(f"top-1 at {c} frames" for c in counts)
     lines = [
-        f"| student | {head} | best during training | per seed (at {max(counts)}) | seeds | plateaus |",
-        "|" + " --- |" * (len(counts) + 5),
+        f"| student | {head} | best during training | per seed (at {max(counts)}) | seeds | plateaus | flat, overfit |",
+        "|" + " --- |" * (len(counts) + 6),
     ]
     wide = []
     for name in study.tables[table].conditions:
@@ -243,17 +246,29 @@ def table_text(study: Study, work: Path, table: str, seeds: list[int], epochs: i
             continue
         cells = [mean_spread([r["counts"][str(c)] for r in runs]) for c in counts]
         top = [r["counts"][str(max(counts))] for r in runs]
-        per_seed = ", ".join(f"{v:.3f}{'*' if r.get('plateau') else ''}" for v, r in zip(top, runs))
-        plateaus = sum(bool(r.get("plateau")) for r in runs)
+        per_seed = ", ".join(f"{v:.3f}{_mark(r)}" for v, r in zip(top, runs))
+        plateaus = sum(_mark(r) == "*" for r in runs)
+        overfit = sum(_mark(r) == "+" for r in runs)
         if len(runs) > 1 and statistics.pstdev(top) > SPREAD_LIMIT:
             wide.append(name)
         best = mean_spread([r["best"] for r in runs])
-        lines.append(f"| {name} | {' | '.join(cells)} | {best} | {per_seed} | {len(runs)} | {plateaus} |")
-    if any("*" in line for line in lines[2:]):
-        lines.append("\n\\* this seed's run sat on a plateau (its validation top-1 never left its first epochs' level).")
+        lines.append(f"| {name} | {' | '.join(cells)} | {best} | {per_seed} | {len(runs)} | {plateaus} | {overfit} |")
+    if any(_mark(r) for name in study.tables[table].conditions for r in condition_runs(study, work, table, name, seeds, epochs)):
+        lines.append(
+            "\n\\* this seed's run sat on a plateau: its validation top-1 never left its first epochs' level while its "
+            "training top-1 stayed low too (or was not recorded). + its validation curve was as flat, over training clips it "
+            "had learned (training top-1 0.9 or more): overfitting, not a failed optimisation."
+        )
     if wide:
         lines.append(f"\nSpread above {SPREAD_LIMIT} at {max(counts)} frames (run more seeds): {'; '.join(wide)}.")
     return "\n".join(lines)
+
+
+def _mark(result: dict) -> str:
+    """'*' for a run on a plateau, '+' for one whose flat curve is overfitting, '' otherwise."""
+    if not result.get("plateau"):
+        return ""
+    return "+" if result.get("overfit") else "*"
 
 
 def export_results(work: Path, path: Path) -> int:

@@ -181,7 +181,8 @@ def run(
     )
     if env.is_main:
         log.info(_summary_paragraph(cfg, summary, env, total_steps))
-        verdict = health.plateau([h["val"]["top1"] for h in state.progress.history])
+        history = state.progress.history
+        verdict = health.plateau([h["val"]["top1"] for h in history], history[-1].get("train_top1") if history else None)
         if verdict is not None and verdict.flagged and not stopped:
             log.warning(verdict.sentence())
         _log_compute(out / "compute.jsonl", seconds=summary.seconds, env=env, device=device)
@@ -332,6 +333,7 @@ class Trainer:
         self.pools = PoolKeeper() if cfg.experimental.batch_pool else None
         self.metrics = MetricsLog(cfg.paths.student_dir, enabled=env.is_main, resume_step=resumed_step)
         self.clips_per_s = 0.0
+        self.train_top1: float | None = None
         unlabelled = unlabelled_source(cfg, teacher)
         self.unlabelled_per_batch = unlabelled.per_batch if unlabelled else 0
 
@@ -431,6 +433,7 @@ class Trainer:
         now = time.monotonic()
         rate = clips / max(now - tick, 1e-9)
         self.clips_per_s = rate
+        self.train_top1 = meters["top1"].avg  # the epoch's last log: what the plateau check sets beside validation
         lr = base_lr(state.optimizer)
         left = (self.total_steps - p.step) * self.cfg.train.batch_size * self.env.world_size / max(rate, 1e-9)
         v = {k: m.avg for k, m in meters.items()}
@@ -502,7 +505,7 @@ class Trainer:
                 batches * cfg.train.batch_size,
                 batches * self.unlabelled_per_batch,
             )
-        p.history.append({"epoch": p.epoch, "step": p.step, "val": vars(val)})
+        p.history.append({"epoch": p.epoch, "step": p.step, "val": vars(val), "train_top1": self.train_top1})
         improved = val.top1 > p.best_top1
         p.best_top1 = max(p.best_top1, val.top1)
         p.epoch += 1
