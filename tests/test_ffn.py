@@ -167,3 +167,22 @@ def test_an_ffn_step_adds_the_consistency_term_to_the_distillation_loss(synth_ro
     want = want + consistency_loss(high.logits, [low.logits], 0.5)
     parts, _ = train.train_step(state, batch, cfg=cfg, norm=norm, dtype=None)
     torch.testing.assert_close(parts[0], want.detach())
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("arch", ["tsm_tiny", "mobilevit_xxs"])
+@pytest.mark.parametrize("counts", [None, [2, 4]], ids=["plain", "ffn"])
+def test_a_compiled_student_compiles_once_plain_and_ffn(arch, counts):
+    """Three training steps of the compiled student (the trainer's static shapes): one graph, no recompile."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_student(StudentConfig(arch=arch, image_size=32, num_frames=4), 10, counts)
+    compiles = CompileCounter()
+    compiled = torch.compile(model, backend=compiles, dynamic=False)
+    for _ in range(3):
+        clips = [torch.randn(2, t, 3, 32, 32) for t in (counts or [4])[::-1]]  # the highest count first
+        outs = compiled(*clips)
+        (outs[0] if counts else outs).logits.sum().backward()
+    assert compiles.frame_count == 1

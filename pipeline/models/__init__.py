@@ -26,7 +26,9 @@ def build_student(cfg: StudentConfig, num_classes: int, counts: list[int] | None
         raise ValueError(f"student.arch={cfg.arch!r} is not one of {', '.join(BUILDERS)}")
     if cfg.temporal != "attention" and cfg.arch != "mobilevit_xxs":
         raise ValueError(f"student.temporal={cfg.temporal!r} is for mobilevit_xxs (TSM shifts in every block already)")
-    return BUILDERS[cfg.arch](cfg, num_classes, counts)
+    model = BUILDERS[cfg.arch](cfg, num_classes, counts)
+    model.index_frame_aware()
+    return model
 
 
 def input_normalizer(model: torch.nn.Module, device: torch.device):

@@ -48,9 +48,15 @@ class VideoStudent(nn.Module):
             return tuple(self._one(c) for c in (clips, *more))
         return self._one(clips)
 
+    def index_frame_aware(self) -> None:
+        """Find the modules that depend on the frame count, once the model is built (build_student
+        calls it; a module swapped in later needs another call). Finding them during the first
+        forward would change the module between calls, and a compiled student would compile again."""
+        self._frame_aware = tuple(m for m in self.modules() if hasattr(m, "set_frames"))
+
     def _one(self, clips: torch.Tensor) -> StudentOutput:
-        if not hasattr(self, "_frame_aware"):
-            self._frame_aware = [m for m in self.modules() if hasattr(m, "set_frames")]
+        if "_frame_aware" not in self.__dict__:  # a subclass built without build_student
+            self.index_frame_aware()
         for module in self._frame_aware:
             module.set_frames(clips.shape[1])
         return self.forward_clip(clips)
