@@ -108,8 +108,8 @@ compare: $(STAMP) ## One table and plots across RUNS="folder ..." (student, run 
 runs: $(STAMP) ## Every trained student under DIR (default runs/): student, recipe, best top-1, learned, date, commit, device
 	$(PY) -m stages.runs $(or $(DIR),runs)
 
-report: $(STAMP) ## Write <run_dir>/report/report.md and its PNG plots from the run's own files
-	$(PY) -m stages.report --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
+report: $(STAMP) ## Write <run_dir>/report/report.md and its PNG plots from the run's own files (VANILLA=<student folder>: per class against it)
+	$(PY) -m stages.report --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(if $(VANILLA),--vanilla $(VANILLA)) $(ARGS)
 
 verify: $(STAMP) ## Check shards (sha256), indexes, the cache (fingerprint, done shards, every chunk's CRC32C) and checkpoints; print each problem with its repair command
 	$(PY) -m stages.verify --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from pipeline import cli
 from pipeline.report import write as report
 from pipeline.runtime.errors import guarded
 
 
+def _options(parser) -> None:
+    parser.add_argument("--vanilla", type=Path, default=None, help="a vanilla student folder: set this run against it per class")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Report on whatever the run has produced so far."""
-    cfg, _ = cli.parse(__doc__, argv)
-    report.write_report(cfg)
+    cfg, args = cli.parse(__doc__, argv, options=_options)
+    report.write_report(cfg, vanilla=args.vanilla)
     return 0
 
 

@@ -123,3 +123,28 @@ def test_make_runs_lists_every_student_with_its_recipe_verdict_and_provenance(tm
     assert "| 0.6000 | yes | 5/5 |" in rows["a/student"] and "vanilla; sgd" in rows["a/student"]
     assert "| 0.2000 | PLATEAU | 5/5 |" in rows["sweeps/b/student"] and "distill best: 0.5/1.0/0.1" in rows["sweeps/b/student"]
     assert "0123456789 (dirty) | NVIDIA H100 80GB HBM3 x1 |" in rows["a/student"]
+
+
+def test_the_report_sets_a_distilled_run_against_a_vanilla_one_class_by_class(full_run, tmp_path):
+    cfg, _ = full_run
+    vanilla = make_config(synth_root_of(cfg), tmp_path / "vanilla", *SMALL, "loss.mode=vanilla")
+    (tmp_path / "vanilla").mkdir()
+    (tmp_path / "vanilla" / "shards").symlink_to(cfg.paths.shards_dir)
+    train.run(vanilla)
+    text = report.write_report(cfg, vanilla=vanilla.paths.student_dir).read_text()
+    section = text.split("## Against labels alone", 1)[1]
+    with np.load(cfg.paths.student_dir / "val_predictions.npz") as z:
+        mine = float((z["logits"].astype(np.float32).argmax(1) == z["labels"]).mean())
+    with np.load(vanilla.paths.student_dir / "val_predictions.npz") as z:
+        theirs = float((z["logits"].astype(np.float32).argmax(1) == z["labels"]).mean())
+    assert _number(section, r"this run ([0-9.]+),") == pytest.approx(mine, abs=1e-4)
+    assert _number(section, r"vanilla ([0-9.]+) ") == pytest.approx(theirs, abs=1e-4)
+    assert section.count("\n| ") >= 3  # the header and a row per class
+    assert "Teacher head zero_shot: " in text  # what distillation from it is expected to do (here: no head record to say it)
+
+
+def synth_root_of(cfg):
+    """The data set a config points at."""
+    from pathlib import Path
+
+    return Path(cfg.paths.ssv2_root)

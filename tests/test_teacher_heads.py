@@ -286,3 +286,13 @@ def test_the_students_position_head_learns_direction_where_the_seeds_head_cannot
         top1 = (head(x).logits.argmax(1) == y).float().mean().item()
     # two pairs of reversed classes: a head blind to order is at best 0.5
     assert (top1 >= 0.75) if positions else (top1 <= 0.6), top1
+
+
+@pytest.mark.unit
+def test_the_head_stage_says_what_distilling_from_the_head_is_expected_to_do():
+    from pipeline.cache.heads import expectation
+
+    text = expectation("temporal", 0.505, num_classes=28)
+    assert "validation top-1 0.505 (chance 0.036)" in text and "expect at least labels alone" in text
+    assert "will cost accuracy" in expectation("linear", 0.05, num_classes=28, fade="none")
+    assert "no validation top-1" in expectation("zero_shot", None, num_classes=28)

@@ -67,3 +67,26 @@ def choose_head(wanted: str, *, records: dict[str, dict], cache_fingerprint: str
             f"loss.teacher_head={wanted}: the head was fitted on another cache or with other teacher_head settings: {fix}"
         )
     return choice(wanted)
+
+
+def expectation(name: str, val_top1: float | None, *, num_classes: int, fade: str = "crossover") -> str:
+    """What distilling from head `name` is expected to do, from the proxy benchmark's measurements
+    (docs/proxy_benchmark.md): a student distilled for the whole run ends near its head's validation
+    top-1, between it and what labels alone give; the default fade stops at the head's level."""
+    if val_top1 is None:
+        return f"Teacher head {name}: no validation top-1 (no validation split cached), so nothing to compare a student with."
+    chance = 1.0 / num_classes
+    text = (
+        f"Teacher head {name}: validation top-1 {val_top1:.3f} (chance {chance:.3f}). On the proxy benchmark a student "
+        f"distilled from a head for the whole run ended near the head's top-1, between it and labels alone: above labels "
+        f"alone only where the head was ahead of them (scarce labels, unlabelled videos), below them wherever the labels "
+        f"taught more."
+    )
+    if fade == "crossover":
+        return text + (
+            f" With loss.fade=crossover (the default) the teacher's terms fade out as the student's validation top-1 "
+            f"nears {val_top1:.3f}, so expect at least labels alone, and the head's level where labels alone stay below it."
+        )
+    if val_top1 < 2 * chance:
+        return text + " This head is near chance: distilling from it without the fade will cost accuracy."
+    return text + " Without the fade (loss.fade=none), compare a vanilla run (loss.mode=vanilla) before trusting it."

@@ -200,3 +200,17 @@ def agreement(pred: dict, teacher_logits: dict[int, np.ndarray], rows_by_id: dic
     log_ps = s - np.logaddexp.reduce(s, axis=1, keepdims=True)
     kl = (np.exp(log_pt) * (log_pt - log_ps)).sum(1).mean()
     return float((t.argmax(1) == s.argmax(1)).mean()), float(kl), len(pairs)
+
+
+def per_class_against(pred: dict, base: dict) -> dict[int, dict]:
+    """Per validation class, over the videos both prediction sets hold: videos, and top-1 hits of each."""
+    theirs = {i: int(np.argmax(logits.astype(np.float32))) for i, logits in zip(base["ids"], base["logits"])}
+    out: dict[int, dict] = {}
+    for vid, label, logits in zip(pred["ids"], pred["labels"], pred["logits"]):
+        if vid not in theirs:
+            continue
+        c = out.setdefault(int(label), {"videos": 0, "student": 0, "vanilla": 0})
+        c["videos"] += 1
+        c["student"] += int(np.argmax(logits.astype(np.float32))) == label
+        c["vanilla"] += theirs[vid] == label
+    return out

@@ -6,6 +6,9 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
+from pipeline.cache.heads import expectation
 from pipeline.config import Config
 from pipeline.report import plots
 from pipeline.report.facts import (
@@ -15,6 +18,7 @@ from pipeline.report.facts import (
     agreement,
     data_facts,
     names,
+    per_class_against,
     per_class_and_confusions,
     per_class_with_teacher,
     teacher_facts,
@@ -26,8 +30,10 @@ from pipeline.student.health import plateau
 log = logging.getLogger(__name__)
 
 
-def write_report(cfg: Config) -> Path:
-    """Write `<run_dir>/report/report.md` and its plots; returns the Markdown file's path."""
+def write_report(cfg: Config, vanilla: Path | None = None) -> Path:
+    """Write `<run_dir>/report/report.md` and its plots; returns the Markdown file's path. With `vanilla`
+    (a student folder trained on labels alone on the same validation set), the student is set against
+    it class by class."""
     folder = Path(cfg.paths.run_dir) / "report"
     folder.mkdir(parents=True, exist_ok=True)
     class_names = names(cfg)
@@ -37,12 +43,14 @@ def write_report(cfg: Config) -> Path:
     sections = [
         f"# Run report: {cfg.paths.run_dir}\n",
         _data_section(data, class_names, folder),
-        _teacher_section(teacher, data.videos),
+        _teacher_section(teacher, data.videos, num_classes=len(class_names), fade=cfg.loss.fade),
         _training_section(training, cfg, folder),
         _test_section(cfg),
         _export_section(cfg),
         _classes_section(training, teacher, data, class_names, folder),
     ]
+    if vanilla is not None:
+        sections.append(_against_vanilla_section(training, Path(vanilla), class_names))
     path = folder / "report.md"
     write_text(path, "\n".join(sections))
     log.info("report written to %s", path)
@@ -81,7 +89,7 @@ def _data_section(data: DataFacts, class_names: list[str], folder: Path) -> str:
     return "\n".join(lines)
 
 
-def _teacher_section(teacher: TeacherFacts | None, expected_videos: dict[str, int]) -> str:
+def _teacher_section(teacher: TeacherFacts | None, expected_videos: dict[str, int], *, num_classes: int, fade: str) -> str:
     lines = ["## Teacher cache\n"]
     if teacher is None:
         return "\n".join(lines + ["Missing: no teacher cache yet (run `make teacher-cache`).\n"])
@@ -102,6 +110,9 @@ def _teacher_section(teacher: TeacherFacts | None, expected_videos: dict[str, in
             f"top-5 {teacher.top5:.4f}.\n"
         )
     lines.append(_heads_table(teacher))
+    head = teacher.student_head
+    if head is not None:
+        lines.append(expectation(head["name"], head.get("val_top1"), num_classes=num_classes, fade=fade) + "\n")
     return "\n".join(lines)
 
 
@@ -275,3 +286,28 @@ def _classes_section(
     else:
         lines.append("Student-teacher agreement: no teacher logits for validation (vanilla run or no cache).\n")
     return "\n".join(lines)
+
+
+def _against_vanilla_section(training: TrainFacts | None, vanilla: Path, class_names: list[str]) -> str:
+    """Validation top-1 per class of this student beside a vanilla run's (the same videos), largest changes first."""
+    lines = [f"## Against labels alone ({vanilla})\n"]
+    other = vanilla / "val_predictions.npz"
+    if training is None or training.predictions is None or not other.exists():
+        missing = other if not other.exists() else "this run's validation predictions"
+        return "\n".join(lines + [f"Missing: {missing} (written when a training run finishes).\n"])
+    with np.load(other) as z:
+        base = {k: z[k] for k in z.files}
+    rows = per_class_against(training.predictions, base)
+    if not rows:
+        return "\n".join(lines + ["The two runs share no validation video: they were not trained on the same data set.\n"])
+    total = sum(r["videos"] for r in rows.values())
+    mine, theirs = (sum(r[k] for r in rows.values()) / total for k in ("student", "vanilla"))
+    lines.append(
+        f"Over the {total} validation videos both runs scored: this run {mine:.4f}, vanilla {theirs:.4f} "
+        f"({mine - theirs:+.4f}).\n"
+    )
+    lines += ["| class | videos | vanilla top-1 | this run's top-1 | change |", "| --- | --- | --- | --- | --- |"]
+    for c, r in sorted(rows.items(), key=lambda kv: -abs(kv[1]["student"] - kv[1]["vanilla"])):
+        n, change = r["videos"], (r["student"] - r["vanilla"]) / r["videos"]
+        lines.append(f"| {class_names[c]} | {n} | {r['vanilla'] / n:.3f} | {r['student'] / n:.3f} | {change:+.3f} |")
+    return "\n".join(lines) + "\n"

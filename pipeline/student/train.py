@@ -117,6 +117,13 @@ def run(
                 "n/a" if teacher.val_top1 is None else f"{teacher.val_top1:.4f}",
             )
             write_json(out / "teacher_head.json", {"asked": cfg.loss.teacher_head, **asdict(teacher)})
+            if cfg.loss.fade != "none" and teacher.val_top1 is None:
+                log.warning(
+                    "teacher head %s has no validation top-1 (run make teacher-head, which records it): its terms will not "
+                    "fade out (loss.fade=%s) however far the student passes it",
+                    teacher.name,
+                    cfg.loss.fade,
+                )
     train_shards, train_videos = split_shards(cfg, "train")
     check_shards_feed(len(train_shards), env.world_size, train_workers(cfg, env) or 1, "train")
     for split in cfg.train.unlabelled_splits:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import zarr
 
+from pipeline.cache.heads import choose_head, expectation
 from pipeline.cache.store import (
     head_array,
     head_fingerprint,
@@ -109,6 +110,8 @@ def run(cfg: Config) -> HeadSummary:
     summary.records = head_records(root)
     summary.seconds = time.monotonic() - start
     log.info(_summary_paragraph(cfg, summary, device))
+    best = choose_head("best", records=summary.records, cache_fingerprint=cache_fp, cfg=hc)
+    log.info(expectation(best.name, best.val_top1, num_classes=num_classes, fade=cfg.loss.fade))
     return summary
 
 
