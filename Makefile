@@ -65,8 +65,8 @@ format: $(STAMP) ## ruff: apply the formatter and the safe lint fixes
 pretrain-teacher: $(STAMP) ## Train the proxy benchmark's small CLIP here with ClipLoss (teacher_pretrain.*): writes the checkpoint teacher.pretrained names
 	$(PY) -m stages.pretrain_teacher --config $(CONFIG) $(if $(RECIPE),--config $(RECIPE)) $(ARGS)
 
-experiment: $(STAMP) ## One proxy-benchmark table (or all): make experiment NAME=heads [EXP_ARGS="--work DIR --seeds 0 1 2 --parallel 2"]
-	@test -n "$(NAME)" || { echo "make experiment: name a table: make experiment NAME=heads (heads loss labels views tfd mobilevit controls all)" >&2; exit 2; }
+experiment: $(STAMP) ## Proxy-benchmark tables (or all): make experiment NAME="safety unlabelled" [EXP_ARGS="--work DIR --seeds 0 1 2 --parallel 2"]
+	@test -n "$(NAME)" || { echo "make experiment: name a table: make experiment NAME=safety (screen safety unlabelled frames mobilevit_gpu tsm_r50_gpu optimiser heads loss labels views tfd mobilevit controls student_teacher, or all)" >&2; exit 2; }
 	$(PY) -m experiments.proxy_benchmark $(NAME) $(EXP_ARGS)
 
 synthetic: $(STAMP) ## Write a synthetic SSv2-format set to paths.ssv2_root (ARGS="synthetic.preset=proxy": the proxy benchmark's)

@@ -15,7 +15,7 @@ spread per condition; docs/frame_flexible.md has the tables, docs/frame_flexible
 from __future__ import annotations
 
 from experiments import proxy_world as world
-from experiments.runner import Study, Table, main
+from experiments.runner import Table, main
 
 COUNTS = (4, 8, 16)
 FFN = ("student.num_frames=16", "train.frame_counts=[4, 8, 16]")
@@ -53,15 +53,7 @@ TABLES = {
     "cpu": Table(_conditions("tsm_tiny"), counts=COUNTS, settings=world.VANILLA, epochs=15),
 }
 
-STUDY = Study(
-    module="experiments.frame_flexible",
-    tables=TABLES,
-    base_defaults=dict(world.BASE),
-    make_config=world.make_config,
-    base_dir=world.base_dir,
-    prepare_base=world.prepare_base,
-    epochs_for=world.epochs_for,
-)
+STUDY = world.study("experiments.frame_flexible", TABLES)
 
 if __name__ == "__main__":
     main(STUDY, __doc__)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import proxy_world as world
-from experiments.runner import Study, Table, main
+from experiments.runner import Table, main
 
 VANILLA = world.VANILLA
 # The seeds' walkthrough exactly (recipes/seeds_walkthrough.yaml), whatever pipeline.yaml's defaults are.
@@ -288,16 +288,7 @@ def teacher_text(work: Path) -> str:
     return "teacher (40 labelled per class)\n\n" + "\n".join(lines)
 
 
-STUDY = Study(
-    module="experiments.proxy_benchmark",
-    tables=TABLES,
-    base_defaults=dict(world.BASE),
-    make_config=world.make_config,
-    base_dir=world.base_dir,
-    prepare_base=world.prepare_base,
-    epochs_for=world.epochs_for,
-    preface=teacher_text,
-)
+STUDY = world.study("experiments.proxy_benchmark", TABLES, preface=teacher_text)
 
 if __name__ == "__main__":
     main(STUDY, __doc__)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from experiments.runner import Study, Table
 from pipeline import config
 from pipeline.shards import build as shards
 from pipeline.ssv2 import synthetic
@@ -176,3 +177,17 @@ def prepare_base(work: Path, base: dict, *, cache: bool, ffmpeg: bool, extra: tu
 def epochs_for(base: dict, epochs: int) -> int:
     """Fewer labels, more epochs: every set gets at least the steps of 40 labelled videos per class."""
     return epochs * max(1, 40 // base["labels"])
+
+
+def study(module: str, tables: dict[str, Table], preface=None) -> Study:
+    """A study whose runs train in this world."""
+    return Study(
+        module=module,
+        tables=tables,
+        base_defaults=dict(BASE),
+        make_config=make_config,
+        base_dir=base_dir,
+        prepare_base=prepare_base,
+        epochs_for=epochs_for,
+        preface=preface,
+    )

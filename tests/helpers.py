@@ -23,6 +23,20 @@ TINY_TRAINING = (
 )
 
 
+# The proxy benchmark's stages on a few videos per class (the slow tier's experiment variants).
+TINY_PROXY = (
+    "synthetic.train_per_class=2",
+    "synthetic.validation_per_class=1",
+    "synthetic.test_per_class=0",
+    "teacher_pretrain.videos=40",
+    "teacher_pretrain.heldout_videos=10",
+    "teacher_pretrain.steps=3",
+    "teacher_pretrain.batch_size=32",
+    "teacher_head.min_steps=20",
+    "teacher_head.folds=2",
+)
+
+
 def make_config(ssv2_root: Path, run_dir: Path, *overrides: str) -> config.Config:
     """pipeline.yaml with the smoke settings (configs/smoke.yaml), pointed at a data set and a run folder."""
     paths = [f"paths.ssv2_root={ssv2_root}", f"paths.run_dir={run_dir}"]

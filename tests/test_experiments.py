@@ -10,19 +10,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO
-
-TINY_PROXY = (
-    "synthetic.train_per_class=2",
-    "synthetic.validation_per_class=1",
-    "synthetic.test_per_class=0",
-    "teacher_pretrain.videos=40",
-    "teacher_pretrain.heldout_videos=10",
-    "teacher_pretrain.steps=3",
-    "teacher_pretrain.batch_size=32",
-    "teacher_head.min_steps=20",
-    "teacher_head.folds=2",
-)
+from tests.helpers import REPO, TINY_PROXY
 
 
 def _experiment(module: str, *args: str) -> subprocess.CompletedProcess:

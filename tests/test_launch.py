@@ -125,7 +125,7 @@ def test_a_users_error_is_found_in_a_jobs_trace_whatever_its_name():
 def test_make_all_without_slurm_runs_every_step_in_order_and_ends_with_a_trained_student(synth_root, tmp_path):
     """`make all` passes --no-wait (SLURM's afterok chains the steps); with no sbatch on PATH the
     executor is local and the steps must run one after another, each reading the last one's output."""
-    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "sbatch").exists())
+    path = _path_without("sbatch", tmp_path / "bin")
     args = f"paths.ssv2_root={synth_root} paths.run_dir={tmp_path} slurm.executor=auto teacher.num_workers=1 train.epochs=1"
     env = {**os.environ, "PATH": path, "OMP_NUM_THREADS": "1"}
     cmd = ["make", "-s", "all", "RECIPE=configs/smoke.yaml", f"ARGS={args}"]
@@ -137,3 +137,19 @@ def test_make_all_without_slurm_runs_every_step_in_order_and_ends_with_a_trained
     logs = {stage: min(p.stat().st_mtime for p in (tmp_path / "slurm" / stage).glob("*/submission.json"))
             for stage in ("shards", "teacher_cache", "teacher_head", "train_student")}  # fmt: skip
     assert list(logs) == sorted(logs, key=logs.get), logs  # submitted one after another, in the plan's order
+
+
+def _path_without(command: str, shim: Path) -> str:
+    """PATH with `command` gone: a folder that holds it (often /usr/bin, beside make and ffmpeg) is
+    replaced by `shim`, a folder of links to everything else in it."""
+    shim.mkdir(exist_ok=True)
+    kept = []
+    for folder in os.environ["PATH"].split(os.pathsep):
+        if not (Path(folder) / command).exists():
+            kept.append(folder)
+            continue
+        for tool in Path(folder).iterdir():
+            if tool.name != command and not (shim / tool.name).exists():
+                (shim / tool.name).symlink_to(tool)
+        kept.append(str(shim))
+    return os.pathsep.join(kept)

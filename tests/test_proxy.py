@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +11,8 @@ import pytest
 from pipeline import config
 from pipeline.ssv2 import proxy, synthetic
 from pipeline.ssv2.annotations import LABELS_FILE, load_labels
+from tests.helpers import REPO, TINY_PROXY
 
-REPO = Path(__file__).resolve().parents[1]
 TOY_PAIRS = [(a, b) for a, b, _ in synthetic.PAIRS]
 
 
@@ -77,17 +76,7 @@ def test_training_sets_are_nested_and_validation_does_not_change():
 @pytest.mark.slow
 def test_quick_heads_table_through_the_real_stages(tmp_path):
     """The heads table on a tiny proxy set: data (ffmpeg), pretrained teacher, cache, heads, four students."""
-    settings = [
-        "synthetic.train_per_class=3",
-        "synthetic.validation_per_class=1",
-        "synthetic.test_per_class=0",
-        "teacher_pretrain.videos=40",
-        "teacher_pretrain.heldout_videos=10",
-        "teacher_pretrain.steps=3",
-        "teacher_pretrain.batch_size=32",
-        "teacher_head.min_steps=20",
-        "teacher_head.folds=2",
-    ]
+    settings = [*TINY_PROXY, "synthetic.train_per_class=3"]  # three per class: two folds of the heads have rows
     command = [sys.executable, "-m", "experiments.proxy_benchmark", "heads", "--work", str(tmp_path), "--seeds", "0"]
     command += ["--epochs", "1", *(f"--set={s}" for s in settings)]
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env=os.environ)
