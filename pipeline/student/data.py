@@ -339,7 +339,7 @@ def centre_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
 
 class CacheSource:
     """Opens the teacher cache lazily in each worker and serves (feature, logits) by row; the logits
-    are those of the teacher head in array `logits` (see teacher.store.head_array), divided by the
+    are those of the teacher head in array `logits` (see cache.store.head_array), divided by the
     head's calibration `temperature`; with `frames`, the per-frame features too."""
 
     def __init__(self, store: Path, split: str, *, logits: str = "logits", temperature: float = 1.0, frames: bool = False):

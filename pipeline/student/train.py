@@ -28,6 +28,7 @@ from pipeline.runtime.device import autocast_dtype, pick_device
 from pipeline.runtime.dist import DistEnv
 from pipeline.runtime.progress import format_duration
 from pipeline.runtime.provenance import provenance
+from pipeline.shards.plan import row_labels
 from pipeline.ssv2.annotations import class_names, flip_pairs, labels_path, load_labels
 from pipeline.student import health
 from pipeline.student.data import (
@@ -334,7 +335,7 @@ class Trainer:
         self.cfg, self.env, self.device, self.teacher = cfg, env, device, teacher
         self.per_rank, self.total_steps = per_rank, total_steps
         self.flip_pairs = flip_pairs(names)
-        self.num_classes = len(names)
+        self.chance = None  # 1 / the classes the training videos have: what a useless teacher scores (loss.fade)
         self.norm = None  # the student's own input normalisation, set when training starts
         self.dtype = autocast_dtype(device, cfg.train.precision)
         self.pools = PoolKeeper() if cfg.experimental.batch_pool else None
@@ -433,7 +434,10 @@ class Trainer:
             return 1.0
         best = max((h["val"]["top1"] for h in p.history), default=None)
         teacher = self.teacher.val_top1 if self.teacher else None
-        return fade_weight(self.cfg.loss, teacher_top1=teacher, student_best=best, chance=1.0 / self.num_classes)
+        if self.chance is None:
+            labels = row_labels(self.cfg.paths.shards_dir, "train")
+            self.chance = 1.0 / max(1, len(set(labels[labels >= 0].tolist())))
+        return fade_weight(self.cfg.loss, teacher_top1=teacher, student_best=best, chance=self.chance)
 
     def _log(self, state: TrainState, meters, tick: float, clips: int) -> tuple[float, int]:
         p = state.progress
