@@ -34,7 +34,7 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-smoke: $(STAMP) ## Run every stage on the embedded tiny synthetic data set (CPU, a few minutes)
+smoke: $(STAMP) ## Run every stage on the embedded tiny synthetic data set (CPU, about a minute)
 	$(PY) -m stages.synthetic $(SMOKE_ARGS)
 	$(PY) -m slurm.launch all $(SMOKE_ARGS) $(ARGS)
 	$(PY) -m slurm.launch evaluate $(SMOKE_ARGS) $(ARGS)
