@@ -136,6 +136,8 @@ def train_one(study: Study, work: Path, table: str, name: str, *, seed: int, epo
     summary = train.run(cfg)
     history = summary.progress.history
     curve = [h["val"]["top1"] for h in history]
+    if not curve:
+        raise ValueError(f"{table} / {name} seed {seed} ended before its first validation (train.max_steps below an epoch?)")
     verdict = health.plateau(curve, history[-1].get("train_top1") if history else None)
     result = {
         "key": key,

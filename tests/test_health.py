@@ -22,3 +22,23 @@ def test_short_or_already_solved_curves_are_not_judged_a_plateau():
     assert plateau([0.2, 0.2, 0.2]) is None  # too few epochs to judge
     assert not plateau([1.0, 1.0, 1.0, 1.0, 1.0]).flagged  # the toy set, solved in the first epoch
     assert plateau([0.5, 0.51, 0.52, 0.53, 0.54]).flagged  # rose 0.04 after its first epoch: under the 0.05 a learner gains
+
+
+@pytest.mark.unit
+def test_a_resume_drops_the_records_past_its_checkpoint_and_the_validations_it_redoes(tmp_path):
+    import json
+
+    from pipeline.student.metrics import truncate_after
+
+    # epoch 0 ends at step 4 with a checkpoint saved at step 4 before its validation (checkpoint_every_steps 4),
+    # then the run logs step 5 and dies: the resumed run redoes epoch 0's validation at step 4, then step 5
+    records = [{"kind": "train", "step": s, "epoch": 0} for s in (1, 2, 3, 4)]
+    records += [{"kind": "val", "step": 4, "epoch": 0}, {"kind": "train", "step": 5, "epoch": 1}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"kind": "tra')  # a line torn by the kill
+    assert truncate_after(path, 4, validations=0) == 3
+    assert [(r["kind"], r["step"]) for r in map(json.loads, path.read_text().splitlines())] == [
+        ("train", s) for s in (1, 2, 3, 4)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert truncate_after(path, 4, validations=1) == 1  # a checkpoint after the validation keeps it

@@ -19,9 +19,17 @@ from pipeline.cache.heads import choose_head
 from pipeline.cache.store import head_records
 from pipeline.config import LossConfig
 from pipeline.shards import build as shards
-from pipeline.ssv2.sampling import segment_centres, segment_of, segment_random
+from pipeline.ssv2.sampling import segment_centres, segment_random
 from pipeline.student import train
-from pipeline.student.data import ClipSource, ClipSpec, ShardClips, split_shards, teacher_source, unlabelled_source
+from pipeline.student.data import (
+    ClipSource,
+    ClipSpec,
+    ShardClips,
+    split_shards,
+    teacher_frame_index,
+    teacher_source,
+    unlabelled_source,
+)
 from pipeline.student.loss import distill_loss, fade_weight
 from pipeline.teacher import head_run
 from pipeline.teacher import run as teacher_run
@@ -102,18 +110,17 @@ def test_label_prob_weights_a_labelled_clips_kl_by_the_teachers_belief_in_the_la
 
 
 @pytest.mark.unit
-def test_a_frame_maps_to_the_teacher_segment_it_was_drawn_from():
+def test_each_student_frame_maps_to_the_teacher_frame_of_the_segment_it_was_drawn_in():
+    assert teacher_frame_index(8, 8) == list(range(8))
+    assert teacher_frame_index(16, 8) == [k // 2 for k in range(16)]
+    assert teacher_frame_index(4, 8) == [0, 2, 4, 6]
     rng = np.random.default_rng(0)
-    for total in (7, 24, 37, 40):
-        for segments in (1, 4, 8):
-            centres = segment_centres(total, segments)
-            if total >= segments:
-                assert [segment_of(p, total, segments) for p in centres] == list(range(segments))
-            for picks in (segment_random(total, 16, rng), segment_random(total, 8, rng)):
-                ks = [segment_of(p, total, segments) for p in picks]
-                assert ks == sorted(ks) and 0 <= min(ks) and max(ks) < segments
-                # the teacher frame chosen lies in the drawn frame's segment: at most a segment (and rounding) away
-                assert all(abs(centres[k] - p) <= total / segments + 1 for k, p in zip(ks, picks))
+    for total in (10, 24, 37, 40, 61):  # SSv2-like lengths; 10: the reviewer's example of crossed edges
+        for count, teacher in ((4, 4), (8, 8), (16, 8), (8, 4)):
+            centres = segment_centres(total, teacher)
+            picks = segment_random(total, count, rng)
+            # the teacher frame a student frame is set against lies within a teacher segment (and rounding) of it
+            assert all(abs(centres[k] - p) <= total / teacher + 1 for k, p in zip(teacher_frame_index(count, teacher), picks))
 
 
 @pytest.fixture(scope="module")

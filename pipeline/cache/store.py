@@ -264,7 +264,8 @@ class CacheReader:
         self.temperature = temperature
         self.per = self.arrays["features"].chunks[0]
         self.views = self.arrays["features"].shape[1]
-        self.keep = keep_shards
+        # a shard's frame features are F times its video features: keep fewer shards when reading them
+        self.keep = max(1, keep_shards // 4) if frames else keep_shards
         self._rows: OrderedDict[int, ShardRows] = OrderedDict()
 
     def shard_rows(self, shard: int) -> ShardRows:

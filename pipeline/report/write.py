@@ -43,7 +43,7 @@ def write_report(cfg: Config, vanilla: Path | None = None) -> Path:
     sections = [
         f"# Run report: {cfg.paths.run_dir}\n",
         _data_section(data, class_names, folder),
-        _teacher_section(teacher, data.videos, num_classes=len(class_names), fade=cfg.loss.fade),
+        _teacher_section(teacher, data.videos, num_classes=_classes_with_videos(data, class_names), fade=cfg.loss.fade),
         _training_section(training, cfg, folder),
         _test_section(cfg),
         _export_section(cfg),
@@ -311,3 +311,9 @@ def _against_vanilla_section(training: TrainFacts | None, vanilla: Path, class_n
         n, change = r["videos"], (r["student"] - r["vanilla"]) / r["videos"]
         lines.append(f"| {class_names[c]} | {n} | {r['vanilla'] / n:.3f} | {r['student'] / n:.3f} | {change:+.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def _classes_with_videos(data: DataFacts, class_names: list[str]) -> int:
+    """The classes the training videos have (chance is one over these), else every class name."""
+    counts = data.videos_per_class.get("train", {})
+    return len([c for c, n in counts.items() if c >= 0 and n]) or len(class_names)

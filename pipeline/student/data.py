@@ -219,15 +219,9 @@ class ShardClips(IterableDataset):
         return clips[0], label, feature, logits, record["id"], tuple(clips[1:]), frames
 
     def _teacher_frames(self, cache: "CacheSource", record: dict, view: int, picks: list[int]) -> np.ndarray:
-        """For each student frame, the cached teacher frame of the segment it falls in: of the view's
-        frames (replayed views: the teacher took evenly spaced ones), or of the video (the centre view)."""
+        """For each student frame, the cached teacher frame it shows (`teacher_frame_index`)."""
         stored = cache.frame_features(record["row"], record["id"], view)  # [F, D]
-        f = len(stored)
-        if cache.views > 1:
-            ks = [segment_of(i, len(picks), f) for i in range(len(picks))]
-        else:
-            ks = [segment_of(p, record["num_frames"], f) for p in picks]
-        return stored[ks]
+        return stored[teacher_frame_index(len(picks), len(stored))]
 
     def _drawn(self, record: dict, worker: int, index: int, unlabelled: bool = False) -> tuple[list[list[int]], tuple, bool]:
         """A fresh training clip: a random frame per segment at every trained count (drawn
@@ -258,6 +252,15 @@ class ShardClips(IterableDataset):
         the view's box, before any resize ([T, 3, h, w], channels last), and whether it is flipped."""
         picks, box, flipped = self._replayed(record, view)
         return cut_clips(sample, record, picks[:1], box)[0], flipped
+
+
+def teacher_frame_index(count: int, teacher_frames: int) -> list[int]:
+    """Which of the teacher's frames each of a clip's `count` frames maps to. Student frame k was drawn
+    in segment k of `count` equal segments (of the video, or of a replayed view's frames), and teacher
+    frame j is the centre of segment j of `teacher_frames` (of the same video or view): frame k maps
+    to the teacher segment its own segment falls in, by position (a frame's index would cross
+    segment edges, since the samplers round them down)."""
+    return [segment_of(k, count, teacher_frames) for k in range(count)]
 
 
 def cut_clips(sample: dict, record: dict, picks: list[list[int]], box: tuple[int, int, int, int]) -> list[torch.Tensor]:

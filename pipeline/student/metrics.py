@@ -49,13 +49,13 @@ class MetricsLog:
     file and in TensorBoard (`purge_step`), so each step has one record.
     """
 
-    def __init__(self, folder: Path, enabled: bool = True, resume_step: int = 0):
+    def __init__(self, folder: Path, enabled: bool = True, resume_step: int = 0, resume_validations: int | None = None):
         self.enabled = enabled
         self.path = Path(folder) / "metrics.jsonl"
         self._tb = None
         if enabled:
             Path(folder).mkdir(parents=True, exist_ok=True)
-            truncate_after(self.path, resume_step)
+            truncate_after(self.path, resume_step, validations=resume_validations)
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -81,15 +81,24 @@ class MetricsLog:
             self._tb.close()
 
 
-def truncate_after(path: Path, step: int) -> int:
-    """Drop the records of `path` past `step` (atomically: a crash leaves the old file or the new one); how many went."""
+def truncate_after(path: Path, step: int, *, validations: int | None = None) -> int:
+    """Drop the records of `path` past `step`, and the validation records of epochs from `validations`
+    on (a checkpoint saved at an epoch's last step precedes that epoch's validation, which the resumed
+    run does again); atomically: a crash leaves the old file or the new one. How many went."""
     if not path.exists():
         return 0
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if _step(line) <= step]
+    kept = [line for line in lines if _step(line) <= step and not _validation_redone(line, validations)]
     if len(kept) < len(lines):
         write_text(path, "".join(line + "\n" for line in kept))
     return len(lines) - len(kept)
+
+
+def _validation_redone(line: str, validations: int | None) -> bool:
+    if validations is None or '"val"' not in line:
+        return False
+    record = json.loads(line)
+    return record.get("kind") == "val" and int(record.get("epoch", 0)) >= validations
 
 
 def _step(line: str) -> int:

@@ -171,6 +171,7 @@ def run(
         total_steps=total_steps,
         teacher=teacher,
         resumed_step=resumed_from,
+        resumed_validations=len(state.progress.history),
     )
     try:
         stopped = trainer.train(state, stop_after_steps, should_stop)
@@ -331,6 +332,7 @@ class Trainer:
         total_steps: int,
         teacher: HeadChoice | None = None,
         resumed_step: int = 0,
+        resumed_validations: int | None = None,
     ):
         self.cfg, self.env, self.device, self.teacher = cfg, env, device, teacher
         self.per_rank, self.total_steps = per_rank, total_steps
@@ -339,7 +341,9 @@ class Trainer:
         self.norm = None  # the student's own input normalisation, set when training starts
         self.dtype = autocast_dtype(device, cfg.train.precision)
         self.pools = PoolKeeper() if cfg.experimental.batch_pool else None
-        self.metrics = MetricsLog(cfg.paths.student_dir, enabled=env.is_main, resume_step=resumed_step)
+        self.metrics = MetricsLog(
+            cfg.paths.student_dir, enabled=env.is_main, resume_step=resumed_step, resume_validations=resumed_validations
+        )
         self.clips_per_s = 0.0
         self.train_top1: float | None = None
         unlabelled = unlabelled_source(cfg, teacher)
@@ -446,7 +450,8 @@ class Trainer:
         self.clips_per_s = rate
         self.train_top1 = meters["top1"].avg  # the epoch's last log: what the plateau check sets beside validation
         lr = base_lr(state.optimizer)
-        left = (self.total_steps - p.step) * self.cfg.train.batch_size * self.env.world_size / max(rate, 1e-9)
+        per_step = (self.cfg.train.batch_size + self.unlabelled_per_batch) * self.env.world_size  # what `rate` counts
+        left = (self.total_steps - p.step) * per_step / max(rate, 1e-9)
         v = {k: m.avg for k, m in meters.items()}
         self.metrics.write(
             "train",
@@ -571,7 +576,9 @@ def _summary_paragraph(cfg: Config, s: TrainSummary, env: DistEnv, total_steps: 
     resumed = f"resumed from step {s.resumed_from_step}, " if s.resumed_from_step else ""
     p = s.progress
     per_epoch = total_steps // max(1, cfg.train.epochs) * env.world_size
-    unlabelled = per_epoch * round(cfg.train.unlabelled_ratio * cfg.train.batch_size) if cfg.train.unlabelled_splits else 0
+    unlabelled = (
+        per_epoch * max(1, round(cfg.train.unlabelled_ratio * cfg.train.batch_size)) if cfg.train.unlabelled_splits else 0
+    )
     return (
         f"Training {how} in {format_duration(s.seconds)}: {cfg.student.arch} ({cfg.loss.mode}), {resumed}now at "
         f"epoch {p.epoch}/{cfg.train.epochs}, step {p.step}/{total_steps}, {env.world_size} process(es) x "
