@@ -160,7 +160,7 @@ def _train(model, frames, tokens, pre, tp, device) -> float:
         value = float(loss.detach())
         progress.update()
         if progress.done % max(tp.steps // 10, 1) == 0:
-            log.info("step %d: ClipLoss %.3f, logit scale %.1f", progress.done, value, float(scale))
+            log.info("step %d: ClipLoss %.3f, logit scale %.1f", progress.done, value, float(scale.detach()))
     model.eval()
     return value
 
