@@ -14,7 +14,7 @@ import yaml
 
 from pipeline.report import plots
 from pipeline.runtime.atomic import write_text
-from pipeline.student.health import plateau
+from pipeline.student.health import learned_word
 
 
 @dataclass
@@ -35,8 +35,7 @@ class RunFacts:
     @property
     def learned(self) -> str:
         """'plateau' when the validation curve never left its first epochs' level, 'yes' when it did, '-' when too short."""
-        verdict = plateau([top1 for _, top1 in self.val_curve])
-        return "-" if verdict is None else ("PLATEAU" if verdict.flagged else "yes")
+        return learned_word([top1 for _, top1 in self.val_curve])
 
 
 def student_folders(paths: list[Path]) -> list[Path]:
@@ -50,19 +49,20 @@ def student_folders(paths: list[Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def _jsonl(path: Path) -> list[dict]:
+def jsonl(path: Path) -> list[dict]:
+    """A JSON-lines file's records ([] when it is not there)."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def run_facts(folder: Path, names: dict[Path, str]) -> RunFacts:
     """One student folder's facts."""
     cfg = yaml.safe_load((folder / "config.yaml").read_text())
-    metrics = _jsonl(folder / "metrics.jsonl")
+    metrics = jsonl(folder / "metrics.jsonl")
     val = [r for r in metrics if r.get("kind") == "val"]
     frames = json.loads((folder / "eval_frames.json").read_text()) if (folder / "eval_frames.json").exists() else {}
     best = {int(t): (r["top1"], r["top5"]) for t, r in frames.get("results", {}).items()}
     head = json.loads((folder / "teacher_head.json").read_text())["name"] if (folder / "teacher_head.json").exists() else "-"
-    compute = _jsonl(folder / "compute.jsonl")
+    compute = jsonl(folder / "compute.jsonl")
     hours = sum(c["seconds"] * c["processes"] for c in compute) / 3600
     loss, train, teacher, student = cfg["loss"], cfg["train"], cfg["teacher"], cfg["student"]
     counts = train.get("frame_counts") or [student["num_frames"]]

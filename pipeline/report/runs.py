@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import yaml
 
-from pipeline.report.compare import student_folders
-from pipeline.student.health import plateau
+from pipeline.report.compare import jsonl, student_folders
+from pipeline.student.health import learned_word
 
 COLUMNS = ("run", "student", "frames", "recipe", "best val top-1", "learned", "epochs", "date", "commit", "device")
 
@@ -29,18 +28,13 @@ def recipe_line(cfg: dict) -> str:
     return f"{text}; {train['optimizer']} lr {train['lr']}"
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def run_row(folder: Path, root: Path) -> dict[str, str]:
     """One student folder's line."""
     cfg = yaml.safe_load((folder / "config.yaml").read_text())
-    val = [r for r in _jsonl(folder / "metrics.jsonl") if r.get("kind") == "val"]
-    starts = _jsonl(folder / "provenance.jsonl")
+    val = [r for r in jsonl(folder / "metrics.jsonl") if r.get("kind") == "val"]
+    starts = jsonl(folder / "provenance.jsonl")
     last = starts[-1] if starts else {}
     curve = [r["top1"] for r in val]
-    verdict = plateau(curve)
     counts = cfg["train"].get("frame_counts") or [cfg["student"]["num_frames"]]
     when = max((r["time"] for r in val), default=None)
     dirty = {True: " (dirty)", False: "", None: ""}[last.get("dirty")]
@@ -50,7 +44,7 @@ def run_row(folder: Path, root: Path) -> dict[str, str]:
         "frames": "/".join(map(str, sorted(counts))),
         "recipe": recipe_line(cfg),
         "best val top-1": f"{max(curve):.4f}" if curve else "-",
-        "learned": "-" if verdict is None else ("PLATEAU" if verdict.flagged else "yes"),
+        "learned": learned_word(curve),
         "epochs": f"{len(val)}/{cfg['train']['epochs']}",
         "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(when)) if when else "-",
         "commit": (last.get("commit") or "-")[:10] + dirty,

@@ -397,8 +397,15 @@ def unlabelled_source(cfg: Config, teacher: HeadChoice | None) -> UnlabelledSour
     if not splits:
         return None
     shards = [(split, path) for split in splits for path in split_shards(cfg, split)[0]]
-    per_batch = max(1, round(cfg.train.unlabelled_ratio * cfg.train.batch_size))
-    return UnlabelledSource(shards, {split: teacher_source(cfg, split, teacher) for split in splits}, per_batch)
+    caches = {split: teacher_source(cfg, split, teacher) for split in splits}
+    return UnlabelledSource(shards, caches, unlabelled_per_batch(cfg))
+
+
+def unlabelled_per_batch(cfg: Config) -> int:
+    """Unlabelled clips in each training batch: batch_size x unlabelled_ratio, at least 1; 0 without unlabelled splits."""
+    if not cfg.train.unlabelled_splits:
+        return 0
+    return max(1, round(cfg.train.unlabelled_ratio * cfg.train.batch_size))
 
 
 def check_feature_width(cfg: Config, split: str) -> None:

@@ -51,6 +51,12 @@ class Plateau:
         )
 
 
+def learned_word(top1_per_epoch: list[float], train_top1: float | None = None) -> str:
+    """The verdict in a word for tables: PLATEAU, yes, or - when too short to judge."""
+    verdict = plateau(top1_per_epoch, train_top1)
+    return "-" if verdict is None else ("PLATEAU" if verdict.flagged else "yes")
+
+
 def plateau(top1_per_epoch: list[float], train_top1: float | None = None) -> Plateau | None:
     """The plateau verdict of a run's validation top-1 per epoch (with its last training top-1, which
     tells overfitting from a failed optimisation), or None when it has too few epochs to judge."""

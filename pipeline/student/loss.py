@@ -61,7 +61,7 @@ def distill_loss(
         return LossParts(ce, zero, zero, ce, zero)
     if cfg.mode != "distill":
         raise ValueError(f"loss.mode must be distill or vanilla, got {cfg.mode!r}")
-    weight = _teacher_weight(cfg, teacher_logits.float(), labelled)
+    weight = _clip_weights(cfg, teacher_logits.float(), labelled)
     mse = _feature_mse(cfg, feature, teacher_feature)
     kl = _response_kl(cfg, logits, teacher_logits.float(), labels, labelled, ce_each)
     frame = zero
@@ -88,10 +88,10 @@ def fade_weight(cfg: LossConfig, *, teacher_top1: float | None, student_best: fl
     return min(1.0, max(0.0, behind / cfg.fade_margin)) if cfg.fade_margin > 0 else float(behind > 0)
 
 
-def _teacher_weight(cfg: LossConfig, teacher_logits: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+def _clip_weights(cfg: LossConfig, teacher_logits: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
     """Per clip, the weight of its teacher terms: 1 for labelled clips; for unlabelled ones the head's
     calibrated top probability (its logits come divided by the head's fitted temperature) or 1."""
-    if cfg.unlabelled_weight == "uniform" or bool(labelled.all()):
+    if cfg.unlabelled_weight == "uniform":  # (asking whether every clip is labelled would stall the GPU every step)
         return torch.ones_like(labelled, dtype=torch.float32)
     if cfg.unlabelled_weight != "confidence":
         raise ValueError(f"loss.unlabelled_weight must be confidence or uniform, got {cfg.unlabelled_weight!r}")

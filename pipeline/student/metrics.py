@@ -88,21 +88,18 @@ def truncate_after(path: Path, step: int, *, validations: int | None = None) -> 
     if not path.exists():
         return 0
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if _step(line) <= step and not _validation_redone(line, validations)]
+    kept = [line for line in lines if _kept(line, step, validations)]
     if len(kept) < len(lines):
         write_text(path, "".join(line + "\n" for line in kept))
     return len(lines) - len(kept)
 
 
-def _validation_redone(line: str, validations: int | None) -> bool:
-    if validations is None or '"val"' not in line:
-        return False
-    record = json.loads(line)
-    return record.get("kind") == "val" and int(record.get("epoch", 0)) >= validations
-
-
-def _step(line: str) -> int:
+def _kept(line: str, step: int, validations: int | None) -> bool:
+    """Whether a record stays: at or before `step`, and not a validation the resumed run does again."""
     try:
-        return int(json.loads(line).get("step", 0))
+        record = json.loads(line)
+        at, epoch = int(record.get("step", 0)), int(record.get("epoch", 0))
     except (ValueError, AttributeError):  # a line torn by a kill: past any checkpoint
-        return 1 << 62
+        return False
+    redone = validations is not None and record.get("kind") == "val" and epoch >= validations
+    return at <= step and not redone

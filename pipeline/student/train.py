@@ -40,6 +40,7 @@ from pipeline.student.data import (
     teacher_source,
     to_device,
     train_workers,
+    unlabelled_per_batch,
     unlabelled_source,
 )
 from pipeline.student.evaluate import EvalResult, evaluate, write_frame_count_eval, write_predictions
@@ -346,8 +347,8 @@ class Trainer:
         )
         self.clips_per_s = 0.0
         self.train_top1: float | None = None
-        unlabelled = unlabelled_source(cfg, teacher)
-        self.unlabelled_per_batch = unlabelled.per_batch if unlabelled else 0
+        self.epoch_teacher_weight = 1.0  # this epoch's share of the teacher (loss.fade), set as the epoch starts
+        self.unlabelled_per_batch = unlabelled_per_batch(cfg)
 
     def close(self) -> None:
         """Flush the metrics and release the loader pool."""
@@ -413,7 +414,7 @@ class Trainer:
         cfg, env, p = self.cfg, self.env, state.progress
         meters = {k: AverageMeter() for k in (*PARTS, "top1", "top5", "agree", "grad_norm")}
         tick, clips = time.monotonic(), 0
-        weight = self.teacher_weight(p)
+        weight = self.epoch_teacher_weight = self.teacher_weight(p)
         for batch in self._loader(p):
             n = len(batch.labels) - self.unlabelled_per_batch  # a batch's labelled clips come first
             device_batch = to_device(batch, self.device)
@@ -464,7 +465,7 @@ class Trainer:
             loss_response=v["response"],
             loss_task=v["task"],
             loss_frame=v["frame"],
-            teacher_weight=self.teacher_weight(p),
+            teacher_weight=self.epoch_teacher_weight,
             top1=v["top1"],
             top5=v["top5"],
             grad_norm=v["grad_norm"],
@@ -576,9 +577,7 @@ def _summary_paragraph(cfg: Config, s: TrainSummary, env: DistEnv, total_steps: 
     resumed = f"resumed from step {s.resumed_from_step}, " if s.resumed_from_step else ""
     p = s.progress
     per_epoch = total_steps // max(1, cfg.train.epochs) * env.world_size
-    unlabelled = (
-        per_epoch * max(1, round(cfg.train.unlabelled_ratio * cfg.train.batch_size)) if cfg.train.unlabelled_splits else 0
-    )
+    unlabelled = per_epoch * unlabelled_per_batch(cfg)
     return (
         f"Training {how} in {format_duration(s.seconds)}: {cfg.student.arch} ({cfg.loss.mode}), {resumed}now at "
         f"epoch {p.epoch}/{cfg.train.epochs}, step {p.step}/{total_steps}, {env.world_size} process(es) x "
