@@ -20,7 +20,6 @@ base is prepared. The runner does the rest:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments import legacy
 from pipeline import config
 from pipeline.runtime.atomic import write_text
 from pipeline.runtime.progress import format_duration, setup_logging
@@ -106,14 +106,18 @@ def run_config(study: Study, work: Path, run_dir: Path, table: str, name: str, *
     return study.make_config(work, run_dir, base, extra)
 
 
-def run_key(study: Study, work: Path, table: str, name: str, seed: int, epochs: int) -> str:
-    """A run's identity: its base and every setting of its config but the paths (work folders differ
-    between machines), so a changed default never reuses an old result and tables share runs."""
+def run_settings(study: Study, work: Path, table: str, name: str, seed: int, epochs: int) -> tuple[dict, dict]:
+    """A run's base and its whole config but the paths (work folders differ between machines)."""
     base, _ = run_spec(study, table, name)
     settings = config.to_dict(run_config(study, work, work, table, name, seed=seed, epochs=epochs))
     settings.pop("paths")
-    text = json.dumps([base, settings], sort_keys=True).replace(str(work), "<work>")
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return base, settings
+
+
+def run_key(study: Study, work: Path, table: str, name: str, seed: int, epochs: int) -> str:
+    """A run's identity: its base and every setting of its config but the paths, so a changed default
+    never reuses an old result and tables share runs."""
+    return legacy.settings_key(*run_settings(study, work, table, name, seed, epochs), str(work))
 
 
 def needs_cache(study: Study, work: Path, table: str, name: str) -> bool:
@@ -281,11 +285,27 @@ def export_results(work: Path, path: Path) -> int:
     return len(results)
 
 
-def restore_results(work: Path, path: Path) -> int:
-    """Put exported results back into `work/results` (a rerun then trains only what is missing); the count."""
+def restore_results(study: Study, work: Path, path: Path) -> int:
+    """Put exported results back into `work/results` (a rerun then trains only what is missing); the count.
+    A result recorded before a later setting existed is filed under today's key where it is the same
+    run (experiments/legacy.py); one that matches no run of today's tables is kept under its own key."""
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    moved = unmatched = 0
     for r in lines:
-        write_text(work / "results" / f"{r['key']}.json", json.dumps(r, indent=1))
+        key = r["key"]
+        if r.get("table") in study.tables and r.get("name") in study.tables[r["table"]].conditions:
+            per_40 = r["epochs"] // study.epochs_for(run_spec(study, r["table"], r["name"])[0], 1)
+            base, settings = run_settings(study, work, r["table"], r["name"], r["seed"], per_40)
+            today = legacy.settings_key(base, settings, str(work))
+            if today != key and legacy.recorded_key_matches(base, settings, str(work), key):
+                r = {**r, "key": today, "recorded_key": key}
+                key, moved = today, moved + 1
+            unmatched += today != key
+        else:
+            unmatched += 1
+        write_text(work / "results" / f"{key}.json", json.dumps(r, indent=1))
+    if moved or unmatched:
+        log.info("%d of them recorded before a later setting and the same run today; %d match no run today", moved, unmatched)
     return len(lines)
 
 
@@ -340,7 +360,7 @@ def main(study: Study, doc: str, argv: list[str] | None = None) -> None:
     if args.only is not None and (len(tables) != 1 or args.only not in study.tables[tables[0]].conditions):
         p.error(f"--only {args.only!r}: not a condition of {' '.join(args.table)}")
     if args.restore:
-        log.info("restored %d results from %s", restore_results(work, args.restore), args.restore)
+        log.info("restored %d results from %s", restore_results(study, work, args.restore), args.restore)
     start = time.monotonic()
     if not args.tabulate:
         if not args.no_prepare:

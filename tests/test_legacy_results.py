@@ -1,0 +1,78 @@
+"""Results recorded before a setting existed are reused only where they are provably the same run."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from experiments import legacy, runner
+from experiments.frame_flexible import STUDY as FRAME_STUDY
+from experiments.proxy_benchmark import STUDY as PROXY_STUDY
+
+pytestmark = pytest.mark.unit
+
+
+def _older(settings: dict, *, unlabelled_weight: str) -> dict:
+    """`settings` as the code before `loss.fade` wrote them."""
+    older = copy.deepcopy(settings)
+    del older["loss"]["fade"], older["loss"]["fade_margin"]
+    older["loss"]["unlabelled_weight"] = unlabelled_weight
+    return older
+
+
+def _record(study, work, table: str, name: str, settings_for_key: dict, base: dict) -> dict:
+    key = legacy.settings_key(base, settings_for_key, str(work))
+    return {"key": key, "table": table, "name": name, "seed": 0, "epochs": settings_for_key["train"]["epochs"], "counts": {}}
+
+
+def _restore(study, work, records: list[dict]) -> set[str]:
+    path = work / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    runner.restore_results(study, work, path)
+    return {p.stem for p in (work / "results").glob("*.json")}
+
+
+def test_a_vanilla_result_from_before_the_fade_is_filed_under_todays_key(tmp_path):
+    table, name = "gpu", "TSM-R50, plain 16"
+    base, settings = runner.run_settings(FRAME_STUDY, tmp_path, table, name, 0, None)
+    record = _record(FRAME_STUDY, tmp_path, table, name, _older(settings, unlabelled_weight="confidence"), base)
+    today = runner.run_key(FRAME_STUDY, tmp_path, table, name, 0, None)
+    assert record["key"] != today
+    assert _restore(FRAME_STUDY, tmp_path, [record]) == {today}
+    assert runner.result(FRAME_STUDY, tmp_path, table, name, 0, None)["recorded_key"] == record["key"]
+
+
+def test_a_result_whose_other_settings_differ_keeps_its_own_key(tmp_path):
+    table, name = "gpu", "TSM-R50, plain 16"
+    base, settings = runner.run_settings(FRAME_STUDY, tmp_path, table, name, 0, None)
+    older = _older(settings, unlabelled_weight="confidence")
+    older["train"]["lr"] *= 2  # a setting the run reads
+    record = _record(FRAME_STUDY, tmp_path, table, name, older, base)
+    assert _restore(FRAME_STUDY, tmp_path, [record]) == {record["key"]}
+    assert runner.result(FRAME_STUDY, tmp_path, table, name, 0, None) is None
+
+
+def test_a_distilled_result_from_before_the_fade_counts_only_for_runs_without_it(tmp_path):
+    """Before the fade every distilled run trained as `fade: none`: such a result is the seeds' recipe's
+    run today, never the default's (which fades)."""
+    seeds, default = "40, seeds' recipe", "40, default (seeds' weights, crossover fade)"
+    base, settings = runner.run_settings(PROXY_STUDY, tmp_path, "screen", seeds, 0, None)
+    assert settings["loss"]["fade"] == "none"
+    record = _record(PROXY_STUDY, tmp_path, "screen", seeds, _older(settings, unlabelled_weight="uniform"), base)
+    assert _restore(PROXY_STUDY, tmp_path, [record]) == {runner.run_key(PROXY_STUDY, tmp_path, "screen", seeds, 0, None)}
+
+    _, with_fade = runner.run_settings(PROXY_STUDY, tmp_path, "screen", default, 0, None)
+    assert with_fade["loss"]["fade"] == "crossover"
+    assert list(legacy.earlier_layouts(with_fade)) == []
+
+
+def test_an_unlabelled_run_needs_the_unlabelled_weight_it_was_recorded_with(tmp_path):
+    name = "10 + 30 unlabelled, seeds' recipe"
+    base, settings = runner.run_settings(PROXY_STUDY, tmp_path, "screen", name, 0, None)
+    assert settings["train"]["unlabelled_splits"] and settings["loss"]["unlabelled_weight"] == "uniform"
+    other = _record(PROXY_STUDY, tmp_path, "screen", name, _older(settings, unlabelled_weight="confidence"), base)
+    same = _record(PROXY_STUDY, tmp_path, "screen", name, _older(settings, unlabelled_weight="uniform"), base)
+    assert not legacy.recorded_key_matches(base, settings, str(tmp_path), other["key"])
+    assert legacy.recorded_key_matches(base, settings, str(tmp_path), same["key"])
