@@ -8,7 +8,8 @@ base is prepared. The runner does the rest:
 
 - a run is (base, table settings + condition, seed, epochs); its key hashes its base and its whole
   config but the paths, so tables that share a run share its result, and a change of settings (a
-  new default in pipeline.yaml included) never reuses an old one;
+  new default in pipeline.yaml included) never reuses an old one, unless it is provably the same
+  run (experiments/legacy.py; docs/experiments.md);
 - every finished run writes `<work>/results/<key>.json` atomically (its validation curve, top-1 per
   evaluated frame count, the plateau verdict, the teacher head, where the code and device came from);
   a rerun trains only what is missing, and `--export` / `--restore` move results as JSON lines;
