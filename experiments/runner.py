@@ -53,6 +53,8 @@ class Table:
     counts: tuple[int, ...] = (8,)
     settings: tuple[str, ...] = ()  # overrides every run of the table gets before its condition's
     epochs: int | None = None  # the table's own budget (at 40 labels per class); None: --epochs
+    # text under the table from its finished runs (given a condition's name, its runs): a verdict
+    summary: Callable[[Callable[[str], list[dict]]], str] | None = None
 
 
 @dataclass
@@ -268,6 +270,9 @@ def table_text(study: Study, work: Path, table: str, seeds: list[int], epochs: i
         )
     if wide:
         lines.append(f"\nSpread above {SPREAD_LIMIT} at {max(counts)} frames (run more seeds): {'; '.join(wide)}.")
+    summary = study.tables[table].summary
+    if summary is not None:
+        lines.append("\n" + summary(lambda name: condition_runs(study, work, table, name, seeds, epochs)))
     return "\n".join(lines)
 
 
