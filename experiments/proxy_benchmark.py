@@ -123,6 +123,10 @@ TABLES: dict[str, Table] = {
             "10 + 30 unlabelled, belief + frames": ("@labels=10", *UNLABELLED, *BELIEF_FRAMES),
             "160, vanilla": ("@labels=160", *VANILLA),
             "160, gated + frames": ("@labels=160", *GATED_FRAMES),
+            # after the safety table's first seeds: the default held below vanilla by a weak head
+            "40, linear head, default": ("loss.teacher_head=linear", *DEFAULT),
+            "40, linear head, default with the task at full weight": ("loss.teacher_head=linear", *DEFAULT, "loss.gamma=1.0"),
+            "40, default with the task at full weight": (*DEFAULT, "loss.gamma=1.0"),
         }
     ),
     "safety": Table(
