@@ -280,7 +280,9 @@ def _mark(result: dict) -> str:
     """'*' for a run on a plateau, '+' for one whose flat curve is overfitting, '' otherwise."""
     if not result.get("plateau"):
         return ""
-    return "+" if result.get("overfit") else "*"
+    # judged again from the recorded curve, so every result meets today's rule
+    verdict = health.plateau(result["curve"], result.get("train_top1"))
+    return "+" if (verdict.overfit if verdict else result.get("overfit")) else "*"
 
 
 def export_results(work: Path, path: Path) -> int:

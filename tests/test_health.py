@@ -18,6 +18,17 @@ def test_a_curve_that_never_leaves_its_first_epochs_level_is_a_plateau():
 
 
 @pytest.mark.unit
+def test_a_flat_curve_over_memorised_training_clips_is_overfitting_not_a_failed_optimisation():
+    # the safety table's 10-per-class vanilla runs: 280 training clips, 60 epochs
+    flat = [0.04, 0.07, 0.1, 0.08, 0.07, 0.08, 0.07, 0.08, 0.07, 0.07]
+    assert plateau(flat, 0.882).overfit  # under 0.9, but 0.78 above the best validation top-1
+    assert plateau(flat, 0.95).overfit
+    assert not plateau(flat, 0.3).overfit  # training top-1 near validation's: the optimiser failed
+    assert "a lower lr will not" in plateau(flat, 0.882).sentence()
+    assert not plateau(flat).overfit  # training top-1 unknown: no claim
+
+
+@pytest.mark.unit
 def test_short_or_already_solved_curves_are_not_judged_a_plateau():
     assert plateau([0.2, 0.2, 0.2]) is None  # too few epochs to judge
     assert not plateau([1.0, 1.0, 1.0, 1.0, 1.0]).flagged  # the toy set, solved in the first epoch
