@@ -266,7 +266,8 @@ def table_text(study: Study, work: Path, table: str, seeds: list[int], epochs: i
         lines.append(
             "\n\\* this seed's run sat on a plateau: its validation top-1 never left its first epochs' level while its "
             "training top-1 stayed low too (or was not recorded). + its validation curve was as flat, over training clips it "
-            "had learned (training top-1 0.9 or more): overfitting, not a failed optimisation."
+            "had learned (training top-1 0.9 or more, or 0.5 above its best validation top-1): overfitting, not a failed "
+            "optimisation."
         )
     if wide:
         lines.append(f"\nSpread above {SPREAD_LIMIT} at {max(counts)} frames (run more seeds): {'; '.join(wide)}.")
