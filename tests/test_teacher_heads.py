@@ -293,6 +293,6 @@ def test_the_head_stage_says_what_distilling_from_the_head_is_expected_to_do():
     from pipeline.cache.heads import expectation
 
     text = expectation("temporal", 0.505, num_classes=28)
-    assert "validation top-1 0.505 (chance 0.036)" in text and "expect at least labels alone" in text
+    assert "validation top-1 0.505 (chance 0.036)" in text and "a weak head still ahead" in text and "VANILLA" in text
     assert "will cost accuracy" in expectation("linear", 0.05, num_classes=28, fade="none")
     assert "no validation top-1" in expectation("zero_shot", None, num_classes=28)

@@ -72,7 +72,8 @@ def choose_head(wanted: str, *, records: dict[str, dict], cache_fingerprint: str
 def expectation(name: str, val_top1: float | None, *, num_classes: int, fade: str = "crossover") -> str:
     """What distilling from head `name` is expected to do, from the proxy benchmark's measurements
     (docs/proxy_benchmark.md): a student distilled for the whole run ends near its head's validation
-    top-1, between it and what labels alone give; the default fade stops at the head's level."""
+    top-1, between it and what labels alone give; the default fade is safe from a head at chance, not
+    from a weak head that leads the student early."""
     if val_top1 is None:
         return f"Teacher head {name}: no validation top-1 (no validation split cached), so nothing to compare a student with."
     chance = 1.0 / num_classes
@@ -85,7 +86,10 @@ def expectation(name: str, val_top1: float | None, *, num_classes: int, fade: st
     if fade == "crossover":
         return text + (
             f" With loss.fade=crossover (the default) the teacher's terms fade out as the student's validation top-1 "
-            f"nears {val_top1:.3f}, so expect at least labels alone, and the head's level where labels alone stay below it."
+            f"nears {val_top1:.3f}: on the proxy that kept labels alone's level from a head at chance and gained where the "
+            "head was ahead of what labels alone reach (+5 points), but a weak head still ahead of the student in its first "
+            "epochs cost 2-7 points. If labels alone may reach more than this head, train a vanilla run too "
+            "(loss.mode=vanilla) and compare (make report VANILLA=...)."
         )
     if val_top1 < 2 * chance:
         return text + " This head is near chance: distilling from it without the fade will cost accuracy."
