@@ -127,6 +127,12 @@ TABLES: dict[str, Table] = {
             "40, linear head, default": ("loss.teacher_head=linear", *DEFAULT),
             "40, linear head, default with the task at full weight": ("loss.teacher_head=linear", *DEFAULT, "loss.gamma=1.0"),
             "40, default with the task at full weight": (*DEFAULT, "loss.gamma=1.0"),
+            "40, linear head, default gated (CE where the head is wrong)": (
+                "loss.teacher_head=linear",
+                *DEFAULT,
+                "loss.teacher_gate=correct",
+            ),
+            "40, default gated (CE where the head is wrong)": (*DEFAULT, "loss.teacher_gate=correct"),
         }
     ),
     "safety": Table(
