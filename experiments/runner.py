@@ -302,9 +302,10 @@ def restore_results(study: Study, work: Path, path: Path) -> int:
     moved = unmatched = 0
     for r in lines:
         key = r["key"]
-        if r.get("table") in study.tables and r.get("name") in study.tables[r["table"]].conditions:
-            per_40 = r["epochs"] // study.epochs_for(run_spec(study, r["table"], r["name"])[0], 1)
-            base, settings = run_settings(study, work, r["table"], r["name"], r["seed"], per_40)
+        table, name, seed, epochs = (r.get(k) for k in ("table", "name", "seed", "epochs"))
+        if table in study.tables and name in study.tables[table].conditions and seed is not None and epochs:
+            per_40 = epochs // study.epochs_for(run_spec(study, table, name)[0], 1)
+            base, settings = run_settings(study, work, table, name, seed, per_40)
             today = legacy.settings_key(base, settings, str(work))
             if today != key and legacy.recorded_key_matches(base, settings, str(work), key):
                 r = {**r, "key": today, "recorded_key": key}
@@ -312,7 +313,10 @@ def restore_results(study: Study, work: Path, path: Path) -> int:
             unmatched += today != key
         else:
             unmatched += 1
-        write_text(work / "results" / f"{key}.json", json.dumps(r, indent=1))
+        target = work / "results" / f"{key}.json"
+        if "recorded_key" in r and target.exists():
+            continue  # a result of today's layout is already there: an older one never replaces it
+        write_text(target, json.dumps(r, indent=1))
     if moved or unmatched:
         log.info("%d of them recorded before a later setting and the same run today; %d match no run today", moved, unmatched)
     return len(lines)

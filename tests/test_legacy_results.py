@@ -76,3 +76,28 @@ def test_an_unlabelled_run_needs_the_unlabelled_weight_it_was_recorded_with(tmp_
     same = _record(PROXY_STUDY, tmp_path, "screen", name, _older(settings, unlabelled_weight="uniform"), base)
     assert not legacy.recorded_key_matches(base, settings, str(tmp_path), other["key"])
     assert legacy.recorded_key_matches(base, settings, str(tmp_path), same["key"])
+
+
+def test_a_result_with_the_frame_term_from_before_its_targets_changed_keeps_its_own_key(tmp_path):
+    """The per-frame term's targets moved from index to position (1701761) with no setting to show it."""
+    name = "40, gated + frames"
+    base, settings = runner.run_settings(PROXY_STUDY, tmp_path, "screen", name, 0, None)
+    assert settings["loss"]["frame_alpha"] > 0 and settings["loss"]["fade"] == "none"
+    record = _record(PROXY_STUDY, tmp_path, "screen", name, _older(settings, unlabelled_weight="confidence"), base)
+    assert _restore(PROXY_STUDY, tmp_path, [record]) == {record["key"]}
+
+
+def test_an_older_result_never_replaces_one_recorded_under_todays_key(tmp_path):
+    table, name = "gpu", "TSM-R50, plain 16"
+    base, settings = runner.run_settings(FRAME_STUDY, tmp_path, table, name, 0, None)
+    today = runner.run_key(FRAME_STUDY, tmp_path, table, name, 0, None)
+    newer = {"key": today, "table": table, "name": name, "seed": 0, "epochs": 30, "counts": {"16": 0.9}}
+    older = {**_record(FRAME_STUDY, tmp_path, table, name, _older(settings, unlabelled_weight="confidence"), base)}
+    older["counts"] = {"16": 0.5}
+    _restore(FRAME_STUDY, tmp_path, [newer, older])
+    assert runner.result(FRAME_STUDY, tmp_path, table, name, 0, None)["counts"] == {"16": 0.9}
+
+
+def test_a_record_without_its_seed_or_epochs_is_kept_under_its_own_key(tmp_path):
+    record = {"key": "0123456789abcdef", "table": "gpu", "name": "TSM-R50, plain 16", "counts": {}}
+    assert _restore(FRAME_STUDY, tmp_path, [record]) == {"0123456789abcdef"}

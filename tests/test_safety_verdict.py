@@ -29,3 +29,15 @@ def test_a_default_below_vanilla_by_more_than_the_spread_fails_and_one_within_it
     temporal, random = lines
     assert "temporal head" in temporal and temporal.endswith("| yes |")
     assert "random-weight teacher" in random and random.endswith("| **no** |") and "-0.370" in random
+
+
+def test_the_bar_is_the_larger_of_the_two_spreads():
+    table = {
+        "160 per class, vanilla": _runs(0.90, 0.91),  # spread 0.005
+        "160 per class, temporal head, default": _runs(0.88, 0.91),  # -0.010, spread 0.015
+        "160 per class, linear head, default": _runs(0.895, 0.896),  # -0.0095, spread 0.0005
+    }
+    rows = [line for line in safety_verdict(lambda name: table.get(name, [])).splitlines() if line.startswith("| 160")]
+    temporal, linear = rows
+    assert temporal.endswith("| 0.015 | yes |")  # within the default's own spread, not vanilla's 0.005
+    assert linear.endswith("| 0.005 | **no** |")  # outside vanilla's 0.005

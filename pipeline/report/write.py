@@ -176,7 +176,7 @@ def _training_section(training: TrainFacts | None, cfg: Config, folder: Path) ->
             f"Best checkpoint: `best.pt`, epoch {training.best['epoch']}, step {training.best['step']}, "
             f"validation top-1 {training.best['top1']:.4f}.\n"
         )
-    verdict = plateau([r["top1"] for r in training.val])
+    verdict = plateau([r["top1"] for r in training.val], last.get("top1"))  # the last training top-1 tells overfitting
     if verdict is not None:
         lines.append(("**" + verdict.sentence() + ".**" if verdict.flagged else verdict.sentence().capitalize() + ".") + "\n")
     if training.val:
