@@ -1,4 +1,4 @@
-"""The safety table's verdict: the default against labels alone, cell by cell."""
+"""The safety table's verdict: each recipe against labels alone, cell by cell."""
 
 from __future__ import annotations
 
@@ -13,8 +13,14 @@ def _runs(*top1: float) -> list[dict]:
     return [{"counts": {"8": v}} for v in top1]
 
 
-def _verdict(table: dict[str, list[dict]]) -> list[str]:
-    return [line for line in safety_verdict(lambda name: table.get(name, [])).splitlines() if line.startswith("| 40")]
+def _rows(table: dict[str, list[dict]], labels: int) -> dict[str, list[str]]:
+    """teacher -> the row's cells after it: default gap, holds, candidate gap, holds, seeds' gap."""
+    out = {}
+    for line in safety_verdict(lambda name: table.get(name, [])).splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] == str(labels):
+            out[cells[1]] = cells[2:]
+    return out
 
 
 def test_a_default_below_vanilla_by_more_than_the_spread_fails_and_one_within_it_passes():
@@ -23,12 +29,15 @@ def test_a_default_below_vanilla_by_more_than_the_spread_fails_and_one_within_it
         "40 per class, temporal head, default": _runs(0.505, 0.515),  # -0.000: within
         "40 per class, random-weight teacher, default": _runs(0.40, 0.42),  # -0.100: outside a 0.010 spread
         "40 per class, random-weight teacher, seeds' recipe": _runs(0.14),
+        "40 per class, random-weight teacher, label-first candidate": _runs(0.51, 0.52),
     }
-    lines = _verdict(table)
-    assert len(lines) == 2  # the linear head has no default runs: no row
-    temporal, random = lines
-    assert "temporal head" in temporal and temporal.endswith("| yes |")
-    assert "random-weight teacher" in random and random.endswith("| **no** |") and "-0.370" in random
+    rows = _rows(table, 40)
+    assert set(rows) == {"temporal head", "random-weight teacher"}  # the linear head has no runs: no row
+    assert rows["temporal head"][1] == "yes" and rows["temporal head"][2:] == ["-", "-", "-"]
+    default, holds, candidate, candidate_holds, seeds = rows["random-weight teacher"]
+    assert default.startswith("-0.100") and holds == "**no**"
+    assert candidate.startswith("+0.005") and candidate_holds == "yes"
+    assert seeds.startswith("-0.370")
 
 
 def test_the_bar_is_the_larger_of_the_two_spreads():
@@ -37,7 +46,6 @@ def test_the_bar_is_the_larger_of_the_two_spreads():
         "160 per class, temporal head, default": _runs(0.88, 0.91),  # -0.010, spread 0.015
         "160 per class, linear head, default": _runs(0.895, 0.896),  # -0.0095, spread 0.0005
     }
-    rows = [line for line in safety_verdict(lambda name: table.get(name, [])).splitlines() if line.startswith("| 160")]
-    temporal, linear = rows
-    assert temporal.endswith("| 0.015 | yes |")  # within the default's own spread, not vanilla's 0.005
-    assert linear.endswith("| 0.005 | **no** |")  # outside vanilla's 0.005
+    rows = _rows(table, 160)
+    assert rows["temporal head"][0].endswith("spread 0.015)") and rows["temporal head"][1] == "yes"  # not vanilla's 0.005
+    assert rows["linear head"][0].endswith("spread 0.005)") and rows["linear head"][1] == "**no**"
