@@ -88,8 +88,9 @@ def expectation(name: str, val_top1: float | None, *, num_classes: int, fade: st
             f" With loss.fade=crossover (the default) the teacher's terms fade out as the student's validation top-1 "
             f"nears {val_top1:.3f}: on the proxy that kept labels alone's level from a head at chance and gained where the "
             "head was ahead of what labels alone reach (+5 points), but a weak head still ahead of the student in its first "
-            "epochs cost 2-7 points. If labels alone may reach more than this head, train a vanilla run too "
-            "(loss.mode=vanilla) and compare (make report VANILLA=...)."
+            "epochs cost 2-7 points. If labels alone may reach more than this head, consider the task at full weight "
+            "(loss.gamma=1.0, docs/training.md), and train a vanilla run too (loss.mode=vanilla) to compare "
+            "(make report VANILLA=...)."
         )
     if val_top1 < 2 * chance:
         return text + " This head is near chance: distilling from it without the fade will cost accuracy."
