@@ -82,12 +82,9 @@ def safety_verdict(runs_of) -> str:
     for n in (10, 40, 160):
         vanilla = [r["counts"]["8"] for r in runs_of(f"{n} per class, vanilla")]
         for teacher in TEACHERS:
-            cells = [
-                _versus(vanilla, [r["counts"]["8"] for r in runs_of(f"{n} per class, {teacher}, {name}")], name)
-                for name in RECIPES
-            ]
-            if vanilla and any(not c.startswith("-") or c[1:2].isdigit() for c in cells):
-                lines.append(f"| {n} | {teacher} | {' | '.join(cells)} |")
+            top1 = {name: [r["counts"]["8"] for r in runs_of(f"{n} per class, {teacher}, {name}")] for name in RECIPES}
+            if vanilla and any(top1.values()):
+                lines.append(f"| {n} | {teacher} | {' | '.join(_versus(vanilla, runs, name) for name, runs in top1.items())} |")
     return (
         "Each recipe against labels alone (top-1 at 8 frames; seeds: the recipe's, vanilla's; spread: the larger)\n\n"
         + "\n".join(lines)
@@ -137,8 +134,8 @@ TABLES: dict[str, Table] = {
             "160, gated + frames": ("@labels=160", *GATED_FRAMES),
             # after the safety table's first seeds: the default held below vanilla by a weak head
             "40, linear head, default": ("loss.teacher_head=linear", *DEFAULT),
-            "40, linear head, default with the task at full weight": ("loss.teacher_head=linear", *DEFAULT, "loss.gamma=1.0"),
-            "40, default with the task at full weight": (*DEFAULT, "loss.gamma=1.0"),
+            "40, linear head, default with the task at full weight": ("loss.teacher_head=linear", *LABEL_FIRST),
+            "40, default with the task at full weight": LABEL_FIRST,
             "40, linear head, default gated (CE where the head is wrong)": (
                 "loss.teacher_head=linear",
                 *DEFAULT,

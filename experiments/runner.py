@@ -281,9 +281,8 @@ def _mark(result: dict) -> str:
     """'*' for a run on a plateau, '+' for one whose flat curve is overfitting, '' otherwise."""
     if not result.get("plateau"):
         return ""
-    # judged again from the recorded curve, so every result meets today's rule
-    verdict = health.plateau(result["curve"], result.get("train_top1"))
-    return "+" if (verdict.overfit if verdict else result.get("overfit")) else "*"
+    # overfitting judged again from the recorded curve, so every result meets today's rule
+    return "+" if health.plateau(result["curve"], result.get("train_top1")).overfit else "*"
 
 
 def export_results(work: Path, path: Path) -> int:
