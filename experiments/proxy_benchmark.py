@@ -50,6 +50,7 @@ GATED = (*SEEDS_RECIPE, "loss.gamma=1.0", "loss.teacher_gate=correct", "loss.unl
 GATED_FRAMES = (*GATED, "loss.frame_alpha=1.0")
 BELIEF_FRAMES = (*GATED_FRAMES, "loss.teacher_gate=label_prob")
 UNLABELLED = ("@unlabelled=30", "train.unlabelled_splits=[test]")
+EVERY_UNLABELLED = ("train.unlabelled_ratio=3",)  # 30 unlabelled per 10 labelled: each seen once an epoch
 DEFAULT = ()  # pipeline.yaml's loss: the recipe a user gets
 TEACHERS = {
     "temporal head": ("loss.teacher_head=temporal",),
@@ -163,6 +164,16 @@ TABLES: dict[str, Table] = {
             "10 labelled, default": ("@labels=10", *DEFAULT),
             "10 labelled + 30 unlabelled, seeds' recipe": ("@labels=10", *UNLABELLED, *SEEDS_RECIPE),
             "10 labelled + 30 unlabelled, default": ("@labels=10", *UNLABELLED, *DEFAULT),
+            "10 labelled, label-first candidate": ("@labels=10", *LABEL_FIRST),
+            "10 labelled + 30 unlabelled, label-first candidate": ("@labels=10", *UNLABELLED, *LABEL_FIRST),
+            # every unlabelled clip once an epoch (3 per labelled clip in each batch) instead of a third of them
+            "10 labelled + 30 unlabelled at 3 per labelled clip, default": ("@labels=10", *UNLABELLED, *EVERY_UNLABELLED),
+            "10 labelled + 30 unlabelled at 3 per labelled clip, label-first candidate": (
+                "@labels=10",
+                *UNLABELLED,
+                *EVERY_UNLABELLED,
+                *LABEL_FIRST,
+            ),
             "40 labelled, vanilla (the ceiling)": VANILLA,
         }
     ),

@@ -179,6 +179,11 @@ def epochs_for(base: dict, epochs: int) -> int:
     return epochs * max(1, 40 // base["labels"])
 
 
+def run_cost(base: dict, epochs: int) -> float:
+    """A run's relative cost: the clips it trains on, times its epochs."""
+    return epochs * (base["labels"] + base["unlabelled"])
+
+
 def study(module: str, tables: dict[str, Table], preface=None) -> Study:
     """A study whose runs train in this world."""
     return Study(
@@ -189,5 +194,6 @@ def study(module: str, tables: dict[str, Table], preface=None) -> Study:
         base_dir=base_dir,
         prepare_base=prepare_base,
         epochs_for=epochs_for,
+        cost=run_cost,
         preface=preface,
     )
