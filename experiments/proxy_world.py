@@ -179,9 +179,11 @@ def epochs_for(base: dict, epochs: int) -> int:
     return epochs * max(1, 40 // base["labels"])
 
 
-def run_cost(base: dict, epochs: int) -> float:
-    """A run's relative cost: the clips it trains on, times its epochs."""
-    return epochs * (base["labels"] + base["unlabelled"])
+def run_cost(base: dict, cfg: config.Config) -> float:
+    """A run's relative cost: the frames it decodes (clips an epoch x frames a clip x epochs)."""
+    clips = base["labels"] * (1 + (cfg.train.unlabelled_ratio if cfg.train.unlabelled_splits else 0))
+    frames = sum(cfg.train.frame_counts) if cfg.train.frame_counts else cfg.student.num_frames
+    return clips * frames * cfg.train.epochs
 
 
 def study(module: str, tables: dict[str, Table], preface=None) -> Study:

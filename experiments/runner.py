@@ -68,9 +68,9 @@ class Study:
     base_dir: Callable[[Path, dict], Path]  # (work, base) -> the prepared folder runs link to (shards, cache, heads)
     prepare_base: Callable[..., None]  # (work, base, *, cache: bool, ffmpeg: bool, extra): make that folder
     epochs_for: Callable[[dict, int], int] = lambda base, epochs: epochs
-    # (base, epochs) -> a run's relative cost: side by side, the longest runs start first, so the last
-    # minutes of a call (or a timeout) meet only short ones
-    cost: Callable[[dict, int], float] = lambda base, epochs: epochs
+    # (base, the run's config) -> its relative cost: side by side, the longest runs start first, so the
+    # last minutes of a call (or a timeout) meet only short ones
+    cost: Callable[[dict, config.Config], float] = lambda base, cfg: cfg.train.epochs
     measure: Callable[..., dict] | None = None  # (cfg, summary) -> more numbers for the result
     preface: Callable[[Path], str] | None = None  # text printed before the tables (the teacher)
     extra: list[str] = field(default_factory=list)  # --set overrides of this invocation (every run)
@@ -103,9 +103,15 @@ def run_epochs(study: Study, table: str, name: str, epochs: int | None) -> int:
     return study.epochs_for(base, epochs or study.tables[table].epochs or DEFAULT_EPOCHS)
 
 
-def run_cost(study: Study, table: str, name: str, epochs: int | None) -> float:
-    """A run's relative cost (`Study.cost` of its base and epochs)."""
-    return study.cost(run_spec(study, table, name)[0], run_epochs(study, table, name, epochs))
+def run_cost(study: Study, work: Path, table: str, name: str, epochs: int | None) -> float:
+    """A run's relative cost (`Study.cost` of its base and config)."""
+    cfg = run_config(study, work, work, table, name, seed=0, epochs=epochs)
+    return study.cost(run_spec(study, table, name)[0], cfg)
+
+
+def longest_first(study: Study, work: Path, runs: list[tuple[str, str, int]], *, epochs: int | None) -> list:
+    """`runs` by cost, the longest first (equal costs keep their order)."""
+    return sorted(runs, key=lambda r: -run_cost(study, work, r[0], r[1], epochs))
 
 
 def run_config(study: Study, work: Path, run_dir: Path, table: str, name: str, *, seed: int, epochs: int) -> config.Config:
@@ -202,7 +208,7 @@ def pending_runs(study: Study, work: Path, tables: list[str], seeds: list[int], 
 def side_by_side(study: Study, work: Path, runs: list[tuple[str, str, int]], *, parallel: int, epochs: int) -> None:
     """Each run in a process of its own (one thread each), `parallel` at once, with progress and ETA."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    pending = sorted(runs, key=lambda r: -run_cost(study, r[0], r[1], epochs))
+    pending = longest_first(study, work, runs, epochs=epochs)
     running, failed = [], 0
     total, start = len(pending), time.monotonic()
     log.info("%d runs to train, %d at once", total, parallel)
