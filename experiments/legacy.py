@@ -19,10 +19,15 @@ import itertools
 import json
 from collections.abc import Iterator
 
-# Settings added after results were first recorded: the value that behaves as the code before them.
-ADDED = {("loss", "fade"): "none", ("loss", "fade_margin"): None}
+# Settings added after results were first recorded, oldest first, one dict per change: given the older
+# layout, the value that behaves as the code before them (before `gamma_with_unlabelled`, runs with
+# unlabelled splits used `gamma`). A result may predate the last change or several.
+ADDED = [
+    {("loss", "fade"): lambda older: "none", ("loss", "fade_margin"): lambda older: None},
+    {("loss", "gamma_with_unlabelled"): lambda older: older["loss"]["gamma"]},
+]
 # Settings whose default changed: the values earlier code could have written.
-DEFAULTS_CHANGED = {("loss", "unlabelled_weight"): ("confidence", "uniform")}
+DEFAULTS_CHANGED = {("loss", "unlabelled_weight"): ("confidence", "uniform"), ("loss", "gamma"): (0.1, 1.0)}
 
 
 def settings_key(base: dict, settings: dict, work_text: str) -> str:
@@ -40,7 +45,9 @@ def unread(settings: dict) -> set[tuple[str, str]]:
     if loss.get("fade", "none") == "none":
         out.add(("loss", "fade_margin"))
     if not train.get("unlabelled_splits"):
-        out |= {("loss", "unlabelled_weight"), ("train", "unlabelled_ratio")}
+        out |= {("loss", "unlabelled_weight"), ("train", "unlabelled_ratio"), ("loss", "gamma_with_unlabelled")}
+    elif "gamma_with_unlabelled" in loss:
+        out.add(("loss", "gamma"))  # the task weight is gamma_with_unlabelled's
     return out
 
 
@@ -49,19 +56,20 @@ def earlier_layouts(settings: dict) -> Iterator[dict]:
     if settings["loss"]["mode"] == "distill" and settings["loss"].get("frame_alpha", 0) > 0:
         return  # the frame term's targets changed with no setting to show it (1701761: by position, not index)
     skip = unread(settings)
-    added = [f for f in ADDED if f[1] in settings[f[0]]]
-    if any(f not in skip and settings[f[0]][f[1]] != ADDED[f] for f in added):
-        return  # an added setting is on at a value the older code could not run
     changed = [f for f in DEFAULTS_CHANGED if f[1] in settings[f[0]]]
-    for values in itertools.product(*(DEFAULTS_CHANGED[f] for f in changed)):
-        if any(f not in skip and v != settings[f[0]][f[1]] for f, v in zip(changed, values)):
-            continue
-        older = copy.deepcopy(settings)
-        for section, name in added:
-            del older[section][name]
-        for (section, name), v in zip(changed, values):
-            older[section][name] = v
-        yield older
+    for since in range(len(ADDED)):
+        behaves = {f: value for change in ADDED[since:] for f, value in change.items() if f[1] in settings[f[0]]}
+        for values in itertools.product(*(DEFAULTS_CHANGED[f] for f in changed)):
+            if any(f not in skip and v != settings[f[0]][f[1]] for f, v in zip(changed, values)):
+                continue
+            older = copy.deepcopy(settings)
+            for (section, name), v in zip(changed, values):
+                older[section][name] = v
+            if any(f not in skip and settings[f[0]][f[1]] != value(older) for f, value in behaves.items()):
+                continue  # a setting added since is on at a value the older code could not run
+            for section, name in behaves:
+                del older[section][name]
+            yield older
 
 
 def recorded_key_matches(base: dict, settings: dict, work_text: str, recorded: str) -> bool:

@@ -311,22 +311,20 @@ def export_results(work: Path, path: Path) -> int:
 def restore_results(study: Study, work: Path, path: Path) -> int:
     """Put exported results back into `work/results` (a rerun then trains only what is missing); the count.
     A result recorded before a later setting existed is filed under today's key where it is the same
-    run (experiments/legacy.py); one that matches no run of today's tables is kept under its own key."""
+    run (experiments/legacy.py), under its own condition's name or, where the table renamed it, another
+    of the table's; one that matches no run of today's tables is kept under its own key."""
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     moved = unmatched = 0
+    todays: dict[tuple, tuple[str, dict, dict]] = {}
     for r in lines:
         key = r["key"]
-        table, name, seed, epochs = (r.get(k) for k in ("table", "name", "seed", "epochs"))
-        if table in study.tables and name in study.tables[table].conditions and seed is not None and epochs:
-            per_40 = epochs // study.epochs_for(run_spec(study, table, name)[0], 1)
-            base, settings = run_settings(study, work, table, name, seed, per_40)
-            today = legacy.settings_key(base, settings, str(work))
-            if today != key and legacy.recorded_key_matches(base, settings, str(work), key):
-                r = {**r, "key": today, "recorded_key": key}
-                key, moved = today, moved + 1
-            unmatched += today != key
-        else:
+        match = _todays_run(study, work, r, todays)
+        if match is None:
             unmatched += 1
+        elif match[0] != key:
+            r = {**r, "key": match[0], "recorded_key": key, "name": match[1]}
+            r.update({"recorded_name": r["name"]} if match[1] != r.get("name") else {})
+            key, moved = match[0], moved + 1
         target = work / "results" / f"{key}.json"
         if "recorded_key" in r and target.exists():
             continue  # a result of today's layout is already there: an older one never replaces it
@@ -334,6 +332,25 @@ def restore_results(study: Study, work: Path, path: Path) -> int:
     if moved or unmatched:
         log.info("%d of them recorded before a later setting and the same run today; %d match no run today", moved, unmatched)
     return len(lines)
+
+
+def _todays_run(study: Study, work: Path, record: dict, todays: dict) -> tuple[str, str] | None:
+    """(today's key, condition) of the run an exported result is, in its table: its own condition
+    first, then the table's others (a renamed condition); None where no run of today's is it.
+    `todays` caches each candidate's key and settings."""
+    table, name, seed, epochs = (record.get(k) for k in ("table", "name", "seed", "epochs"))
+    if table not in study.tables or seed is None or not epochs:
+        return None
+    conditions = study.tables[table].conditions
+    for candidate in ([name] if name in conditions else []) + [c for c in conditions if c != name]:
+        per_40 = epochs // study.epochs_for(run_spec(study, table, candidate)[0], 1)
+        if (table, candidate, seed, per_40) not in todays:
+            base, settings = run_settings(study, work, table, candidate, seed, per_40)
+            todays[table, candidate, seed, per_40] = (legacy.settings_key(base, settings, str(work)), base, settings)
+        today, base, settings = todays[table, candidate, seed, per_40]
+        if today == record["key"] or legacy.recorded_key_matches(base, settings, str(work), record["key"]):
+            return today, candidate
+    return None
 
 
 def prepare(study: Study, work: Path, tables: list[str], *, ffmpeg: bool, match: list[str] | None = None) -> None:

@@ -132,13 +132,19 @@ class StudentConfig:
 
 @dataclass
 class LossConfig:
-    """alpha * MSE(normalised features) + beta * KL(T) * T^2 + gamma * CE."""
+    """alpha * MSE(normalised features) + beta * KL(T) * T^2 + gamma * CE (gamma_with_unlabelled * CE
+    when the training set has unlabelled splits)."""
 
     mode: Literal["distill", "vanilla"] = "distill"  # vanilla: CE only, no teacher cache needed
     teacher_head: Literal["best", "zero_shot", "linear", "temporal"] = "best"  # best: highest validation top-1 fitted
     alpha: float = 0.5
     beta: float = 1.0
-    gamma: float = 0.1
+    # the label at full weight (the seeds': 0.1): a head weaker than labels alone cannot hold the student
+    # down (docs/proxy_benchmark.md, safety table)
+    gamma: float = 1.0
+    # with unlabelled splits the teacher is the only signal for most clips, and the label at full weight
+    # memorises the few labelled ones instead (docs/proxy_benchmark.md, unlabelled table)
+    gamma_with_unlabelled: float = 0.1
     temperature: float = 3.0
     feature_reduction: Literal["mean", "sum"] = "mean"  # MSE over the feature's dimensions: mean (the seeds') or sum (D x)
     # all (the seeds'); correct: the label's CE replaces a target that misses it; label_prob: the KL times
@@ -312,6 +318,12 @@ class Config:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     teacher_pretrain: TeacherPretrainConfig = field(default_factory=TeacherPretrainConfig)
     experimental: ExperimentalConfig = field(default_factory=ExperimentalConfig)
+
+    @property
+    def task_weight(self) -> float:
+        """The label's weight in a distilled run's loss: `loss.gamma`, or `loss.gamma_with_unlabelled`
+        when the run trains on unlabelled splits too."""
+        return self.loss.gamma_with_unlabelled if self.train.unlabelled_splits else self.loss.gamma
 
 
 def load(path: str | Path | list[str | Path] | None = None, overrides: list[str] | None = None) -> Config:

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.unit
 
 
 def _older(settings: dict, *, unlabelled_weight: str) -> dict:
-    """`settings` as the code before `loss.fade` wrote them."""
+    """`settings` as the code before `loss.fade` (and `loss.gamma_with_unlabelled`) wrote them."""
     older = copy.deepcopy(settings)
-    del older["loss"]["fade"], older["loss"]["fade_margin"]
+    del older["loss"]["fade"], older["loss"]["fade_margin"], older["loss"]["gamma_with_unlabelled"]
     older["loss"]["unlabelled_weight"] = unlabelled_weight
     return older
 
@@ -65,7 +65,7 @@ def test_a_distilled_result_from_before_the_fade_counts_only_for_runs_without_it
 
     _, with_fade = runner.run_settings(PROXY_STUDY, tmp_path, "screen", default, 0, None)
     assert with_fade["loss"]["fade"] == "crossover"
-    assert list(legacy.earlier_layouts(with_fade)) == []
+    assert all(older["loss"]["fade"] == "crossover" for older in legacy.earlier_layouts(with_fade))  # none predates it
 
 
 def test_an_unlabelled_run_needs_the_unlabelled_weight_it_was_recorded_with(tmp_path):
@@ -101,3 +101,36 @@ def test_an_older_result_never_replaces_one_recorded_under_todays_key(tmp_path):
 def test_a_record_without_its_seed_or_epochs_is_kept_under_its_own_key(tmp_path):
     record = {"key": "0123456789abcdef", "table": "gpu", "name": "TSM-R50, plain 16", "counts": {}}
     assert _restore(FRAME_STUDY, tmp_path, [record]) == {"0123456789abcdef"}
+
+
+def _before_gamma_with_unlabelled(settings: dict, *, gamma: float) -> dict:
+    """`settings` as the code before `loss.gamma_with_unlabelled` wrote them, with the task weight `gamma`."""
+    older = copy.deepcopy(settings)
+    del older["loss"]["gamma_with_unlabelled"]
+    older["loss"]["gamma"] = gamma
+    return older
+
+
+def test_a_labelled_run_at_full_task_weight_from_before_the_new_default_is_todays_default(tmp_path):
+    """The label-first candidate (gamma 1.0, measured before gamma_with_unlabelled existed) is the default's run today;
+    the earlier default (gamma 0.1) is not."""
+    name = "40 per class, linear head, default"
+    base, settings = runner.run_settings(PROXY_STUDY, tmp_path, "safety", name, 0, None)
+    assert settings["loss"]["gamma"] == 1.0 and not settings["train"]["unlabelled_splits"]
+    for gamma, counts in ((1.0, True), (0.1, False)):
+        record = _record(PROXY_STUDY, tmp_path, "safety", name, _before_gamma_with_unlabelled(settings, gamma=gamma), base)
+        assert legacy.recorded_key_matches(base, settings, str(tmp_path), record["key"]) is counts
+
+
+def test_an_unlabelled_run_counts_for_the_task_weight_it_trained_with(tmp_path):
+    """With unlabelled splits the task weight is gamma_with_unlabelled: a result recorded with gamma 0.1 is today's
+    default (gamma_with_unlabelled 0.1), one recorded with gamma 1.0 the row that sets gamma_with_unlabelled=1.0."""
+    default, full = "10 labelled + 30 unlabelled, default", "10 labelled + 30 unlabelled, the task at full weight"
+    base, settings = runner.run_settings(PROXY_STUDY, tmp_path, "unlabelled", default, 0, None)
+    _, full_settings = runner.run_settings(PROXY_STUDY, tmp_path, "unlabelled", full, 0, None)
+    light = _record(PROXY_STUDY, tmp_path, "unlabelled", default, _before_gamma_with_unlabelled(settings, gamma=0.1), base)
+    heavy = _record(PROXY_STUDY, tmp_path, "unlabelled", full, _before_gamma_with_unlabelled(settings, gamma=1.0), base)
+    assert legacy.recorded_key_matches(base, settings, str(tmp_path), light["key"])
+    assert not legacy.recorded_key_matches(base, settings, str(tmp_path), heavy["key"])
+    assert legacy.recorded_key_matches(base, full_settings, str(tmp_path), heavy["key"])
+    assert not legacy.recorded_key_matches(base, full_settings, str(tmp_path), light["key"])

@@ -293,6 +293,8 @@ def test_the_head_stage_says_what_distilling_from_the_head_is_expected_to_do():
     from pipeline.cache.heads import expectation
 
     text = expectation("temporal", 0.505, num_classes=28)
-    assert "validation top-1 0.505 (chance 0.036)" in text and "a weak head still ahead" in text and "VANILLA" in text
+    assert "validation top-1 0.505 (chance 0.036)" in text and "never fell below labels alone" in text and "VANILLA" in text
+    light = expectation("temporal", 0.505, num_classes=28, gamma=0.1)
+    assert "a weak head still ahead" in light and "VANILLA" in light
     assert "will cost accuracy" in expectation("linear", 0.05, num_classes=28, fade="none")
     assert "no validation top-1" in expectation("zero_shot", None, num_classes=28)

@@ -19,7 +19,7 @@ from pipeline.runtime.atomic import write_bytes, write_json, write_text
 from pipeline.runtime.device import autocast_dtype
 from pipeline.runtime.dist import DistEnv
 from pipeline.student.data import ClipSource, ClipSpec, make_loader, split_shards, teacher_source, to_device, train_workers
-from pipeline.student.loss import distill_loss
+from pipeline.student.loss import distill_loss, run_loss
 from pipeline.student.metrics import topk_hits
 
 
@@ -54,7 +54,7 @@ def evaluate(
     shards, _ = split_shards(cfg, split)
     spec = ClipSpec(num_frames, cfg.student.image_size, cfg.train.batch_size, train=False, seed=cfg.train.seed)
     cache = teacher_source(cfg, split, teacher, frames=False)
-    no_frames = dataclasses.replace(cfg.loss, frame_alpha=0.0)
+    no_frames = dataclasses.replace(run_loss(cfg), frame_alpha=0.0)
     workers = min(train_workers(cfg, env), max(1, len(shards) // env.world_size))
     source = ClipSource(shards, spec, env.rank, env.world_size, None, cache, {})
     loader = make_loader(source, workers=workers, device=device, keeper=pools)

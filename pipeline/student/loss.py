@@ -2,7 +2,8 @@
 
 Per clip: alpha * MSE(normalised video features) + beta * KL(teacher_T || student_T) * T^2
 + frame_alpha * mean over frames of (1 - cosine(student frame, teacher frame)), and over the
-labelled clips gamma * CE.
+labelled clips gamma * CE (`gamma_with_unlabelled` when the run trains on unlabelled splits too:
+`run_loss`).
 - `loss.fade: crossover`: the teacher's terms fade out as the student catches up with its teacher
   head on validation, and the label takes their place (a teacher the student has passed teaches
   nothing more).
@@ -15,12 +16,13 @@ labelled clips gamma * CE.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import LossConfig
+from pipeline.config import Config, LossConfig
 
 
 class LossParts(NamedTuple):
@@ -31,6 +33,11 @@ class LossParts(NamedTuple):
     response: torch.Tensor
     task: torch.Tensor
     frame: torch.Tensor | float = 0.0
+
+
+def run_loss(cfg: Config) -> LossConfig:
+    """The loss settings a run trains with: `loss` with its task weight (`Config.task_weight`) as gamma."""
+    return dataclasses.replace(cfg.loss, gamma=cfg.task_weight)
 
 
 def distill_loss(

@@ -45,7 +45,7 @@ from pipeline.student.data import (
 )
 from pipeline.student.evaluate import EvalResult, evaluate, write_frame_count_eval, write_predictions
 from pipeline.student.ffn import consistency_loss, trained_counts
-from pipeline.student.loss import distill_loss, fade_weight
+from pipeline.student.loss import distill_loss, fade_weight, run_loss
 from pipeline.student.metrics import AverageMeter, MetricsLog, topk_accuracy
 from pipeline.student.optim import base_lr, effective_lr, lr_factor, make_optimizer, optimiser_facts
 
@@ -289,7 +289,7 @@ def train_step(
         outs = state.wrapped(norm(batch.clips), *(norm(c) for c in batch.lower))
     out, lower = (outs[0], outs[1:]) if batch.lower else (outs, ())
     parts = distill_loss(
-        cfg.loss,
+        run_loss(cfg),
         out.logits,
         out.feature,
         batch.labels,

@@ -117,7 +117,7 @@ def run(cfg: Config) -> HeadSummary:
         log.info("no expectation for loss.teacher_head=best: %s", e)
     else:
         classes = len(set(int(y) for y in splits["train"].labels if y >= 0))
-        log.info(expectation(best.name, best.val_top1, num_classes=classes, fade=cfg.loss.fade))
+        log.info(expectation(best.name, best.val_top1, num_classes=classes, fade=cfg.loss.fade, gamma=cfg.task_weight))
     return summary
 
 
