@@ -36,6 +36,7 @@ SEEDS_RECIPE = (
     "loss.alpha=0.5",
     "loss.beta=1.0",
     "loss.gamma=0.1",
+    "loss.gamma_with_unlabelled=0.1",
     "loss.temperature=3.0",
     "loss.feature_reduction=mean",
     "loss.teacher_gate=all",

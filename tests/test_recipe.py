@@ -188,7 +188,7 @@ def test_recipes_load_over_pipeline_yaml_and_say_where_each_value_comes_from(rec
         loss = cfg.loss
         assert (loss.alpha, loss.beta, loss.gamma, loss.temperature, loss.feature_reduction) == (0.5, 1.0, 0.1, 3.0, "mean")
         assert (loss.teacher_gate, loss.frame_alpha, loss.teacher_head, cfg.train.grad_clip) == ("all", 0.0, "linear", 1.0)
-        assert (loss.fade, loss.unlabelled_weight) == ("none", "uniform")
+        assert (loss.fade, loss.unlabelled_weight, loss.gamma_with_unlabelled) == ("none", "uniform", 0.1)
         assert (cfg.student.arch, cfg.student.temporal, cfg.student.num_frames) == ("mobilevit_xxs", "attention", 8)
     else:  # the TSM recipe and the recipes built on it
         assert cfg.train.grad_clip == 20.0 and cfg.train.lr_multipliers and not cfg.train.decay_norms_and_biases

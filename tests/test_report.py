@@ -121,7 +121,7 @@ def test_make_runs_lists_every_student_with_its_recipe_verdict_and_provenance(tm
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
     assert set(rows) == {"a/student", "sweeps/b/student"}
     assert "| 0.6000 | yes | 5/5 |" in rows["a/student"] and "vanilla; sgd" in rows["a/student"]
-    assert "| 0.2000 | PLATEAU | 5/5 |" in rows["sweeps/b/student"] and "distill best: 0.5/1.0/0.1" in rows["sweeps/b/student"]
+    assert "| 0.2000 | PLATEAU | 5/5 |" in rows["sweeps/b/student"] and "distill best: 0.5/1.0/1.0" in rows["sweeps/b/student"]
     assert "0123456789 (dirty) | NVIDIA H100 80GB HBM3 x1 |" in rows["a/student"]
 
 

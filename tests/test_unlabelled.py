@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 import zarr
 
+from pipeline import config
 from pipeline.cache.heads import choose_head
 from pipeline.cache.store import head_records
 from pipeline.config import LossConfig
@@ -30,7 +31,7 @@ from pipeline.student.data import (
     teacher_source,
     unlabelled_source,
 )
-from pipeline.student.loss import distill_loss, fade_weight
+from pipeline.student.loss import distill_loss, fade_weight, run_loss
 from pipeline.teacher import head_run
 from pipeline.teacher import run as teacher_run
 from tests.helpers import REPO, TINY_TRAINING, make_config
@@ -89,10 +90,32 @@ def test_the_teacher_fades_out_as_the_student_catches_up_and_the_label_takes_its
     feature, labels = torch.randn(4, 8, generator=g), torch.tensor([0, 1, 2, 3])
     off = distill_loss(LossConfig(), logits, feature, labels, teacher, feature.flip(0), teacher_weight=0.0)
     torch.testing.assert_close(off.total, F.cross_entropy(logits, labels))  # faded out: vanilla's loss
-    half = distill_loss(LossConfig(), logits, feature, labels, teacher, feature.flip(0), teacher_weight=0.5)
-    full = distill_loss(LossConfig(), logits, feature, labels, teacher, feature.flip(0))
+    seeds = LossConfig(gamma=0.1)
+    half = distill_loss(seeds, logits, feature, labels, teacher, feature.flip(0), teacher_weight=0.5)
+    full = distill_loss(seeds, logits, feature, labels, teacher, feature.flip(0))
     torch.testing.assert_close(half.response, 0.5 * full.response)
     torch.testing.assert_close(half.task, (0.5 * 0.1 + 0.5) * F.cross_entropy(logits, labels))
+
+
+@pytest.mark.unit
+def test_with_unlabelled_splits_the_label_takes_its_own_weight():
+    """The label at full weight by default, the seeds' 0.1 when unlabelled clips train too (docs/training.md)."""
+    labelled_only = config.load(overrides=["loss.gamma=1.0", "loss.gamma_with_unlabelled=0.1"])
+    with_unlabelled = config.load(
+        overrides=[
+            "loss.gamma=1.0",
+            "loss.gamma_with_unlabelled=0.1",
+            "data.splits=[train, validation, test]",
+            "train.unlabelled_splits=[test]",
+        ]
+    )
+    assert labelled_only.task_weight == 1.0 and run_loss(labelled_only).gamma == 1.0
+    assert with_unlabelled.task_weight == 0.1 and run_loss(with_unlabelled).gamma == 0.1
+    assert run_loss(with_unlabelled).alpha == with_unlabelled.loss.alpha  # the rest as configured
+    g = torch.Generator().manual_seed(3)
+    logits, labels = torch.randn(4, 5, generator=g), torch.tensor([0, 1, -1, -1])
+    parts = distill_loss(run_loss(with_unlabelled), logits, logits, labels, logits, logits)
+    torch.testing.assert_close(parts.task, 0.1 * F.cross_entropy(logits[:2], labels[:2]))
 
 
 @pytest.mark.unit

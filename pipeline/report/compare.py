@@ -38,6 +38,13 @@ class RunFacts:
         return learned_word([top1 for _, top1 in self.val_curve])
 
 
+def task_weight(cfg: dict) -> float:
+    """The label's weight a saved config's run trained with (`Config.task_weight`; configs saved before
+    `loss.gamma_with_unlabelled` used `gamma` throughout)."""
+    loss = cfg["loss"]
+    return loss.get("gamma_with_unlabelled", loss["gamma"]) if cfg["train"].get("unlabelled_splits") else loss["gamma"]
+
+
 def student_folders(paths: list[Path]) -> list[Path]:
     """Every student folder named or found below the given paths (those holding a config.yaml and metrics)."""
     found: list[Path] = []
@@ -70,7 +77,7 @@ def run_facts(folder: Path, names: dict[Path, str]) -> RunFacts:
         "student": student["arch"],
         "frames": "/".join(str(c) for c in sorted(counts)),
         "loss": loss["mode"],
-        "alpha/beta/gamma": f"{loss['alpha']}/{loss['beta']}/{loss['gamma']}",
+        "alpha/beta/gamma": f"{loss['alpha']}/{loss['beta']}/{task_weight(cfg)}",
         "T": loss["temperature"],
         "views": teacher["views"],
         "lr": train["lr"],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.report.compare import jsonl, student_folders
+from pipeline.report.compare import jsonl, student_folders, task_weight
 from pipeline.student.health import learned_word
 
 COLUMNS = ("run", "student", "frames", "recipe", "best val top-1", "learned", "epochs", "date", "commit", "device")
@@ -19,7 +19,7 @@ def recipe_line(cfg: dict) -> str:
     if loss["mode"] == "vanilla":
         text = "vanilla"
     else:
-        text = f"distill {loss['teacher_head']}: {loss['alpha']}/{loss['beta']}/{loss['gamma']}, T {loss['temperature']}"
+        text = f"distill {loss['teacher_head']}: {loss['alpha']}/{loss['beta']}/{task_weight(cfg)}, T {loss['temperature']}"
         text += f", gate {loss.get('teacher_gate', 'all')}"
         if loss.get("frame_alpha"):
             text += f", frames {loss['frame_alpha']}"
