@@ -14,10 +14,13 @@ no setting to show it (the per-frame term's targets), no older result counts.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 # Settings added after results were first recorded, oldest first, one dict per change: given the older
 # layout, the value that behaves as the code before them (before `gamma_with_unlabelled`, runs with
@@ -26,6 +29,10 @@ ADDED = [
     {("loss", "fade"): lambda older: "none", ("loss", "fade_margin"): lambda older: None},
     {("loss", "gamma_with_unlabelled"): lambda older: older["loss"]["gamma"]},
 ]
+# Since this commit each student frame meets its teacher frame by position (before: by index), with
+# no setting to show it: a per-frame result counts through an older layout only if recorded after it.
+FRAME_TARGETS_FIXED = "1701761"
+REPO = Path(__file__).resolve().parents[1]
 # Settings whose default changed: the values earlier code could have written.
 DEFAULTS_CHANGED = {("loss", "unlabelled_weight"): ("confidence", "uniform"), ("loss", "gamma"): (0.1, 1.0)}
 
@@ -51,15 +58,17 @@ def unread(settings: dict) -> set[tuple[str, str]]:
     return out
 
 
-def earlier_layouts(settings: dict) -> Iterator[dict]:
-    """Today's settings as earlier code would have written them, where that code ran the same run."""
-    if settings["loss"]["mode"] == "distill" and settings["loss"].get("frame_alpha", 0) > 0:
-        return  # the frame term's targets changed with no setting to show it (1701761: by position, not index)
+def earlier_layouts(settings: dict, *, frame_targets_current: bool = False) -> Iterator[dict]:
+    """Today's settings as earlier code would have written them, where that code ran the same run
+    (`frame_targets_current`: the result was recorded with today's per-frame targets)."""
+    if settings["loss"]["mode"] == "distill" and settings["loss"].get("frame_alpha", 0) > 0 and not frame_targets_current:
+        return  # the frame term's targets changed with no setting to show it (FRAME_TARGETS_FIXED)
     skip = unread(settings)
     changed = [f for f in DEFAULTS_CHANGED if f[1] in settings[f[0]]]
+    options = [sorted({*DEFAULTS_CHANGED[f], settings[f[0]][f[1]]}, key=str) for f in changed]
     for since in range(len(ADDED)):
         behaves = {f: value for change in ADDED[since:] for f, value in change.items() if f[1] in settings[f[0]]}
-        for values in itertools.product(*(DEFAULTS_CHANGED[f] for f in changed)):
+        for values in itertools.product(*options):
             if any(f not in skip and v != settings[f[0]][f[1]] for f, v in zip(changed, values)):
                 continue
             older = copy.deepcopy(settings)
@@ -72,6 +81,27 @@ def earlier_layouts(settings: dict) -> Iterator[dict]:
             yield older
 
 
-def recorded_key_matches(base: dict, settings: dict, work_text: str, recorded: str) -> bool:
+def recorded_key_matches(
+    base: dict, settings: dict, work_text: str, recorded: str, *, frame_targets_current: bool = False
+) -> bool:
     """Whether a result recorded under `recorded` is a run of today's `settings`, by an earlier layout."""
-    return any(settings_key(base, s, work_text) == recorded for s in earlier_layouts(settings))
+    layouts = earlier_layouts(settings, frame_targets_current=frame_targets_current)
+    return any(settings_key(base, s, work_text) == recorded for s in layouts)
+
+
+def frame_targets_current(record: dict) -> bool:
+    """Whether a result was recorded by code with today's per-frame targets: its provenance commit
+    descends from FRAME_TARGETS_FIXED in this repository's history (unknown: no)."""
+    commit = (record.get("provenance") or {}).get("commit")
+    return bool(commit) and _descends_from_frame_fix(commit)
+
+
+@functools.cache
+def _descends_from_frame_fix(commit: str) -> bool:
+    try:
+        done = subprocess.run(
+            ["git", "merge-base", "--is-ancestor", FRAME_TARGETS_FIXED, commit], cwd=REPO, capture_output=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0

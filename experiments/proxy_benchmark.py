@@ -47,7 +47,13 @@ SEEDS_RECIPE = (
 # Candidates for a default that never loses to labels alone: the label at full weight, the teacher's
 # target only where it is right (or weighted by its belief in the label), unlabelled clips weighted
 # by the teacher's confidence, with and without the per-frame feature term.
-GATED = (*SEEDS_RECIPE, "loss.gamma=1.0", "loss.teacher_gate=correct", "loss.unlabelled_weight=confidence")
+GATED = (
+    *SEEDS_RECIPE,
+    "loss.gamma=1.0",
+    "loss.gamma_with_unlabelled=1.0",
+    "loss.teacher_gate=correct",
+    "loss.unlabelled_weight=confidence",
+)
 GATED_FRAMES = (*GATED, "loss.frame_alpha=1.0")
 BELIEF_FRAMES = (*GATED_FRAMES, "loss.teacher_gate=label_prob")
 UNLABELLED = ("@unlabelled=30", "train.unlabelled_splits=[test]")
@@ -61,7 +67,7 @@ TEACHERS = {
 # The default until the safety table's label-first rows (a weak head held it below vanilla): the seeds'
 # weights (task 0.1) with the crossover fade. The label at full weight (the label-first candidate) is
 # the default now.
-PREVIOUS_DEFAULT = ("loss.gamma=0.1",)
+PREVIOUS_DEFAULT = ("loss.gamma=0.1", "loss.gamma_with_unlabelled=0.1")
 LABEL_FIRST = ("loss.gamma=1.0",)
 # with unlabelled splits, the label at full weight too (the default keeps 0.1 there)
 TASK_FULL_WITH_UNLABELLED = ("loss.gamma_with_unlabelled=1.0",)

@@ -321,16 +321,19 @@ def restore_results(study: Study, work: Path, path: Path) -> int:
         match = _todays_run(study, work, r, todays)
         if match is None:
             unmatched += 1
-        elif match[0] != key:
-            r = {**r, "key": match[0], "recorded_key": key, "name": match[1]}
-            r.update({"recorded_name": r["name"]} if match[1] != r.get("name") else {})
+        elif match != (key, r.get("name")):
+            recorded = {"recorded_key": key} if match[0] != key else {}
+            recorded |= {"recorded_name": r.get("name")} if match[1] != r.get("name") else {}
+            r = {**r, **recorded, "key": match[0], "name": match[1]}
             key, moved = match[0], moved + 1
         target = work / "results" / f"{key}.json"
         if "recorded_key" in r and target.exists():
             continue  # a result of today's layout is already there: an older one never replaces it
         write_text(target, json.dumps(r, indent=1))
     if moved or unmatched:
-        log.info("%d of them recorded before a later setting and the same run today; %d match no run today", moved, unmatched)
+        log.info(
+            "%d of them recorded before a later setting or name and the same run today; %d match no run today", moved, unmatched
+        )
     return len(lines)
 
 
@@ -342,13 +345,16 @@ def _todays_run(study: Study, work: Path, record: dict, todays: dict) -> tuple[s
     if table not in study.tables or seed is None or not epochs:
         return None
     conditions = study.tables[table].conditions
+    current = legacy.frame_targets_current(record)
     for candidate in ([name] if name in conditions else []) + [c for c in conditions if c != name]:
         per_40 = epochs // study.epochs_for(run_spec(study, table, candidate)[0], 1)
         if (table, candidate, seed, per_40) not in todays:
             base, settings = run_settings(study, work, table, candidate, seed, per_40)
             todays[table, candidate, seed, per_40] = (legacy.settings_key(base, settings, str(work)), base, settings)
         today, base, settings = todays[table, candidate, seed, per_40]
-        if today == record["key"] or legacy.recorded_key_matches(base, settings, str(work), record["key"]):
+        if today == record["key"] or legacy.recorded_key_matches(
+            base, settings, str(work), record["key"], frame_targets_current=current
+        ):
             return today, candidate
     return None
 

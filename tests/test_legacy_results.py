@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -134,3 +136,35 @@ def test_an_unlabelled_run_counts_for_the_task_weight_it_trained_with(tmp_path):
     assert not legacy.recorded_key_matches(base, settings, str(tmp_path), heavy["key"])
     assert legacy.recorded_key_matches(base, full_settings, str(tmp_path), heavy["key"])
     assert not legacy.recorded_key_matches(base, full_settings, str(tmp_path), light["key"])
+
+
+def test_a_result_of_a_renamed_condition_follows_its_run(tmp_path):
+    """The label-first candidate's rows became the default's: the key, not the name, says which run a result is."""
+    name = "40 per class, linear head, default"
+    base, settings = runner.run_settings(PROXY_STUDY, tmp_path, "safety", name, 0, None)
+    record = _record(PROXY_STUDY, tmp_path, "safety", name, _before_gamma_with_unlabelled(settings, gamma=1.0), base)
+    record["name"] = "40 per class, linear head, label-first candidate"  # its name when it ran
+    _restore(PROXY_STUDY, tmp_path, [record])
+    moved = runner.result(PROXY_STUDY, tmp_path, "safety", name, 0, None)
+    assert moved["recorded_name"] == "40 per class, linear head, label-first candidate" and moved["name"] == name
+    assert moved["recorded_key"] == record["key"]
+
+
+def _known(commit: str) -> bool:
+    return subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=legacy.REPO, capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not (_known("61f76a8") and _known("e80abae")), reason="needs the repository's history (a full clone)")
+def test_a_per_frame_result_counts_through_an_older_layout_only_if_recorded_after_its_targets_changed(tmp_path):
+    name = "40 per class, previous default (task 0.1) + per-frame term 0.5"
+    base, settings = runner.run_settings(PROXY_STUDY, tmp_path, "frames", name, 0, None)
+    assert settings["loss"]["frame_alpha"] > 0
+    record = _record(PROXY_STUDY, tmp_path, "frames", name, _before_gamma_with_unlabelled(settings, gamma=0.1), base)
+    after = {**record, "provenance": {"commit": "61f76a8"}}  # the frames table's runs, after 1701761
+    before = {**record, "provenance": {"commit": "e80abae"}}  # the screen's, before it
+    assert legacy.frame_targets_current(after) and not legacy.frame_targets_current(before)
+    assert not legacy.frame_targets_current({**record, "provenance": {}})
+    today = runner.run_key(PROXY_STUDY, tmp_path, "frames", name, 0, None)
+    assert _restore(PROXY_STUDY, tmp_path, [before]) == {record["key"]}  # kept under its own key: no run today
+    shutil.rmtree(tmp_path / "results")
+    assert _restore(PROXY_STUDY, tmp_path, [after]) == {today}

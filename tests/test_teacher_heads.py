@@ -294,7 +294,9 @@ def test_the_head_stage_says_what_distilling_from_the_head_is_expected_to_do():
 
     text = expectation("temporal", 0.505, num_classes=28)
     assert "validation top-1 0.505 (chance 0.036)" in text and "never fell below labels alone" in text and "VANILLA" in text
-    light = expectation("temporal", 0.505, num_classes=28, gamma=0.1)
+    light = expectation("temporal", 0.505, num_classes=28, task_weight=0.1)
     assert "a weak head still ahead" in light and "VANILLA" in light
+    unlabelled = expectation("temporal", 0.329, num_classes=28, task_weight=0.1, unlabelled=True)
+    assert "loss.gamma_with_unlabelled" in unlabelled and "never fell below" not in unlabelled
     assert "will cost accuracy" in expectation("linear", 0.05, num_classes=28, fade="none")
     assert "no validation top-1" in expectation("zero_shot", None, num_classes=28)

@@ -77,7 +77,7 @@ def run_facts(folder: Path, names: dict[Path, str]) -> RunFacts:
         "student": student["arch"],
         "frames": "/".join(str(c) for c in sorted(counts)),
         "loss": loss["mode"],
-        "alpha/beta/gamma": f"{loss['alpha']}/{loss['beta']}/{task_weight(cfg)}",
+        "alpha/beta/task": f"{loss['alpha']}/{loss['beta']}/{task_weight(cfg)}",
         "T": loss["temperature"],
         "views": teacher["views"],
         "lr": train["lr"],

@@ -43,9 +43,7 @@ def write_report(cfg: Config, vanilla: Path | None = None) -> Path:
     sections = [
         f"# Run report: {cfg.paths.run_dir}\n",
         _data_section(data, class_names, folder),
-        _teacher_section(
-            teacher, data.videos, num_classes=_classes_with_videos(data, class_names), fade=cfg.loss.fade, gamma=cfg.task_weight
-        ),
+        _teacher_section(teacher, data.videos, num_classes=_classes_with_videos(data, class_names), loss=_loss_words(cfg)),
         _training_section(training, cfg, folder),
         _test_section(cfg),
         _export_section(cfg),
@@ -91,9 +89,7 @@ def _data_section(data: DataFacts, class_names: list[str], folder: Path) -> str:
     return "\n".join(lines)
 
 
-def _teacher_section(
-    teacher: TeacherFacts | None, expected_videos: dict[str, int], *, num_classes: int, fade: str, gamma: float
-) -> str:
+def _teacher_section(teacher: TeacherFacts | None, expected_videos: dict[str, int], *, num_classes: int, loss: dict) -> str:
     lines = ["## Teacher cache\n"]
     if teacher is None:
         return "\n".join(lines + ["Missing: no teacher cache yet (run `make teacher-cache`).\n"])
@@ -116,8 +112,13 @@ def _teacher_section(
     lines.append(_heads_table(teacher))
     head = teacher.student_head
     if head is not None:
-        lines.append(expectation(head["name"], head.get("val_top1"), num_classes=num_classes, fade=fade, gamma=gamma) + "\n")
+        lines.append(expectation(head["name"], head.get("val_top1"), num_classes=num_classes, **loss) + "\n")
     return "\n".join(lines)
+
+
+def _loss_words(cfg: Config) -> dict:
+    """What the expectation line needs to know of a run's loss."""
+    return {"fade": cfg.loss.fade, "task_weight": cfg.task_weight, "unlabelled": bool(cfg.train.unlabelled_splits)}
 
 
 def _views_line(views: dict) -> str:

@@ -117,7 +117,16 @@ def run(cfg: Config) -> HeadSummary:
         log.info("no expectation for loss.teacher_head=best: %s", e)
     else:
         classes = len(set(int(y) for y in splits["train"].labels if y >= 0))
-        log.info(expectation(best.name, best.val_top1, num_classes=classes, fade=cfg.loss.fade, gamma=cfg.task_weight))
+        log.info(
+            expectation(
+                best.name,
+                best.val_top1,
+                num_classes=classes,
+                fade=cfg.loss.fade,
+                task_weight=cfg.task_weight,
+                unlabelled=bool(cfg.train.unlabelled_splits),
+            )
+        )
     return summary
 
 
