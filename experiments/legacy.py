@@ -8,7 +8,8 @@ module rebuilds the settings as the older code wrote them, and accepts a recorde
 (a) one such rebuild hashes to exactly the key it was recorded under, so the older config is known
 field for field, and (b) every field where that config differs from today's is one the run does not
 read, or holds the value that behaves as the older code did. Where the code changed behaviour with
-no setting to show it (the per-frame term's targets), no older result counts.
+no setting to show it (the per-frame term's targets), an older layout counts only for a result whose
+provenance commit comes after the change.
 """
 
 from __future__ import annotations
