@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from pipeline.cache.store import CacheMismatchError, head_array, head_fingerprint
-from pipeline.config import TeacherHeadConfig
+from pipeline.config import Config, TeacherHeadConfig
 
 FITTED = ("linear", "temporal")
 ALL_HEADS = ("zero_shot", *FITTED)
@@ -67,6 +67,11 @@ def choose_head(wanted: str, *, records: dict[str, dict], cache_fingerprint: str
             f"loss.teacher_head={wanted}: the head was fitted on another cache or with other teacher_head settings: {fix}"
         )
     return choice(wanted)
+
+
+def loss_facts(cfg: Config) -> dict:
+    """What `expectation` needs to know of a run's loss (its keyword arguments past `num_classes`)."""
+    return {"fade": cfg.loss.fade, "task_weight": cfg.task_weight, "unlabelled": bool(cfg.train.unlabelled_splits)}
 
 
 def expectation(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache.heads import expectation
+from pipeline.cache.heads import expectation, loss_facts
 from pipeline.config import Config
 from pipeline.report import plots
 from pipeline.report.facts import (
@@ -43,7 +43,7 @@ def write_report(cfg: Config, vanilla: Path | None = None) -> Path:
     sections = [
         f"# Run report: {cfg.paths.run_dir}\n",
         _data_section(data, class_names, folder),
-        _teacher_section(teacher, data.videos, num_classes=_classes_with_videos(data, class_names), loss=_loss_words(cfg)),
+        _teacher_section(teacher, data.videos, num_classes=_classes_with_videos(data, class_names), loss=loss_facts(cfg)),
         _training_section(training, cfg, folder),
         _test_section(cfg),
         _export_section(cfg),
@@ -114,11 +114,6 @@ def _teacher_section(teacher: TeacherFacts | None, expected_videos: dict[str, in
     if head is not None:
         lines.append(expectation(head["name"], head.get("val_top1"), num_classes=num_classes, **loss) + "\n")
     return "\n".join(lines)
-
-
-def _loss_words(cfg: Config) -> dict:
-    """What the expectation line needs to know of a run's loss."""
-    return {"fade": cfg.loss.fade, "task_weight": cfg.task_weight, "unlabelled": bool(cfg.train.unlabelled_splits)}
 
 
 def _views_line(views: dict) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import zarr
 
-from pipeline.cache.heads import choose_head, expectation
+from pipeline.cache.heads import choose_head, expectation, loss_facts
 from pipeline.cache.store import (
     CacheMismatchError,
     head_array,
@@ -117,16 +117,7 @@ def run(cfg: Config) -> HeadSummary:
         log.info("no expectation for loss.teacher_head=best: %s", e)
     else:
         classes = len(set(int(y) for y in splits["train"].labels if y >= 0))
-        log.info(
-            expectation(
-                best.name,
-                best.val_top1,
-                num_classes=classes,
-                fade=cfg.loss.fade,
-                task_weight=cfg.task_weight,
-                unlabelled=bool(cfg.train.unlabelled_splits),
-            )
-        )
+        log.info(expectation(best.name, best.val_top1, num_classes=classes, **loss_facts(cfg)))
     return summary
 
 
