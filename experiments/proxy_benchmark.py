@@ -181,6 +181,12 @@ TABLES: dict[str, Table] = {
             "10 labelled + 30 unlabelled, the task at full weight": ("@labels=10", *UNLABELLED, *TASK_FULL_WITH_UNLABELLED),
             # every unlabelled clip once an epoch (3 per labelled clip in each batch) instead of a third of them
             "10 labelled + 30 unlabelled at 3 per labelled clip, default": ("@labels=10", *UNLABELLED, *EVERY_UNLABELLED),
+            "10 labelled + 30 unlabelled at 3 per labelled clip, linear head, default": (
+                "@labels=10",
+                *UNLABELLED,
+                *EVERY_UNLABELLED,
+                *TEACHERS["linear head"],
+            ),
             "10 labelled + 30 unlabelled at 3 per labelled clip, the task at full weight": (
                 "@labels=10",
                 *UNLABELLED,
