@@ -1,0 +1,98 @@
+"""Does the teacher head label unlabelled videos better after training on its own confident guesses?
+
+    python -m experiments.head_self_training --base WORK/base-l10-u30-s96-v1-pretrained [--rounds 3]
+
+A probe behind the proxy benchmark's unlabelled table (docs/proxy_benchmark.md), on a base the
+benchmark prepared with unlabelled videos (`@unlabelled=30`). It fits the temporal head on the
+labelled clips' cached frame features and scores it on validation and on the unlabelled clips (the
+proxy ids carry their class, digits 2-3 indexing `proxy.TEMPLATES`: a check the fitting never
+sees). Then, per round, it refits on the labelled clips plus, per predicted class, the `--keep`
+share of unlabelled clips the head is surest of, labelled with its guesses (class-balanced
+self-training), and scores again. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from pipeline import config
+from pipeline.runtime.progress import setup_logging
+from pipeline.shards.plan import row_labels
+from pipeline.ssv2 import proxy
+from pipeline.teacher import heads as H
+
+log = logging.getLogger(__name__)
+
+
+def _split(root: zarr.Group, base: Path, split: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """A split's centre-view frame features [n, F, D], its labels (-1 where none) and ids."""
+    rows = np.flatnonzero(root[split]["valid"][:])
+    features = torch.from_numpy(np.ascontiguousarray(root[split]["frame_features"][:][rows][:, 0])).float()
+    return features, row_labels(base / "shards", split)[rows], root[split]["ids"][:][rows]
+
+
+def _true_classes(ids: np.ndarray, class_names: list[str]) -> np.ndarray:
+    """The class of each proxy test video, read from its id (split digit, two class digits, index)."""
+    return np.array([class_names.index(proxy.TEMPLATES[int(str(i)[1:3])]) for i in ids])
+
+
+def _confident(logits: np.ndarray, keep: float) -> tuple[np.ndarray, np.ndarray]:
+    """The rows to keep (per predicted class, the `keep` share with the highest probability) and the guesses."""
+    probs = torch.from_numpy(logits).softmax(-1).numpy()
+    guess, confidence = probs.argmax(1), probs.max(1)
+    kept = np.zeros(len(guess), dtype=bool)
+    for c in np.unique(guess):
+        rows = np.flatnonzero(guess == c)
+        kept[rows[np.argsort(-confidence[rows])[: max(1, round(keep * len(rows)))]]] = True
+    return kept, guess
+
+
+def main() -> None:
+    """Fit, self-train, print the table."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", type=Path, required=True, help="a proxy base with unlabelled videos (teacher_cache.zarr, shards)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--keep", type=float, nargs="+", default=[0.5, 1.0], help="shares of unlabelled clips kept per class")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    args = p.parse_args()
+    setup_logging()
+    cfg = config.load([Path(__file__).resolve().parents[1] / "pipeline.yaml"], []).teacher_head
+    root = zarr.open_group(str(args.base / "teacher_cache.zarr"), mode="r")
+    names = list(root.attrs["class_names"])
+    (x_train, y_train, _), (x_val, y_val, _), (x_unl, _, ids) = (_split(root, args.base, s) for s in ("train", "validation", "test"))
+    y_unl = _true_classes(ids, names)
+    device = torch.device("cpu")
+
+    def fit(x: torch.Tensor, y: np.ndarray) -> torch.nn.Module:
+        data = H.FitData(x, torch.from_numpy(y))
+        return H.fit("temporal", data, num_classes=len(names), cfg=cfg, weight_decay=args.weight_decay, seed=0, device=device)
+
+    head = fit(x_train, y_train)
+    unl_logits = H.predict(head, x_unl, device=device)
+    val = H.top_k(H.predict(head, x_val, device=device), y_val, 1)
+    rows = [f"| labelled clips alone ({len(y_train)}) | - | - | {val:.3f} | {H.top_k(unl_logits, y_unl, 1):.3f} |"]
+    log.info("labelled alone: validation %.3f", val)
+    for rnd in range(1, args.rounds + 1):
+        for keep in args.keep:
+            kept, guess = _confident(unl_logits, keep)
+            head = fit(torch.cat([x_train, x_unl[kept]]), np.concatenate([y_train, guess[kept]]))
+            logits = H.predict(head, x_unl, device=device)
+            val = H.top_k(H.predict(head, x_val, device=device), y_val, 1)
+            rows.append(
+                f"| round {rnd}, keep {keep:g} | {int(kept.sum())} | {(guess[kept] == y_unl[kept]).mean():.3f} | "
+                f"{val:.3f} | {H.top_k(logits, y_unl, 1):.3f} |"
+            )
+            log.info("round %d keep %g: validation %.3f", rnd, keep, val)
+        unl_logits = logits  # the next round's guesses come from the last refit
+    head_row = "| temporal head | unlabelled clips kept | their guesses right | validation top-1 | unlabelled top-1 |"
+    print("\n".join([head_row, "| --- | --- | --- | --- | --- |", *rows]))
+
+
+if __name__ == "__main__":
+    main()
