@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,49 @@ def _confident(logits: np.ndarray, keep: float) -> tuple[np.ndarray, np.ndarray]
     return kept, guess
 
 
+@dataclass
+class Clips:
+    """The probe's data: labelled training clips, validation, and unlabelled clips with their true classes."""
+
+    x_train: torch.Tensor
+    y_train: np.ndarray
+    x_val: torch.Tensor
+    y_val: np.ndarray
+    x_unl: torch.Tensor
+    y_unl: np.ndarray
+
+
+def _clips(base: Path) -> tuple[Clips, int]:
+    """The base's cached clips, and the number of classes."""
+    root = zarr.open_group(str(base / "teacher_cache.zarr"), mode="r")
+    names = list(root.attrs["class_names"])
+    (x_train, y_train, _), (x_val, y_val, _), (x_unl, _, ids) = (_split(root, base, s) for s in ("train", "validation", "test"))
+    return Clips(x_train, y_train, x_val, y_val, x_unl, _true_classes(ids, names)), len(names)
+
+
+def self_train(clips: Clips, fit: Callable[[torch.Tensor, np.ndarray], torch.nn.Module], *, rounds: int, keep: list[float]) -> list[str]:
+    """The table's rows: the head fitted on the labelled clips, then refitted on its confident guesses, per round."""
+    device = torch.device("cpu")
+
+    def scores(head: torch.nn.Module) -> tuple[np.ndarray, float, float]:
+        logits = H.predict(head, clips.x_unl, device=device)
+        val = H.top_k(H.predict(head, clips.x_val, device=device), clips.y_val, 1)
+        return logits, val, H.top_k(logits, clips.y_unl, 1)
+
+    unl_logits, val, unl = scores(fit(clips.x_train, clips.y_train))
+    rows = [f"| labelled clips alone ({len(clips.y_train)}) | - | - | {val:.3f} | {unl:.3f} |"]
+    for rnd in range(1, rounds + 1):
+        for share in keep:
+            kept, guess = _confident(unl_logits, share)
+            x, y = torch.cat([clips.x_train, clips.x_unl[kept]]), np.concatenate([clips.y_train, guess[kept]])
+            logits, val, unl = scores(fit(x, y))
+            right = (guess[kept] == clips.y_unl[kept]).mean()
+            rows.append(f"| round {rnd}, keep {share:g} | {int(kept.sum())} | {right:.3f} | {val:.3f} | {unl:.3f} |")
+            log.info("round %d keep %g: validation %.3f", rnd, share, val)
+        unl_logits = logits  # the next round's guesses come from the last refit
+    return rows
+
+
 def main() -> None:
     """Fit, self-train, print the table."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,33 +108,13 @@ def main() -> None:
     args = p.parse_args()
     setup_logging()
     cfg = config.load([Path(__file__).resolve().parents[1] / "pipeline.yaml"], []).teacher_head
-    root = zarr.open_group(str(args.base / "teacher_cache.zarr"), mode="r")
-    names = list(root.attrs["class_names"])
-    (x_train, y_train, _), (x_val, y_val, _), (x_unl, _, ids) = (_split(root, args.base, s) for s in ("train", "validation", "test"))
-    y_unl = _true_classes(ids, names)
-    device = torch.device("cpu")
+    clips, classes = _clips(args.base)
 
     def fit(x: torch.Tensor, y: np.ndarray) -> torch.nn.Module:
-        data = H.FitData(x, torch.from_numpy(y))
-        return H.fit("temporal", data, num_classes=len(names), cfg=cfg, weight_decay=args.weight_decay, seed=0, device=device)
+        data, cpu = H.FitData(x, torch.from_numpy(y)), torch.device("cpu")
+        return H.fit("temporal", data, num_classes=classes, cfg=cfg, weight_decay=args.weight_decay, seed=0, device=cpu)
 
-    head = fit(x_train, y_train)
-    unl_logits = H.predict(head, x_unl, device=device)
-    val = H.top_k(H.predict(head, x_val, device=device), y_val, 1)
-    rows = [f"| labelled clips alone ({len(y_train)}) | - | - | {val:.3f} | {H.top_k(unl_logits, y_unl, 1):.3f} |"]
-    log.info("labelled alone: validation %.3f", val)
-    for rnd in range(1, args.rounds + 1):
-        for keep in args.keep:
-            kept, guess = _confident(unl_logits, keep)
-            head = fit(torch.cat([x_train, x_unl[kept]]), np.concatenate([y_train, guess[kept]]))
-            logits = H.predict(head, x_unl, device=device)
-            val = H.top_k(H.predict(head, x_val, device=device), y_val, 1)
-            rows.append(
-                f"| round {rnd}, keep {keep:g} | {int(kept.sum())} | {(guess[kept] == y_unl[kept]).mean():.3f} | "
-                f"{val:.3f} | {H.top_k(logits, y_unl, 1):.3f} |"
-            )
-            log.info("round %d keep %g: validation %.3f", rnd, keep, val)
-        unl_logits = logits  # the next round's guesses come from the last refit
+    rows = self_train(clips, fit, rounds=args.rounds, keep=args.keep)
     head_row = "| temporal head | unlabelled clips kept | their guesses right | validation top-1 | unlabelled top-1 |"
     print("\n".join([head_row, "| --- | --- | --- | --- | --- |", *rows]))
 
