@@ -75,7 +75,10 @@ def _clips(base: Path) -> tuple[Clips, int]:
     return Clips(x_train, y_train, x_val, y_val, x_unl, _true_classes(ids, names)), len(names)
 
 
-def self_train(clips: Clips, fit: Callable[[torch.Tensor, np.ndarray], torch.nn.Module], *, rounds: int, keep: list[float]) -> list[str]:
+Fit = Callable[[torch.Tensor, np.ndarray], torch.nn.Module]  # labelled rows -> a fitted head
+
+
+def self_train(clips: Clips, fit: Fit, *, rounds: int, keep: list[float]) -> list[str]:
     """The table's rows: the head fitted on the labelled clips, then refitted on its confident guesses, per round."""
     device = torch.device("cpu")
 
