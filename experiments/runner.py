@@ -330,9 +330,15 @@ def restore_results(study: Study, work: Path, path: Path) -> int:
         if "recorded_key" in r and target.exists():
             continue  # a result of today's layout is already there: an older one never replaces it
         write_text(target, json.dumps(r, indent=1))
-    if moved or unmatched:
-        log.info(
-            "%d of them recorded before a later setting or name and the same run today; %d match no run today", moved, unmatched
+    if moved:
+        log.info("%d of them recorded before a later setting or name and the same run today", moved)
+    if unmatched:
+        # every --set is part of a run's key, worker counts too: the usual cause of a miss
+        log.warning(
+            "%d of %d restored results match no run of today's tables (they stay under their own keys and will be "
+            "trained again): restore with the --set they were trained with (docs/experiments.md)",
+            unmatched,
+            len(lines),
         )
     return len(lines)
 
