@@ -38,6 +38,7 @@ DATA = (
     "teacher.num_workers=1",
     "teacher_head.weight_decays=[0.0001, 0.01]",
     "teacher_head.min_steps=300",
+    # half pipeline.yaml's width, for CPU time: a head 9 points weaker (docs/proxy_benchmark.md, the width probe)
     "teacher_head.temporal_width=128",
 )
 # The student every table trains unless it says otherwise: tsm_tiny at 64 px, 8 frames, AdamW at

@@ -51,13 +51,16 @@ def test_unlabelled_table_distils_from_unlabelled_videos_through_the_real_stages
     assert any(r["kind"] == "train" for r in log)
     cfg = (run / "student" / "config.yaml").read_text()
     assert "unlabelled_splits:\n  - test" in cfg
-    # the self-training probe reads the same base: the unlabelled clips' classes from their ids
+    # the head probes read the same base: the unlabelled clips' classes from their ids
     (base,) = work.glob("base-l10-u30-*")
-    probe = subprocess.run(
-        [sys.executable, "-m", "experiments.head_self_training", "--base", str(base), "--rounds", "1", "--keep", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert probe.returncode == 0, probe.stderr[-3000:]
-    rows = [line.split(" | ") for line in probe.stdout.splitlines() if line.startswith(("| labelled", "| round"))]
+    probe = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "experiments.head_probes", *a, "--base", str(base)], cwd=REPO, capture_output=True, text=True
+    )
+    out = probe("self-training", "--rounds", "1", "--keep", "1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split(" | ") for line in out.stdout.splitlines() if line.startswith(("| labelled", "| round"))]
     assert [r[0] for r in rows] == ["| labelled clips alone (56)", "| round 1, keep 1"]
     assert rows[1][1] == "28" and all(0.0 <= float(v.strip(" |")) <= 1.0 for r in rows for v in r[3:])
+    out = probe("width", "--widths", "64", "128")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [line.split(" | ")[0] for line in out.stdout.splitlines()[2:]] == ["| 64", "| 128"]

@@ -1,19 +1,26 @@
-"""Does the teacher head label unlabelled videos better after training on its own confident guesses?
+"""Probes of the teacher head behind the proxy benchmark's unlabelled table (docs/proxy_benchmark.md).
 
-    python -m experiments.head_self_training --base WORK/base-l10-u30-s96-v1-pretrained [--rounds 3]
+    python -m experiments.head_probes self-training --base WORK/base-l10-u30-s96-v1-pretrained [--rounds 3]
+    python -m experiments.head_probes width --base WORK/base-l10-u30-s96-v1-pretrained [--widths 128 256]
 
-A probe behind the proxy benchmark's unlabelled table (docs/proxy_benchmark.md), on a base the
-benchmark prepared with unlabelled videos (`@unlabelled=30`). It fits the temporal head on the
-labelled clips' cached frame features and scores it on validation and on the unlabelled clips (the
-proxy ids carry their class, digits 2-3 indexing `proxy.TEMPLATES`: a check the fitting never
-sees). Then, per round, it refits on the labelled clips plus, per predicted class, the `--keep`
-share of unlabelled clips the head is surest of, labelled with its guesses (class-balanced
-self-training), and scores again. Prints a Markdown table.
+Both read a base the benchmark prepared with unlabelled videos (`@unlabelled=30`) and fit the
+temporal head on the labelled clips' cached frame features (pipeline.yaml's `teacher_head`, one
+seed), scoring it on validation and on the unlabelled clips (the proxy ids carry their class,
+digits 2-3 indexing `proxy.TEMPLATES`: a check the fitting never sees).
+
+- `self-training`: does the head label unlabelled videos better after training on its own
+  confident guesses? Per round it refits on the labelled clips plus, per predicted class, the
+  `--keep` share of unlabelled clips it is surest of, labelled with its guesses.
+- `width`: the head at each `teacher_head.temporal_width` (the proxy world fits 128 to save CPU
+  time; pipeline.yaml's is 256).
+
+Each prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,25 +108,53 @@ def self_train(clips: Clips, fit: Fit, *, rounds: int, keep: list[float]) -> lis
     return rows
 
 
+def widths(clips: Clips, fit: Callable[..., torch.nn.Module], *, sizes: list[int]) -> list[str]:
+    """The table's rows: the head fitted on the labelled clips at each temporal width."""
+    cpu = torch.device("cpu")
+    rows = []
+    for width in sizes:
+        head = fit(clips.x_train, clips.y_train, width=width)
+        val = H.top_k(H.predict(head, clips.x_val, device=cpu), clips.y_val, 1)
+        unl = H.top_k(H.predict(head, clips.x_unl, device=cpu), clips.y_unl, 1)
+        rows.append(f"| {width} | {val:.3f} | {unl:.3f} |")
+        log.info("width %d: validation %.3f", width, val)
+    return rows
+
+
 def main() -> None:
-    """Fit, self-train, print the table."""
+    """Run one probe, print its table."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("probe", choices=["self-training", "width"])
     p.add_argument("--base", type=Path, required=True, help="a proxy base with unlabelled videos (teacher_cache.zarr, shards)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--keep", type=float, nargs="+", default=[0.5, 1.0], help="shares of unlabelled clips kept per class")
+    p.add_argument("--widths", type=int, nargs="+", default=[128, 256])
     p.add_argument("--weight-decay", type=float, default=0.01)
     args = p.parse_args()
     setup_logging()
     cfg = config.load([Path(__file__).resolve().parents[1] / "pipeline.yaml"], []).teacher_head
     clips, classes = _clips(args.base)
 
-    def fit(x: torch.Tensor, y: np.ndarray) -> torch.nn.Module:
-        data, cpu = H.FitData(x, torch.from_numpy(y)), torch.device("cpu")
-        return H.fit("temporal", data, num_classes=classes, cfg=cfg, weight_decay=args.weight_decay, seed=0, device=cpu)
+    def fit(x: torch.Tensor, y: np.ndarray, width: int = cfg.temporal_width) -> torch.nn.Module:
+        data, settings = H.FitData(x, torch.from_numpy(y)), dataclasses.replace(cfg, temporal_width=width)
+        return H.fit(
+            "temporal",
+            data,
+            num_classes=classes,
+            cfg=settings,
+            weight_decay=args.weight_decay,
+            seed=0,
+            device=torch.device("cpu"),
+        )
 
-    rows = self_train(clips, fit, rounds=args.rounds, keep=args.keep)
-    head_row = "| temporal head | unlabelled clips kept | their guesses right | validation top-1 | unlabelled top-1 |"
-    print("\n".join([head_row, "| --- | --- | --- | --- | --- |", *rows]))
+    if args.probe == "width":
+        head_row = "| temporal width | validation top-1 | unlabelled top-1 |\n| --- | --- | --- |"
+        rows = widths(clips, fit, sizes=args.widths)
+    else:
+        head_row = "| temporal head | unlabelled clips kept | their guesses right | validation top-1 | unlabelled top-1 |\n"
+        head_row += "| --- | --- | --- | --- | --- |"
+        rows = self_train(clips, fit, rounds=args.rounds, keep=args.keep)
+    print("\n".join([head_row, *rows]))
 
 
 if __name__ == "__main__":
