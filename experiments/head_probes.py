@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,18 +31,12 @@ import zarr
 
 from pipeline import config
 from pipeline.runtime.progress import setup_logging
-from pipeline.shards.plan import row_labels
 from pipeline.ssv2 import proxy
 from pipeline.teacher import heads as H
+from pipeline.teacher.head_run import read_split
 
 log = logging.getLogger(__name__)
-
-
-def _split(root: zarr.Group, base: Path, split: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """A split's centre-view frame features [n, F, D], its labels (-1 where none) and ids."""
-    rows = np.flatnonzero(root[split]["valid"][:])
-    features = torch.from_numpy(np.ascontiguousarray(root[split]["frame_features"][:][rows][:, 0])).float()
-    return features, row_labels(base / "shards", split)[rows], root[split]["ids"][:][rows]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _true_classes(ids: np.ndarray, class_names: list[str]) -> np.ndarray:
@@ -62,7 +55,7 @@ def _confident(logits: np.ndarray, keep: float) -> tuple[np.ndarray, np.ndarray]
     return kept, guess
 
 
-@dataclass
+@dataclasses.dataclass
 class Clips:
     """The probe's data: labelled training clips, validation, and unlabelled clips with their true classes."""
 
@@ -75,32 +68,35 @@ class Clips:
 
 
 def _clips(base: Path) -> tuple[Clips, int]:
-    """The base's cached clips, and the number of classes."""
-    root = zarr.open_group(str(base / "teacher_cache.zarr"), mode="r")
+    """The base's cached clips (every view, as the head stage reads them), and the number of classes."""
+    cfg = config.load([REPO / "pipeline.yaml"], [f"paths.run_dir={base}"])
+    root = zarr.open_group(str(cfg.paths.teacher_cache), mode="r")
     names = list(root.attrs["class_names"])
-    (x_train, y_train, _), (x_val, y_val, _), (x_unl, _, ids) = (_split(root, base, s) for s in ("train", "validation", "test"))
-    return Clips(x_train, y_train, x_val, y_val, x_unl, _true_classes(ids, names)), len(names)
+    train, val, unl = (read_split(cfg, root, s, pairs={}) for s in ("train", "validation", "test"))
+    ids = unl.per_view(root["test"]["ids"][:][unl.rows])
+    x = lambda split: split.features.float()  # noqa: E731
+    return Clips(x(train), train.targets, x(val), val.targets, x(unl), _true_classes(ids, names)), len(names)
 
 
-Fit = Callable[[torch.Tensor, np.ndarray], torch.nn.Module]  # labelled rows -> a fitted head
+Fit = Callable[..., torch.nn.Module]  # (features, labels, width=...) -> a fitted head
+
+
+def _scores(head: torch.nn.Module, clips: Clips) -> tuple[np.ndarray, float, float]:
+    """The head's logits on the unlabelled clips, its validation top-1 and its unlabelled top-1."""
+    cpu = torch.device("cpu")
+    logits = H.predict(head, clips.x_unl, device=cpu)
+    return logits, H.top_k(H.predict(head, clips.x_val, device=cpu), clips.y_val, 1), H.top_k(logits, clips.y_unl, 1)
 
 
 def self_train(clips: Clips, fit: Fit, *, rounds: int, keep: list[float]) -> list[str]:
     """The table's rows: the head fitted on the labelled clips, then refitted on its confident guesses, per round."""
-    device = torch.device("cpu")
-
-    def scores(head: torch.nn.Module) -> tuple[np.ndarray, float, float]:
-        logits = H.predict(head, clips.x_unl, device=device)
-        val = H.top_k(H.predict(head, clips.x_val, device=device), clips.y_val, 1)
-        return logits, val, H.top_k(logits, clips.y_unl, 1)
-
-    unl_logits, val, unl = scores(fit(clips.x_train, clips.y_train))
+    unl_logits, val, unl = _scores(fit(clips.x_train, clips.y_train), clips)
     rows = [f"| labelled clips alone ({len(clips.y_train)}) | - | - | {val:.3f} | {unl:.3f} |"]
     for rnd in range(1, rounds + 1):
         for share in keep:
             kept, guess = _confident(unl_logits, share)
             x, y = torch.cat([clips.x_train, clips.x_unl[kept]]), np.concatenate([clips.y_train, guess[kept]])
-            logits, val, unl = scores(fit(x, y))
+            logits, val, unl = _scores(fit(x, y), clips)
             right = (guess[kept] == clips.y_unl[kept]).mean()
             rows.append(f"| round {rnd}, keep {share:g} | {int(kept.sum())} | {right:.3f} | {val:.3f} | {unl:.3f} |")
             log.info("round %d keep %g: validation %.3f", rnd, share, val)
@@ -108,14 +104,11 @@ def self_train(clips: Clips, fit: Fit, *, rounds: int, keep: list[float]) -> lis
     return rows
 
 
-def widths(clips: Clips, fit: Callable[..., torch.nn.Module], *, sizes: list[int]) -> list[str]:
+def widths(clips: Clips, fit: Fit, *, sizes: list[int]) -> list[str]:
     """The table's rows: the head fitted on the labelled clips at each temporal width."""
-    cpu = torch.device("cpu")
     rows = []
     for width in sizes:
-        head = fit(clips.x_train, clips.y_train, width=width)
-        val = H.top_k(H.predict(head, clips.x_val, device=cpu), clips.y_val, 1)
-        unl = H.top_k(H.predict(head, clips.x_unl, device=cpu), clips.y_unl, 1)
+        _, val, unl = _scores(fit(clips.x_train, clips.y_train, width=width), clips)
         rows.append(f"| {width} | {val:.3f} | {unl:.3f} |")
         log.info("width %d: validation %.3f", width, val)
     return rows
@@ -132,7 +125,7 @@ def main() -> None:
     p.add_argument("--weight-decay", type=float, default=0.01)
     args = p.parse_args()
     setup_logging()
-    cfg = config.load([Path(__file__).resolve().parents[1] / "pipeline.yaml"], []).teacher_head
+    cfg = config.load([REPO / "pipeline.yaml"], []).teacher_head
     clips, classes = _clips(args.base)
 
     def fit(x: torch.Tensor, y: np.ndarray, width: int = cfg.temporal_width) -> torch.nn.Module:

@@ -78,7 +78,7 @@ def run(cfg: Config) -> HeadSummary:
     device = pick_device(hc.device)
     summary = HeadSummary()
     pairs = flip_pairs(class_names(load_labels(labels_path(cfg))))
-    splits = {split: _read_split(cfg, root, split, pairs) for split in cfg.data.splits}
+    splits = {split: read_split(cfg, root, split, pairs) for split in cfg.data.splits}
     summary.read_seconds = time.monotonic() - start
     if "train" not in splits:
         raise ValueError("teacher_head: data.splits must include train (heads are fitted on it)")
@@ -131,7 +131,8 @@ def _check_complete(cfg: Config, root: zarr.Group) -> None:
             )
 
 
-def _read_split(cfg: Config, root: zarr.Group, split: str, pairs: dict[int, int]) -> SplitRows:
+def read_split(cfg: Config, root: zarr.Group, split: str, pairs: dict[int, int]) -> SplitRows:
+    """A split's valid rows with their labels and per-view frame features (a flipped view's label through `pairs`)."""
     group = root[split]
     valid = group["valid"][:]
     rows = np.flatnonzero(valid)
