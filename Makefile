@@ -41,17 +41,23 @@ smoke: $(STAMP) ## Run every stage on the embedded tiny synthetic data set (CPU,
 	$(PY) -m slurm.launch export $(SMOKE_ARGS) $(ARGS)
 	$(PY) -m stages.report $(SMOKE_ARGS) $(ARGS)
 
+# Test files run side by side, each whole in one worker (its module fixtures and the SLURM dev
+# cluster stay in one process); one thread per process, or the workers' thread pools oversubscribe the
+# cores and the suite gets slower, not faster (docs/benchmarks.md, the test suite's time).
+TEST_WORKERS ?= 2
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP) ## Run the whole test suite (what CI runs): unit, integration, slow and real-SLURM tests; the 15 slowest listed
-	$(PY) -m pytest -q --durations=15 tests
+	$(PYTEST) --durations=15 tests
 
 test-fast: $(STAMP) ## Run the unit tier only (no stage runs, no SLURM): under a minute
 	$(PY) -m pytest -q -m unit tests
 
 test-integration: $(STAMP) ## The unit and integration tiers (real stages on the synthetic set; no SLURM, no experiment variants)
-	$(PY) -m pytest -q --durations=15 -m "unit or integration" tests
+	$(PYTEST) --durations=15 -m "unit or integration" tests
 
 test-slow: $(STAMP) ## The CPU variants of the accuracy experiments alone
-	$(PY) -m pytest -q --durations=15 -m slow tests
+	$(PYTEST) --durations=15 -m slow tests
 
 lint: $(STAMP) ## ruff (lint and format check of the whole tree) and the import layers (lint/import_layers.py)
 	$(PY) -m ruff check .
