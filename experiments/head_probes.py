@@ -11,8 +11,8 @@ digits 2-3 indexing `proxy.TEMPLATES`: a check the fitting never sees).
 - `self-training`: does the head label unlabelled videos better after training on its own
   confident guesses? Per round it refits on the labelled clips plus, per predicted class, the
   `--keep` share of unlabelled clips it is surest of, labelled with its guesses.
-- `width`: the head at each `teacher_head.temporal_width` (the proxy world fits 128 to save CPU
-  time; pipeline.yaml's is 256).
+- `width`: the head at each `teacher_head.temporal_width` (pipeline.yaml's is 256; the proxy world
+  fitted 128 until the probe showed what it cost).
 
 Each prints a Markdown table.
 """

@@ -35,7 +35,13 @@ ADDED = [
 FRAME_TARGETS_FIXED = "1701761"
 REPO = Path(__file__).resolve().parents[1]
 # Settings whose default changed: the values earlier code could have written.
-DEFAULTS_CHANGED = {("loss", "unlabelled_weight"): ("confidence", "uniform"), ("loss", "gamma"): (0.1, 1.0)}
+DEFAULTS_CHANGED = {
+    ("loss", "unlabelled_weight"): ("confidence", "uniform"),
+    ("loss", "gamma"): (0.1, 1.0),
+    # the proxy world's teacher head before it fitted pipeline.yaml's (experiments/proxy_world.py)
+    ("teacher_head", "temporal_width"): (128, 256),
+    ("teacher_head", "min_steps"): (300, 500),
+}
 
 
 def settings_key(base: dict, settings: dict, work_text: str) -> str:
@@ -49,7 +55,7 @@ def unread(settings: dict) -> set[tuple[str, str]]:
     loss, train = settings["loss"], settings["train"]
     out: set[tuple[str, str]] = set()
     if loss["mode"] == "vanilla":
-        out |= {("loss", k) for k in loss if k != "mode"}
+        out |= {("loss", k) for k in loss if k != "mode"} | {("teacher_head", k) for k in settings.get("teacher_head", {})}
     if loss.get("fade", "none") == "none":
         out.add(("loss", "fade_margin"))
     if not train.get("unlabelled_splits"):
@@ -67,7 +73,7 @@ def earlier_layouts(settings: dict, *, frame_targets_current: bool = False) -> I
     skip = unread(settings)
     changed = [f for f in DEFAULTS_CHANGED if f[1] in settings[f[0]]]
     options = [sorted({*DEFAULTS_CHANGED[f], settings[f[0]][f[1]]}, key=str) for f in changed]
-    for since in range(len(ADDED)):
+    for since in range(len(ADDED) + 1):  # the last: no setting added since, only defaults changed
         behaves = {f: value for change in ADDED[since:] for f, value in change.items() if f[1] in settings[f[0]]}
         for values in itertools.product(*options):
             if any(f not in skip and v != settings[f[0]][f[1]] for f, v in zip(changed, values)):

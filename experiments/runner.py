@@ -336,7 +336,8 @@ def restore_results(study: Study, work: Path, path: Path) -> int:
         # every --set is part of a run's key, worker counts too: the usual cause of a miss
         log.warning(
             "%d of %d restored results match no run of today's tables (they stay under their own keys and will be "
-            "trained again): restore with the --set they were trained with (docs/experiments.md)",
+            "trained again): restore with the --set they were trained with, or they were trained under settings that "
+            "changed since (their provenance commit; docs/experiments.md)",
             unmatched,
             len(lines),
         )

@@ -168,3 +168,22 @@ def test_a_per_frame_result_counts_through_an_older_layout_only_if_recorded_afte
     assert _restore(PROXY_STUDY, tmp_path, [before]) == {record["key"]}  # kept under its own key: no run today
     shutil.rmtree(tmp_path / "results")
     assert _restore(PROXY_STUDY, tmp_path, [after]) == {today}
+
+
+def test_a_vanilla_result_from_the_narrow_head_world_is_todays_and_a_distilled_one_is_not(tmp_path):
+    """The proxy world fitted a narrower head (width 128, 300 steps) before pipeline.yaml's: a vanilla
+    run never reads the head, a distilled one learns from it."""
+    for table, name, restored in (
+        ("gpu", "TSM-R50, plain 16", True),
+        ("safety", "40 per class, temporal head, default", False),
+    ):
+        study = FRAME_STUDY if table == "gpu" else PROXY_STUDY
+        work = tmp_path / table
+        work.mkdir()
+        base, settings = runner.run_settings(study, work, table, name, 0, None)
+        assert (settings["teacher_head"]["temporal_width"], settings["teacher_head"]["min_steps"]) == (256, 500)
+        narrow = copy.deepcopy(settings)
+        narrow["teacher_head"] |= {"temporal_width": 128, "min_steps": 300}
+        record = _record(study, work, table, name, narrow, base)
+        today = runner.run_key(study, work, table, name, 0, None)
+        assert _restore(study, work, [record]) == ({today} if restored else {record["key"]})
