@@ -88,12 +88,17 @@ def earlier_layouts(settings: dict, *, frame_targets_current: bool = False) -> I
             yield older
 
 
+def earlier_keys(base: dict, settings: dict, work_text: str, *, frame_targets_current: bool = False) -> frozenset[str]:
+    """The keys today's run was recorded under by earlier layouts (a caller checking many results keeps them)."""
+    layouts = earlier_layouts(settings, frame_targets_current=frame_targets_current)
+    return frozenset(settings_key(base, s, work_text) for s in layouts)
+
+
 def recorded_key_matches(
     base: dict, settings: dict, work_text: str, recorded: str, *, frame_targets_current: bool = False
 ) -> bool:
     """Whether a result recorded under `recorded` is a run of today's `settings`, by an earlier layout."""
-    layouts = earlier_layouts(settings, frame_targets_current=frame_targets_current)
-    return any(settings_key(base, s, work_text) == recorded for s in layouts)
+    return recorded in earlier_keys(base, settings, work_text, frame_targets_current=frame_targets_current)
 
 
 def frame_targets_current(record: dict) -> bool:

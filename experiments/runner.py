@@ -315,7 +315,7 @@ def restore_results(study: Study, work: Path, path: Path) -> int:
     of the table's; one that matches no run of today's tables is kept under its own key."""
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     moved = unmatched = 0
-    todays: dict[tuple, tuple[str, dict, dict]] = {}
+    todays: dict[tuple, tuple[str, frozenset[str]]] = {}
     for r in lines:
         key = r["key"]
         match = _todays_run(study, work, r, todays)
@@ -347,7 +347,7 @@ def restore_results(study: Study, work: Path, path: Path) -> int:
 def _todays_run(study: Study, work: Path, record: dict, todays: dict) -> tuple[str, str] | None:
     """(today's key, condition) of the run an exported result is, in its table: its own condition
     first, then the table's others (a renamed condition); None where no run of today's is it.
-    `todays` caches each candidate's key and settings."""
+    `todays` caches each candidate's key and the keys of its earlier layouts."""
     table, name, seed, epochs = (record.get(k) for k in ("table", "name", "seed", "epochs"))
     if table not in study.tables or seed is None or not epochs:
         return None
@@ -355,13 +355,13 @@ def _todays_run(study: Study, work: Path, record: dict, todays: dict) -> tuple[s
     current = legacy.frame_targets_current(record)
     for candidate in ([name] if name in conditions else []) + [c for c in conditions if c != name]:
         per_40 = epochs // study.epochs_for(run_spec(study, table, candidate)[0], 1)
-        if (table, candidate, seed, per_40) not in todays:
+        run = (table, candidate, seed, per_40, current)
+        if run not in todays:
             base, settings = run_settings(study, work, table, candidate, seed, per_40)
-            todays[table, candidate, seed, per_40] = (legacy.settings_key(base, settings, str(work)), base, settings)
-        today, base, settings = todays[table, candidate, seed, per_40]
-        if today == record["key"] or legacy.recorded_key_matches(
-            base, settings, str(work), record["key"], frame_targets_current=current
-        ):
+            earlier = legacy.earlier_keys(base, settings, str(work), frame_targets_current=current)
+            todays[run] = (legacy.settings_key(base, settings, str(work)), earlier)
+        today, earlier = todays[run]
+        if record["key"] == today or record["key"] in earlier:
             return today, candidate
     return None
 
