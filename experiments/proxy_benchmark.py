@@ -188,6 +188,7 @@ TABLES: dict[str, Table] = {
                 *TEACHERS["linear head"],
             ),
             # the head's calibrated probabilities as they are (T 1), not flattened by T 3
+            "10 labelled + 30 unlabelled, T 1": ("@labels=10", *UNLABELLED, "loss.temperature=1.0"),
             "10 labelled + 30 unlabelled at 3 per labelled clip, T 1": (
                 "@labels=10",
                 *UNLABELLED,
