@@ -64,3 +64,14 @@ def test_unlabelled_table_distils_from_unlabelled_videos_through_the_real_stages
     out = probe("width", "--widths", "64")
     assert out.returncode == 0, out.stderr[-3000:]
     assert [line.split(" | ")[0] for line in out.stdout.splitlines()[2:]] == ["| 64"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("student", [("--arch", "tsm_tiny"), ("--arch", "mobilevit_xxs", "--temporal", "attention_pos")])
+def test_memorise_takes_a_student_to_its_noise_clips(student):
+    """The gradient-path check behind docs/frame_flexible.md's MobileViT probe: 8 noise clips learned in 25 steps."""
+    cmd = [sys.executable, "-m", "experiments.memorise", *student, "--clips", "8", "--steps", "25"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = out.stderr.strip().splitlines()[-1]
+    assert "memorised 100% of 8 noise clips" in summary, summary
