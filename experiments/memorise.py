@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from pipeline.models import build_student
 from pipeline.runtime.progress import setup_logging
 
 log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def memorise(student: torch.nn.Module, *, clips: torch.Tensor, labels: torch.Tensor, steps: int, lr: float) -> float:
@@ -69,7 +71,7 @@ def main() -> None:
     setup_logging()
     torch.manual_seed(args.seed)
     cfg = config.load(
-        "pipeline.yaml",
+        REPO / "pipeline.yaml",
         [
             f"student.arch={args.arch}",
             *([f"student.temporal={args.temporal}"] if args.temporal else []),
