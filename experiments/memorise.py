@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pipeline import config
 from pipeline.models import build_student
 from pipeline.runtime.progress import setup_logging
+from pipeline.student.metrics import topk_accuracy
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def memorise(student: torch.nn.Module, *, clips: torch.Tensor, labels: torch.Ten
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 25 == 0:
+        if step % 25 == 0 or step == steps:
             top1 = _top1(student, clips=clips, labels=labels)
             log.info(
                 "step %d/%d: loss %.3f, top-1 over all clips %.2f (%.0f s)",
@@ -53,9 +54,9 @@ def memorise(student: torch.nn.Module, *, clips: torch.Tensor, labels: torch.Ten
 def _top1(student: torch.nn.Module, *, clips: torch.Tensor, labels: torch.Tensor) -> float:
     student.eval()
     with torch.no_grad():
-        top1 = (student(clips).logits.argmax(1) == labels).float().mean().item()
+        top1, _ = topk_accuracy(student(clips).logits, labels)
     student.train()
-    return top1
+    return top1.item()
 
 
 def main() -> None:
