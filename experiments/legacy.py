@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULTS_CHANGED = {
     ("loss", "unlabelled_weight"): ("confidence", "uniform"),
     ("loss", "gamma"): (0.1, 1.0),
+    ("train", "unlabelled_ratio"): (1.0, "auto"),
     # the proxy world's teacher head before it fitted pipeline.yaml's (experiments/proxy_world.py)
     ("teacher_head", "temporal_width"): (128, 256),
     ("teacher_head", "min_steps"): (300, 500),

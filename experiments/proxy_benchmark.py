@@ -57,7 +57,9 @@ GATED = (
 GATED_FRAMES = (*GATED, "loss.frame_alpha=1.0")
 BELIEF_FRAMES = (*GATED_FRAMES, "loss.teacher_gate=label_prob")
 UNLABELLED = ("@unlabelled=30", "train.unlabelled_splits=[test]")
-EVERY_UNLABELLED = ("train.unlabelled_ratio=3",)  # 30 unlabelled per 10 labelled: each seen once an epoch
+# the default (`train.unlabelled_ratio: auto`) gives 3 here: 30 unlabelled per 10 labelled, each seen once an epoch
+EVERY_UNLABELLED = ("train.unlabelled_ratio=3",)
+ONE_PER_LABELLED = ("train.unlabelled_ratio=1",)  # the default until 2026-12-07: a third of them an epoch
 DEFAULT = ()  # pipeline.yaml's loss: the recipe a user gets
 TEACHERS = {
     "temporal head": ("loss.teacher_head=temporal",),
@@ -179,7 +181,7 @@ TABLES: dict[str, Table] = {
             "10 labelled + 30 unlabelled, default": ("@labels=10", *UNLABELLED, *DEFAULT),
             "10 labelled + 30 unlabelled, linear head, default": ("@labels=10", *UNLABELLED, *TEACHERS["linear head"]),
             "10 labelled + 30 unlabelled, the task at full weight": ("@labels=10", *UNLABELLED, *TASK_FULL_WITH_UNLABELLED),
-            # every unlabelled clip once an epoch (3 per labelled clip in each batch) instead of a third of them
+            # the same 3 per labelled clip that the default's auto gives here, set by hand
             "10 labelled + 30 unlabelled at 3 per labelled clip, default": ("@labels=10", *UNLABELLED, *EVERY_UNLABELLED),
             "10 labelled + 30 unlabelled at 3 per labelled clip, linear head, default": (
                 "@labels=10",
@@ -187,19 +189,26 @@ TABLES: dict[str, Table] = {
                 *EVERY_UNLABELLED,
                 *TEACHERS["linear head"],
             ),
+            # one unlabelled clip per labelled clip: a third of them an epoch (the default until 2026-12-07)
+            "10 labelled + 30 unlabelled at 1 per labelled clip, default": ("@labels=10", *UNLABELLED, *ONE_PER_LABELLED),
+            "10 labelled + 30 unlabelled at 1 per labelled clip, linear head, default": (
+                "@labels=10",
+                *UNLABELLED,
+                *ONE_PER_LABELLED,
+                *TEACHERS["linear head"],
+            ),
             # the head's calibrated probabilities as they are (T 1), not flattened by T 3
-            "10 labelled + 30 unlabelled, T 1": ("@labels=10", *UNLABELLED, "loss.temperature=1.0"),
+            "10 labelled + 30 unlabelled at 1 per labelled clip, T 1": (
+                "@labels=10",
+                *UNLABELLED,
+                *ONE_PER_LABELLED,
+                "loss.temperature=1.0",
+            ),
             "10 labelled + 30 unlabelled at 3 per labelled clip, T 1": (
                 "@labels=10",
                 *UNLABELLED,
                 *EVERY_UNLABELLED,
                 "loss.temperature=1.0",
-            ),
-            "10 labelled + 30 unlabelled at 3 per labelled clip, the task at full weight": (
-                "@labels=10",
-                *UNLABELLED,
-                *EVERY_UNLABELLED,
-                *TASK_FULL_WITH_UNLABELLED,
             ),
             "40 labelled, vanilla (the ceiling)": VANILLA,
         }

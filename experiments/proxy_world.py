@@ -25,6 +25,7 @@ from pipeline import config
 from pipeline.shards import build as shards
 from pipeline.ssv2 import synthetic
 from pipeline.student import train
+from pipeline.student.data import unlabelled_ratio
 from pipeline.teacher import head_run, pretrain
 from pipeline.teacher import run as teacher_run
 
@@ -183,7 +184,8 @@ def epochs_for(base: dict, epochs: int) -> int:
 
 def run_cost(base: dict, cfg: config.Config) -> float:
     """A run's relative cost: the frames it decodes (clips an epoch x frames a clip x epochs)."""
-    clips = base["labels"] * (1 + (cfg.train.unlabelled_ratio if cfg.train.unlabelled_splits else 0))
+    ratio = unlabelled_ratio(cfg.train.unlabelled_ratio, labelled=base["labels"], unlabelled=base["unlabelled"])
+    clips = base["labels"] * (1 + (ratio if cfg.train.unlabelled_splits else 0))
     frames = sum(cfg.train.frame_counts) if cfg.train.frame_counts else cfg.student.num_frames
     return clips * frames * cfg.train.epochs
 

@@ -191,7 +191,9 @@ class TrainConfig:
     channels_last: bool = True  # CUDA: NHWC convolutions, faster for both students (docs/benchmarks.md)
     compile: bool = False  # CUDA: torch.compile the student (faster again; not yet validated under multi-GPU DDP)
     unlabelled_splits: list[str] = field(default_factory=list)  # splits in data.splits: their clips get the teacher's terms alone
-    unlabelled_ratio: float = 1.0  # unlabelled clips per labelled clip in each batch (batch_size x this, rounded, at least 1)
+    # unlabelled clips per labelled clip in each batch (batch_size x this, rounded, at least 1); auto: the
+    # unlabelled videos per labelled one, so each is seen about once an epoch (at most 3; docs/training.md)
+    unlabelled_ratio: float | Literal["auto"] = "auto"
 
 
 @dataclass

@@ -187,3 +187,23 @@ def test_a_vanilla_result_from_the_narrow_head_world_is_todays_and_a_distilled_o
         record = _record(study, work, table, name, narrow, base)
         today = runner.run_key(study, work, table, name, 0, None)
         assert _restore(study, work, [record]) == ({today} if restored else {record["key"]})
+
+
+def test_a_result_at_the_old_ratio_counts_for_the_one_per_labelled_clip_row_and_not_todays_default(tmp_path):
+    """`train.unlabelled_ratio` went from 1 to auto (3 in the proxy's 10 + 30): a run recorded at 1 is the
+    row that sets 1, not today's default; a run without unlabelled clips never read the ratio."""
+    default, one = "10 labelled + 30 unlabelled, default", "10 labelled + 30 unlabelled at 1 per labelled clip, default"
+    base, settings = runner.run_settings(PROXY_STUDY, tmp_path, "unlabelled", default, 0, None)
+    _, one_settings = runner.run_settings(PROXY_STUDY, tmp_path, "unlabelled", one, 0, None)
+    assert settings["train"]["unlabelled_ratio"] == "auto" and one_settings["train"]["unlabelled_ratio"] == 1.0
+    old_default = copy.deepcopy(settings)
+    old_default["train"]["unlabelled_ratio"] = 1.0  # what the code before auto wrote for the default row
+    key = legacy.settings_key(base, old_default, str(tmp_path))
+    assert key == legacy.settings_key(base, one_settings, str(tmp_path))
+    assert not legacy.recorded_key_matches(base, settings, str(tmp_path), key)
+
+    labelled = "40 per class, temporal head, default"
+    base, settings = runner.run_settings(PROXY_STUDY, tmp_path, "safety", labelled, 0, None)
+    older = copy.deepcopy(settings)
+    older["train"]["unlabelled_ratio"] = 1.0
+    assert legacy.recorded_key_matches(base, settings, str(tmp_path), legacy.settings_key(base, older, str(tmp_path)))

@@ -35,12 +35,17 @@ def test_more_labels_and_more_unlabelled_clips_a_batch_cost_more(tmp_path):
         "unlabelled",
         [
             "10 labelled, vanilla",
-            "10 labelled + 30 unlabelled, default",
+            "10 labelled + 30 unlabelled at 1 per labelled clip, default",
             "10 labelled + 30 unlabelled at 3 per labelled clip, default",
         ],
     )
     assert unlabelled == [
         "10 labelled + 30 unlabelled at 3 per labelled clip, default",
-        "10 labelled + 30 unlabelled, default",
+        "10 labelled + 30 unlabelled at 1 per labelled clip, default",
         "10 labelled, vanilla",
     ]
+    # the default's auto ratio is 3 here (30 unlabelled per 10 labelled), and costs what 3 costs
+    auto, three = ("10 labelled + 30 unlabelled, default", "10 labelled + 30 unlabelled at 3 per labelled clip, default")
+    assert runner.run_cost(PROXY_STUDY, tmp_path, "unlabelled", auto, None) == runner.run_cost(
+        PROXY_STUDY, tmp_path, "unlabelled", three, None
+    )

@@ -29,6 +29,8 @@ from pipeline.student.data import (
     split_shards,
     teacher_frame_index,
     teacher_source,
+    unlabelled_per_batch,
+    unlabelled_ratio,
     unlabelled_source,
 )
 from pipeline.student.loss import distill_loss, fade_weight, run_loss
@@ -44,6 +46,7 @@ UNLABELLED = (
     "teacher_head.heads=[linear]",
     "data.splits=[train, validation, test]",
     "train.unlabelled_splits=[test]",
+    "train.unlabelled_ratio=1",  # as many unlabelled clips as labelled ones in a batch: the mechanics at full size
     "loss.frame_alpha=1.0",
     "loss.teacher_gate=correct",
     "train.num_workers=1",
@@ -133,6 +136,14 @@ def test_label_prob_weights_a_labelled_clips_kl_by_the_teachers_belief_in_the_la
 
 
 @pytest.mark.unit
+def test_auto_ratio_is_the_unlabelled_videos_per_labelled_one_up_to_three():
+    assert unlabelled_ratio("auto", labelled=280, unlabelled=840) == 3.0  # the proxy's 10 + 30 per class
+    assert unlabelled_ratio("auto", labelled=168_913, unlabelled=27_157) == pytest.approx(0.1608, abs=1e-4)  # SSv2
+    assert unlabelled_ratio("auto", labelled=100, unlabelled=10_000) == 3.0  # a big unlabelled pool: capped
+    assert unlabelled_ratio(1.5, labelled=100, unlabelled=10_000) == 1.5  # a number is taken as it is
+
+
+@pytest.mark.unit
 def test_each_student_frame_maps_to_the_teacher_frame_of_the_segment_it_was_drawn_in():
     assert teacher_frame_index(8, 8) == list(range(8))
     assert teacher_frame_index(16, 8) == [k // 2 for k in range(16)]
@@ -191,6 +202,17 @@ def test_a_training_batch_holds_its_labelled_clips_then_unlabelled_ones_with_the
             match = [int(torch.argmin((views[view] - f).abs().sum(-1))) for f in got]
             torch.testing.assert_close(got, views[view][match])
             assert match == sorted(match)  # in temporal order
+
+
+def test_auto_ratio_reads_the_splits_video_counts_from_the_shards(synth_root, cached, tmp_path):
+    def per_batch(name: str, *extra: str) -> int:
+        return unlabelled_per_batch(_cfg(synth_root, cached, tmp_path / name, *extra))
+
+    # 32 labelled and 4 unlabelled videos: at 8 a batch, one unlabelled clip a step, 4 steps an epoch
+    assert per_batch("a", "train.unlabelled_ratio=auto", "train.batch_size=8") == 1
+    assert per_batch("b", "train.unlabelled_ratio=auto", "train.batch_size=32") == 4
+    assert per_batch("c", "train.unlabelled_ratio=2", "train.batch_size=8") == 16
+    assert per_batch("d", "train.unlabelled_splits=[]") == 0
 
 
 def test_stopped_and_resumed_with_unlabelled_clips_ends_with_the_same_weights(synth_root, cached, tmp_path, caplog):
@@ -261,6 +283,7 @@ def test_the_make_targets_train_on_the_unlabelled_split_end_to_end(synth_root, t
     root = zarr.open_group(str(tmp_path / "teacher_cache.zarr"), mode="r")
     assert root["test/done"][:].all() and root["test/heads/temporal/logits"].shape[0] == root["test/valid"].shape[0]
     task_log = "".join(p.read_text() for p in (tmp_path / "slurm" / "train_student").rglob("*_log.err"))
-    assert "the epoch trained 32 labelled and 32 unlabelled clips" in task_log
-    assert "each epoch 32 labelled and 32 unlabelled clips (test)" in task_log
+    # the default ratio (auto): 4 unlabelled videos per 32 labelled, at least one a step (8 steps of 4)
+    assert "the epoch trained 32 labelled and 8 unlabelled clips" in task_log
+    assert "each epoch 32 labelled and 8 unlabelled clips (test)" in task_log
     assert (tmp_path / "student" / "best.pt").exists()

@@ -401,11 +401,30 @@ def unlabelled_source(cfg: Config, teacher: HeadChoice | None) -> UnlabelledSour
     return UnlabelledSource(shards, caches, unlabelled_per_batch(cfg))
 
 
+# `train.unlabelled_ratio: auto` stops here: a step's batch grows with the ratio, and 1 and 3 are
+# the ratios measured (docs/proxy_benchmark.md)
+AUTO_RATIO_MAX = 3.0
+
+
+def unlabelled_ratio(setting: float | str, *, labelled: int, unlabelled: int) -> float:
+    """Unlabelled clips per labelled clip in a batch: the setting, or for `auto` the unlabelled videos
+    per labelled one (each unlabelled clip seen about once an epoch), at most AUTO_RATIO_MAX."""
+    if setting != "auto":
+        return float(setting)
+    return min(AUTO_RATIO_MAX, unlabelled / max(1, labelled))
+
+
 def unlabelled_per_batch(cfg: Config) -> int:
-    """Unlabelled clips in each training batch: batch_size x unlabelled_ratio, at least 1; 0 without unlabelled splits."""
+    """Unlabelled clips in each training batch: batch_size x the unlabelled ratio (`auto` from the
+    shards' video counts), at least 1; 0 without unlabelled splits."""
     if not cfg.train.unlabelled_splits:
         return 0
-    return max(1, round(cfg.train.unlabelled_ratio * cfg.train.batch_size))
+    ratio = cfg.train.unlabelled_ratio
+    if ratio == "auto":
+        labelled = split_shards(cfg, "train")[1]
+        unlabelled = sum(split_shards(cfg, split)[1] for split in cfg.train.unlabelled_splits)
+        ratio = unlabelled_ratio(ratio, labelled=labelled, unlabelled=unlabelled)
+    return max(1, round(ratio * cfg.train.batch_size))
 
 
 def check_feature_width(cfg: Config, split: str) -> None:
