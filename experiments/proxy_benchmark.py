@@ -180,6 +180,12 @@ TABLES: dict[str, Table] = {
             "10 labelled + 30 unlabelled, seeds' recipe": ("@labels=10", *UNLABELLED, *SEEDS_RECIPE),
             "10 labelled + 30 unlabelled, default": ("@labels=10", *UNLABELLED, *DEFAULT),
             "10 labelled + 30 unlabelled, linear head, default": ("@labels=10", *UNLABELLED, *TEACHERS["linear head"]),
+            # a teacher that knows nothing, on three unlabelled clips per labelled one: the worst case of `auto`
+            "10 labelled + 30 unlabelled, random-weight teacher, default": (
+                "@labels=10",
+                *UNLABELLED,
+                *TEACHERS["random-weight teacher"],
+            ),
             "10 labelled + 30 unlabelled, the task at full weight": ("@labels=10", *UNLABELLED, *TASK_FULL_WITH_UNLABELLED),
             # the same 3 per labelled clip that the default's auto gives here, set by hand
             "10 labelled + 30 unlabelled at 3 per labelled clip, default": ("@labels=10", *UNLABELLED, *EVERY_UNLABELLED),

@@ -80,10 +80,10 @@ def make_config(work: Path, run_dir: Path, base: dict, overrides: tuple[str, ...
         f"shards.short_side={base['size']}",
         "teacher.model=proxy-clip",
         f"teacher.pretrained={_teacher_file(work)}",
-        *_base_teacher(work, base),
     )
     unlabelled = ("data.splits=[train, validation, test]", "synthetic.test_per_class=0") if base["unlabelled"] else ()
-    return config.load(files, [*world, *DATA, *unlabelled, *STUDENT, *overrides])
+    # the base's teacher last: a --set teacher.pretrained must not turn a random-weight base pretrained
+    return config.load(files, [*world, *DATA, *unlabelled, *STUDENT, *overrides, *_base_teacher(work, base)])
 
 
 def _base_teacher(work: Path, base: dict) -> tuple[str, ...]:

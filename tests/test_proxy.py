@@ -136,3 +136,15 @@ def test_teacher_gate_replaces_a_wrong_targets_kl_by_the_labels_cross_entropy():
     kl = F.kl_div(F.log_softmax(logits / 3, -1), F.log_softmax(teacher / 3, -1), reduction="none", log_target=True).sum(-1) * 9
     kl[1] = F.cross_entropy(logits[1:2], labels[1:2])
     assert torch.allclose(gated.response, kl.mean())
+
+
+@pytest.mark.unit
+def test_a_random_weight_base_keeps_random_weights_when_a_command_sets_the_pretrained_file(tmp_path):
+    from experiments import proxy_world
+
+    elsewhere = ("teacher.pretrained=/elsewhere/proxy-clip.pt",)
+    base = {**proxy_world.BASE, "teacher": "random"}
+    cfg = proxy_world.make_config(tmp_path, tmp_path / "run", base, elsewhere)
+    assert cfg.teacher.pretrained == "random"
+    pretrained = proxy_world.make_config(tmp_path, tmp_path / "run", proxy_world.BASE, elsewhere)
+    assert pretrained.teacher.pretrained == "/elsewhere/proxy-clip.pt"
