@@ -21,6 +21,7 @@ base is prepared. The runner does the rest:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ from experiments import legacy
 from pipeline import config
 from pipeline.runtime.atomic import write_text
 from pipeline.runtime.progress import format_duration, setup_logging
-from pipeline.runtime.provenance import provenance
+from pipeline.runtime.provenance import code_version, provenance
 from pipeline.student import health, train
 
 log = logging.getLogger("experiments.runner")
@@ -154,6 +155,7 @@ def train_one(study: Study, work: Path, table: str, name: str, *, seed: int, epo
         if not link.exists() and target.exists():
             link.symlink_to(target.resolve())
     cfg = run_config(study, work, run_dir, table, name, seed=seed, epochs=epochs)
+    code = code_at_start()
     summary = train.run(cfg)
     history = summary.progress.history
     curve = [h["val"]["top1"] for h in history]
@@ -174,12 +176,18 @@ def train_one(study: Study, work: Path, table: str, name: str, *, seed: int, epo
         "train_top1": history[-1].get("train_top1") if history else None,
         "seconds": summary.seconds,
         "teacher_head": _json_or_none(cfg.paths.student_dir / "teacher_head.json"),
-        "provenance": provenance(cfg.train.device),
+        "provenance": provenance(cfg.train.device) | code,
     }
     if study.measure is not None:
         result |= study.measure(cfg, summary)
     write_text(work / "results" / f"{key}.json", json.dumps(result, indent=1))
     return result
+
+
+@functools.cache
+def code_at_start() -> dict:
+    """The commit this process's code was loaded from: one made while its runs train is not their code."""
+    return code_version()
 
 
 def _json_or_none(path: Path) -> dict | None:
@@ -407,6 +415,7 @@ def parser(study: Study, doc: str) -> argparse.ArgumentParser:
 
 def main(study: Study, doc: str, argv: list[str] | None = None) -> None:
     """Prepare, train what is missing (here or side by side), print the tables."""
+    code_at_start()
     p = parser(study, doc)
     args = p.parse_args(argv)
     study.extra.extend(args.set)

@@ -49,3 +49,14 @@ def test_more_labels_and_more_unlabelled_clips_a_batch_cost_more(tmp_path):
     assert runner.run_cost(PROXY_STUDY, tmp_path, "unlabelled", auto, None) == runner.run_cost(
         PROXY_STUDY, tmp_path, "unlabelled", three, None
     )
+
+
+def test_a_result_names_the_commit_its_process_started_on_not_a_later_one(tmp_path, monkeypatch):
+    from experiments import runner
+
+    runner.code_at_start.cache_clear()
+    monkeypatch.setenv("PIPELINE_COMMIT", "aaaaaaa")
+    assert runner.code_at_start()["commit"] == "aaaaaaa"
+    monkeypatch.setenv("PIPELINE_COMMIT", "bbbbbbb")  # committed while the runs train
+    assert runner.code_at_start()["commit"] == "aaaaaaa"
+    runner.code_at_start.cache_clear()
