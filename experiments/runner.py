@@ -155,7 +155,6 @@ def train_one(study: Study, work: Path, table: str, name: str, *, seed: int, epo
         if not link.exists() and target.exists():
             link.symlink_to(target.resolve())
     cfg = run_config(study, work, run_dir, table, name, seed=seed, epochs=epochs)
-    code = code_at_start()
     summary = train.run(cfg)
     history = summary.progress.history
     curve = [h["val"]["top1"] for h in history]
@@ -176,7 +175,7 @@ def train_one(study: Study, work: Path, table: str, name: str, *, seed: int, epo
         "train_top1": history[-1].get("train_top1") if history else None,
         "seconds": summary.seconds,
         "teacher_head": _json_or_none(cfg.paths.student_dir / "teacher_head.json"),
-        "provenance": provenance(cfg.train.device) | code,
+        "provenance": provenance(cfg.train.device) | code_at_start(),  # main() read it when the process began
     }
     if study.measure is not None:
         result |= study.measure(cfg, summary)
