@@ -300,3 +300,7 @@ def test_the_head_stage_says_what_distilling_from_the_head_is_expected_to_do():
     assert "loss.gamma_with_unlabelled" in unlabelled and "never fell below" not in unlabelled
     assert "will cost accuracy" in expectation("linear", 0.05, num_classes=28, fade="none")
     assert "no validation top-1" in expectation("zero_shot", None, num_classes=28)
+    # a head within noise of chance (1.3 standard errors over 420 videos) gets no weight: labels alone
+    chance = expectation("linear", 0.048, num_classes=28, unlabelled=True, val_videos=420)
+    assert "within the noise of 420 validation videos" in chance and "leaves the unlabelled clips out" in chance
+    assert "within the noise" not in expectation("linear", 0.148, num_classes=28, unlabelled=True, val_videos=420)

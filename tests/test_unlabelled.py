@@ -16,10 +16,11 @@ import torch.nn.functional as F
 import zarr
 
 from pipeline import config
-from pipeline.cache.heads import choose_head
+from pipeline.cache.heads import beats_chance, choose_head
 from pipeline.cache.store import head_records
 from pipeline.config import LossConfig
 from pipeline.shards import build as shards
+from pipeline.shards.plan import row_labels
 from pipeline.ssv2.sampling import segment_centres, segment_random
 from pipeline.student import train
 from pipeline.student.data import (
@@ -49,6 +50,7 @@ UNLABELLED = (
     "train.unlabelled_ratio=1",  # as many unlabelled clips as labelled ones in a batch: the mechanics at full size
     "loss.frame_alpha=1.0",
     "loss.teacher_gate=correct",
+    "loss.fade=none",  # the random tiny teacher is at chance: the fade would leave the unlabelled clips out (tested below)
     "train.num_workers=1",
     "shards.videos_per_shard=2",  # two test shards: one per rank in the DDP test
 )
@@ -88,6 +90,12 @@ def test_the_teacher_fades_out_as_the_student_catches_up_and_the_label_takes_its
     assert fade_weight(cfg, teacher_top1=0.033, student_best=None, chance=1 / 28) == 0.0
     assert fade_weight(LossConfig(fade="none"), teacher_top1=0.5, student_best=0.9, chance=0.04) == 1.0
     assert fade_weight(cfg, teacher_top1=None, student_best=0.9, chance=0.04) == 1.0
+    # a head's lead over chance counts beyond its noise: 0.048 over 420 videos at chance 1/28 is 1.3
+    # standard errors (no weight); 0.148 is 12 (full weight while the student is far behind)
+    assert fade_weight(cfg, teacher_top1=0.048, student_best=None, chance=1 / 28, val_videos=420) == 0.0
+    assert fade_weight(cfg, teacher_top1=0.048, student_best=None, chance=1 / 28) == pytest.approx((0.048 - 1 / 28) / 0.05)
+    assert fade_weight(cfg, teacher_top1=0.148, student_best=None, chance=1 / 28, val_videos=420) == 1.0
+    assert beats_chance(0.01, chance=1 / 174, videos=24777) and not beats_chance(0.01, chance=1 / 174, videos=300)
     g = torch.Generator().manual_seed(2)
     logits, teacher = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
     feature, labels = torch.randn(4, 8, generator=g), torch.tensor([0, 1, 2, 3])
@@ -218,7 +226,7 @@ def test_auto_ratio_reads_the_splits_video_counts_from_the_shards(synth_root, ca
 def test_stopped_and_resumed_with_unlabelled_clips_ends_with_the_same_weights(synth_root, cached, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="pipeline.student.train"):
         full = train.run(_cfg(synth_root, cached, tmp_path / "full"))
-    assert "each epoch 32 labelled and 32 unlabelled clips (test)" in caplog.text
+    assert "each epoch 32 labelled and up to 32 unlabelled clips (test; 64 in all over 2 epochs)" in caplog.text
     assert "the epoch trained 32 labelled and 32 unlabelled clips" in caplog.text
     cfg = _cfg(synth_root, cached, tmp_path / "split")
     first = train.run(cfg, stop_after_steps=5)  # mid-epoch: the unlabelled stream is cut there too
@@ -244,6 +252,26 @@ def test_two_process_gloo_ddp_with_unlabelled_clips_agrees_on_weights(synth_root
     assert ranks[0]["digest"] == ranks[1]["digest"] and ranks[0]["steps"] == ranks[1]["steps"] == 4
 
 
+def test_a_head_at_chance_gets_no_weight_and_its_unlabelled_clips_leave_the_batches(synth_root, cached, tmp_path, caplog):
+    cfg = _cfg(synth_root, cached, tmp_path, "loss.fade=crossover")
+    root = zarr.open_group(str(cfg.paths.teacher_cache), mode="r")
+    head = choose_head("linear", records=head_records(root), cache_fingerprint=root.attrs["fingerprint"], cfg=cfg.teacher_head)
+    train_labels = row_labels(cfg.paths.shards_dir, "train")
+    classes, videos = (
+        len(set(train_labels[train_labels >= 0].tolist())),
+        int((row_labels(cfg.paths.shards_dir, "validation") >= 0).sum()),
+    )
+    assert not beats_chance(head.val_top1, chance=1 / classes, videos=videos)  # the random tiny teacher
+    with caplog.at_level(logging.INFO, logger="pipeline.student.train"):
+        summary = train.run(cfg)
+    assert "within noise of chance" in caplog.text and "the unlabelled clips (test) leave the batches" in caplog.text
+    assert "the epoch trained 32 labelled and 0 unlabelled clips" in caplog.text
+    assert "up to 32 unlabelled clips (test; 0 in all over 2 epochs)" in caplog.text
+    assert [h["unlabelled_clips"] for h in summary.progress.history] == [0, 0]
+    records = [json.loads(x) for x in (cfg.paths.student_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {r["teacher_weight"] for r in records if r["kind"] == "train"} == {0.0}
+
+
 def test_unlabelled_splits_that_cannot_be_trained_on_are_refused(synth_root, cached, tmp_path):
     for bad, message in (
         (("train.unlabelled_splits=[validation]",), "labelled or evaluation split"),
@@ -265,6 +293,7 @@ def test_the_make_targets_train_on_the_unlabelled_split_end_to_end(synth_root, t
             "data.splits=[train,validation,test]",
             "train.unlabelled_splits=[test]",
             "loss.frame_alpha=1.0",
+            "loss.fade=none",  # the random tiny teacher is at chance: the fade would leave the unlabelled clips out
             "shards.videos_per_shard=2",
             "train.num_workers=1",
             "train.epochs=1",
@@ -285,5 +314,5 @@ def test_the_make_targets_train_on_the_unlabelled_split_end_to_end(synth_root, t
     task_log = "".join(p.read_text() for p in (tmp_path / "slurm" / "train_student").rglob("*_log.err"))
     # the default ratio (auto): 4 unlabelled videos per 32 labelled, at least one a step (8 steps of 4)
     assert "the epoch trained 32 labelled and 8 unlabelled clips" in task_log
-    assert "each epoch 32 labelled and 8 unlabelled clips (test)" in task_log
+    assert "each epoch 32 labelled and up to 8 unlabelled clips (test; 8 in all over 1 epochs)" in task_log
     assert (tmp_path / "student" / "best.pt").exists()

@@ -4,6 +4,7 @@ their fitting are the teacher stage's (pipeline/teacher/heads.py)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from pipeline.cache.store import CacheMismatchError, head_array, head_fingerprint
@@ -29,6 +30,17 @@ class HeadChoice:
     array: str
     temperature: float
     val_top1: float | None = None
+
+
+# a head's validation top-1 counts as knowledge only this many binomial standard errors above chance
+CHANCE_STANDARD_ERRORS = 3.0
+
+
+def beats_chance(top1: float, *, chance: float, videos: int) -> bool:
+    """Whether a head's validation top-1 over `videos` clips is above chance by more than its
+    measurement noise (CHANCE_STANDARD_ERRORS binomial standard errors of a head at chance)."""
+    noise = math.sqrt(chance * (1.0 - chance) / max(1, videos))
+    return top1 > chance + CHANCE_STANDARD_ERRORS * noise
 
 
 def choose_head(wanted: str, *, records: dict[str, dict], cache_fingerprint: str, cfg: TeacherHeadConfig) -> HeadChoice:
@@ -82,12 +94,14 @@ def expectation(
     fade: str = "crossover",
     task_weight: float = 1.0,
     unlabelled: bool = False,
+    val_videos: int | None = None,
 ) -> str:
     """What distilling from head `name` is expected to do, from the proxy benchmark's measurements
     (docs/proxy_benchmark.md): a student distilled for the whole run ends near its head's validation
     top-1; with labels alone, the label at full weight (`task_weight` 1) and the crossover fade never
     fell below labels alone, the seeds' 0.1 let a weak head that leads the student early hold it down;
-    with `unlabelled` clips the label at 0.1 gained and at 1.0 lost."""
+    with `unlabelled` clips the label at 0.1 gained and at 1.0 lost, and a head at chance cost until the
+    fade gave it no weight. `val_videos`: the validation clips behind `val_top1` (its noise)."""
     if val_top1 is None:
         return f"Teacher head {name}: no validation top-1 (no validation split cached), so nothing to compare a student with."
     chance = 1.0 / num_classes
@@ -97,13 +111,21 @@ def expectation(
         f"ahead of them (scarce labels, unlabelled videos), below them wherever the labels taught more."
     )
     vanilla = " Train a vanilla run too (loss.mode=vanilla) to compare (make report VANILLA=...)."
+    if fade == "crossover" and val_videos and not beats_chance(val_top1, chance=chance, videos=val_videos):
+        return text + (
+            f" Its lead over chance is within the noise of {val_videos} validation videos, so with loss.fade=crossover a "
+            "distilled run gives it no weight from the first step"
+            + (" and leaves the unlabelled clips out (on the proxy they cost 4 points from such a head)" if unlabelled else "")
+            + ": the run trains on the labels alone."
+        )
     if unlabelled:
         return text + (
             f" With unlabelled splits the label's weight is {task_weight:g} (loss.gamma_with_unlabelled): on the proxy, 30 "
             "unlabelled videos per class added 19 points to 10 labelled ones with the label at 0.1 from a head at 0.37, each "
             "unlabelled clip seen once an epoch (train.unlabelled_ratio=auto; the student ended at 0.78 of the head's "
             "top-1), and nothing from a head at 0.15 (level with labels alone); with the label at 1.0 the student ended "
-            "below labels alone." + vanilla
+            "below labels alone. Once the student comes level with the head the teacher's weight is 0 and the unlabelled "
+            "clips leave the batches." + vanilla
         )
     if fade == "crossover" and task_weight >= 1.0:
         return text + (

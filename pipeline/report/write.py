@@ -112,7 +112,8 @@ def _teacher_section(teacher: TeacherFacts | None, expected_videos: dict[str, in
     lines.append(_heads_table(teacher))
     head = teacher.student_head
     if head is not None:
-        lines.append(expectation(head["name"], head.get("val_top1"), num_classes=num_classes, **loss) + "\n")
+        videos = teacher.evaluated or None  # the validation videos behind the head's top-1
+        lines.append(expectation(head["name"], head.get("val_top1"), num_classes=num_classes, val_videos=videos, **loss) + "\n")
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from pipeline.cache.heads import beats_chance
 from pipeline.config import Config, LossConfig
 
 
@@ -82,15 +83,25 @@ def distill_loss(
     return LossParts(sum(parts), *parts)
 
 
-def fade_weight(cfg: LossConfig, *, teacher_top1: float | None, student_best: float | None, chance: float) -> float:
+def fade_weight(
+    cfg: LossConfig,
+    *,
+    teacher_top1: float | None,
+    student_best: float | None,
+    chance: float,
+    val_videos: int | None = None,
+) -> float:
     """How much of the teacher a step uses (`loss.fade: crossover`): 1 while the student's best validation
     top-1 (chance before its first validation) is `fade_margin` or more below the teacher head's, falling
-    linearly to 0 as it comes level; a teacher the student has passed teaches nothing more. With no fade,
+    linearly to 0 as it comes level; a teacher the student has passed teaches nothing more, and nor does
+    a head whose top-1 over `val_videos` validation clips is within its noise of chance. With no fade,
     or a head without a validation top-1, 1."""
     if cfg.fade == "none" or teacher_top1 is None:
         return 1.0
     if cfg.fade != "crossover":
         raise ValueError(f"loss.fade must be none or crossover, got {cfg.fade!r}")
+    if val_videos is not None and not beats_chance(teacher_top1, chance=chance, videos=val_videos):
+        return 0.0
     behind = teacher_top1 - (chance if student_best is None else student_best)
     return min(1.0, max(0.0, behind / cfg.fade_margin)) if cfg.fade_margin > 0 else float(behind > 0)
 

@@ -18,7 +18,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pipeline.accel.pool_loader import PoolKeeper
-from pipeline.cache.heads import HeadChoice, choose_head
+from pipeline.cache.heads import HeadChoice, beats_chance, choose_head
 from pipeline.cache.store import head_records, open_checked
 from pipeline.config import Config, dump, to_dict
 from pipeline.models import build_student, checkpoint, input_normalizer
@@ -349,6 +349,8 @@ class Trainer:
         self.train_top1: float | None = None
         self.epoch_teacher_weight = 1.0  # this epoch's share of the teacher (loss.fade), set as the epoch starts
         self.unlabelled_per_batch = unlabelled_per_batch(cfg)
+        self.epoch_unlabelled = self.unlabelled_per_batch  # this epoch's: none once the teacher has faded out
+        self.val_videos: int | None = None  # labelled validation videos: how far a head's top-1 is from chance
 
     def close(self) -> None:
         """Flush the metrics and release the loader pool."""
@@ -406,7 +408,7 @@ class Trainer:
             cache,
             self.flip_pairs,
             skip_batches=progress.step_in_epoch,
-            unlabelled=unlabelled_source(cfg, self.teacher),
+            unlabelled=unlabelled_source(cfg, self.teacher) if self.epoch_unlabelled else None,
         )
         return make_loader(source, workers=train_workers(cfg, env), device=self.device, keeper=self.pools)
 
@@ -415,8 +417,9 @@ class Trainer:
         meters = {k: AverageMeter() for k in (*PARTS, "top1", "top5", "agree", "grad_norm")}
         tick, clips = time.monotonic(), 0
         weight = self.epoch_teacher_weight = self.teacher_weight(p)
+        self._unlabelled_for(weight, p.epoch)
         for batch in self._loader(p):
-            n = len(batch.labels) - self.unlabelled_per_batch  # a batch's labelled clips come first
+            n = len(batch.labels) - self.epoch_unlabelled  # a batch's labelled clips come first
             device_batch = to_device(batch, self.device)
             parts, stats = train_step(
                 state, device_batch, cfg=cfg, norm=self.norm, dtype=self.dtype, labelled=n, teacher_weight=weight
@@ -442,7 +445,30 @@ class Trainer:
         if self.chance is None:
             labels = row_labels(self.cfg.paths.shards_dir, "train")
             self.chance = 1.0 / max(1, len(set(labels[labels >= 0].tolist())))
-        return fade_weight(self.cfg.loss, teacher_top1=teacher, student_best=best, chance=self.chance)
+            self.val_videos = int((row_labels(self.cfg.paths.shards_dir, "validation") >= 0).sum())
+        return fade_weight(self.cfg.loss, teacher_top1=teacher, student_best=best, chance=self.chance, val_videos=self.val_videos)
+
+    def _unlabelled_for(self, weight: float, epoch: int) -> None:
+        """Unlabelled clips carry only the teacher's terms: with its weight at 0 they would teach nothing
+        and only change the batch statistics, so they leave the batches (for the rest of the run: the
+        weight follows the best validation top-1, which never falls)."""
+        before, self.epoch_unlabelled = self.epoch_unlabelled, self.unlabelled_per_batch if weight > 0 else 0
+        if before and not self.epoch_unlabelled and self.env.is_main:
+            top1 = self.teacher.val_top1 if self.teacher else None
+            noise = top1 is not None and not beats_chance(top1, chance=self.chance, videos=self.val_videos or 0)
+            why = (
+                f"its head's validation top-1 {top1:.3f} is within noise of chance, {self.chance:.3f}, over "
+                f"{self.val_videos} videos"
+                if noise
+                else "the student has come level with its head"
+            )
+            log.warning(
+                "epoch %d: the teacher's weight is 0 (%s), so the unlabelled clips (%s) leave the batches; "
+                "the run trains on the labelled clips alone",
+                epoch,
+                why,
+                ", ".join(self.cfg.train.unlabelled_splits),
+            )
 
     def _log(self, state: TrainState, meters, tick: float, clips: int) -> tuple[float, int]:
         p = state.progress
@@ -451,7 +477,7 @@ class Trainer:
         self.clips_per_s = rate
         self.train_top1 = meters["top1"].avg  # the epoch's last log: what the plateau check sets beside validation
         lr = base_lr(state.optimizer)
-        per_step = (self.cfg.train.batch_size + self.unlabelled_per_batch) * self.env.world_size  # what `rate` counts
+        per_step = (self.cfg.train.batch_size + self.epoch_unlabelled) * self.env.world_size  # what `rate` counts
         left = (self.total_steps - p.step) * per_step / max(rate, 1e-9)
         v = {k: m.avg for k, m in meters.items()}
         self.metrics.write(
@@ -520,9 +546,17 @@ class Trainer:
                 val.top5,
                 val.videos,
                 batches * cfg.train.batch_size,
-                batches * self.unlabelled_per_batch,
+                batches * self.epoch_unlabelled,
             )
-        p.history.append({"epoch": p.epoch, "step": p.step, "val": vars(val), "train_top1": self.train_top1})
+        p.history.append(
+            {
+                "epoch": p.epoch,
+                "step": p.step,
+                "val": vars(val),
+                "train_top1": self.train_top1,
+                "unlabelled_clips": self.per_rank * env.world_size * self.epoch_unlabelled,
+            }
+        )
         improved = val.top1 > p.best_top1
         p.best_top1 = max(p.best_top1, val.top1)
         p.epoch += 1
@@ -578,11 +612,14 @@ def _summary_paragraph(cfg: Config, s: TrainSummary, env: DistEnv, total_steps: 
     p = s.progress
     per_epoch = total_steps // max(1, cfg.train.epochs) * env.world_size
     unlabelled = per_epoch * unlabelled_per_batch(cfg)
+    # they leave the batches once the teacher has faded out: the count per epoch is the most
+    used = sum(h.get("unlabelled_clips", unlabelled) for h in p.history)
+    where = f" ({', '.join(cfg.train.unlabelled_splits)}; {used} in all over {len(p.history)} epochs)" if unlabelled else ""
     return (
         f"Training {how} in {format_duration(s.seconds)}: {cfg.student.arch} ({cfg.loss.mode}), {resumed}now at "
         f"epoch {p.epoch}/{cfg.train.epochs}, step {p.step}/{total_steps}, {env.world_size} process(es) x "
-        f"{cfg.train.batch_size} clips, each epoch {per_epoch * cfg.train.batch_size} labelled and {unlabelled} "
-        f"unlabelled clips{' (' + ', '.join(cfg.train.unlabelled_splits) + ')' if unlabelled else ''}, "
+        f"{cfg.train.batch_size} clips, each epoch {per_epoch * cfg.train.batch_size} labelled and "
+        f"{'up to ' if unlabelled else ''}{unlabelled} unlabelled clips{where}, "
         f"{s.clips_per_s:.1f} clips/s at the last log; {val}; best top-1 "
         f"{p.best_top1:.4f}; top-1 at {counts}; outputs in {cfg.paths.student_dir}."
     )

@@ -117,7 +117,8 @@ def run(cfg: Config) -> HeadSummary:
         log.info("no expectation for loss.teacher_head=best: %s", e)
     else:
         classes = len(set(int(y) for y in splits["train"].labels if y >= 0))
-        log.info(expectation(best.name, best.val_top1, num_classes=classes, **loss_facts(cfg)))
+        videos = len(splits["validation"].labels) if "validation" in splits else None
+        log.info(expectation(best.name, best.val_top1, num_classes=classes, val_videos=videos, **loss_facts(cfg)))
     return summary
 
 
