@@ -445,7 +445,8 @@ class Trainer:
         if self.chance is None:
             labels = row_labels(self.cfg.paths.shards_dir, "train")
             self.chance = 1.0 / max(1, len(set(labels[labels >= 0].tolist())))
-            self.val_videos = int((row_labels(self.cfg.paths.shards_dir, "validation") >= 0).sum())
+            if teacher is not None:  # a head's validation top-1: the split it was measured on is sharded
+                self.val_videos = int((row_labels(self.cfg.paths.shards_dir, "validation") >= 0).sum())
         return fade_weight(self.cfg.loss, teacher_top1=teacher, student_best=best, chance=self.chance, val_videos=self.val_videos)
 
     def _unlabelled_for(self, weight: float, epoch: int) -> None:
@@ -455,7 +456,7 @@ class Trainer:
         before, self.epoch_unlabelled = self.epoch_unlabelled, self.unlabelled_per_batch if weight > 0 else 0
         if before and not self.epoch_unlabelled and self.env.is_main:
             top1 = self.teacher.val_top1 if self.teacher else None
-            noise = top1 is not None and not beats_chance(top1, chance=self.chance, videos=self.val_videos or 0)
+            noise = top1 is not None and self.val_videos and not beats_chance(top1, chance=self.chance, videos=self.val_videos)
             why = (
                 f"its head's validation top-1 {top1:.3f} is within noise of chance, {self.chance:.3f}, over "
                 f"{self.val_videos} videos"
