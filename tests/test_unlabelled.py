@@ -252,8 +252,17 @@ def test_two_process_gloo_ddp_with_unlabelled_clips_agrees_on_weights(synth_root
     assert ranks[0]["digest"] == ranks[1]["digest"] and ranks[0]["steps"] == ranks[1]["steps"] == 4
 
 
-def test_a_head_at_chance_gets_no_weight_and_its_unlabelled_clips_leave_the_batches(synth_root, cached, tmp_path, caplog):
-    cfg = _cfg(synth_root, cached, tmp_path, "loss.fade=crossover")
+def test_a_head_at_chance_gets_no_weight_and_its_unlabelled_clips_leave_the_batches(
+    synth_root, cached, tmp_path, caplog, monkeypatch
+):
+    step, sizes = train.train_step, []
+
+    def counting_step(state, batch, **kwargs):
+        sizes.append(len(batch.labels))
+        return step(state, batch, **kwargs)
+
+    monkeypatch.setattr(train, "train_step", counting_step)
+    cfg = _cfg(synth_root, cached, tmp_path / "with", "loss.fade=crossover")
     root = zarr.open_group(str(cfg.paths.teacher_cache), mode="r")
     head = choose_head("linear", records=head_records(root), cache_fingerprint=root.attrs["fingerprint"], cfg=cfg.teacher_head)
     train_labels = row_labels(cfg.paths.shards_dir, "train")
@@ -270,6 +279,7 @@ def test_a_head_at_chance_gets_no_weight_and_its_unlabelled_clips_leave_the_batc
     assert [h["unlabelled_clips"] for h in summary.progress.history] == [0, 0]
     records = [json.loads(x) for x in (cfg.paths.student_dir / "metrics.jsonl").read_text().splitlines()]
     assert {r["teacher_weight"] for r in records if r["kind"] == "train"} == {0.0}
+    assert sizes and set(sizes) == {cfg.train.batch_size}  # no unlabelled clip reached a step
 
 
 def test_unlabelled_splits_that_cannot_be_trained_on_are_refused(synth_root, cached, tmp_path):

@@ -100,7 +100,7 @@ def fade_weight(
         return 1.0
     if cfg.fade != "crossover":
         raise ValueError(f"loss.fade must be none or crossover, got {cfg.fade!r}")
-    if val_videos is not None and not beats_chance(teacher_top1, chance=chance, videos=val_videos):
+    if val_videos and not beats_chance(teacher_top1, chance=chance, videos=val_videos):
         return 0.0
     behind = teacher_top1 - (chance if student_best is None else student_best)
     return min(1.0, max(0.0, behind / cfg.fade_margin)) if cfg.fade_margin > 0 else float(behind > 0)

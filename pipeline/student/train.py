@@ -351,6 +351,7 @@ class Trainer:
         self.unlabelled_per_batch = unlabelled_per_batch(cfg)
         self.epoch_unlabelled = self.unlabelled_per_batch  # this epoch's: none once the teacher has faded out
         self.val_videos: int | None = None  # labelled validation videos: how far a head's top-1 is from chance
+        self.said_weight_zero = False
 
     def close(self) -> None:
         """Flush the metrics and release the loader pool."""
@@ -446,30 +447,28 @@ class Trainer:
             labels = row_labels(self.cfg.paths.shards_dir, "train")
             self.chance = 1.0 / max(1, len(set(labels[labels >= 0].tolist())))
             if teacher is not None:  # a head's validation top-1: the split it was measured on is sharded
-                self.val_videos = int((row_labels(self.cfg.paths.shards_dir, "validation") >= 0).sum())
+                self.val_videos = int((row_labels(self.cfg.paths.shards_dir, "validation") >= 0).sum()) or None
         return fade_weight(self.cfg.loss, teacher_top1=teacher, student_best=best, chance=self.chance, val_videos=self.val_videos)
 
     def _unlabelled_for(self, weight: float, epoch: int) -> None:
         """Unlabelled clips carry only the teacher's terms: with its weight at 0 they would teach nothing
         and only change the batch statistics, so they leave the batches (for the rest of the run: the
-        weight follows the best validation top-1, which never falls)."""
+        weight follows the best validation top-1, which never falls). Says so once, with the reason."""
         before, self.epoch_unlabelled = self.epoch_unlabelled, self.unlabelled_per_batch if weight > 0 else 0
-        if before and not self.epoch_unlabelled and self.env.is_main:
-            top1 = self.teacher.val_top1 if self.teacher else None
-            noise = top1 is not None and self.val_videos and not beats_chance(top1, chance=self.chance, videos=self.val_videos)
-            why = (
-                f"its head's validation top-1 {top1:.3f} is within noise of chance, {self.chance:.3f}, over "
-                f"{self.val_videos} videos"
-                if noise
-                else "the student has come level with its head"
-            )
-            log.warning(
-                "epoch %d: the teacher's weight is 0 (%s), so the unlabelled clips (%s) leave the batches; "
-                "the run trains on the labelled clips alone",
-                epoch,
-                why,
-                ", ".join(self.cfg.train.unlabelled_splits),
-            )
+        if weight > 0 or self.said_weight_zero or not self.env.is_main:
+            return
+        self.said_weight_zero = True
+        top1 = self.teacher.val_top1 if self.teacher else None
+        noise = top1 is not None and self.val_videos and not beats_chance(top1, chance=self.chance, videos=self.val_videos)
+        if not noise and not before:
+            return  # labels alone once the student has passed its head: the fade's ordinary end
+        why = (
+            f"its head's validation top-1 {top1:.3f} is within noise of chance, {self.chance:.3f}, over {self.val_videos} videos"
+            if noise
+            else "the student has come level with its head"
+        )
+        leave = f"the unlabelled clips ({', '.join(self.cfg.train.unlabelled_splits)}) leave the batches and " if before else ""
+        log.warning("epoch %d: the teacher's weight is 0 (%s), so %sthe run trains on the labels alone", epoch, why, leave)
 
     def _log(self, state: TrainState, meters, tick: float, clips: int) -> tuple[float, int]:
         p = state.progress
