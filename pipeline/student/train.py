@@ -351,6 +351,7 @@ class Trainer:
         self.unlabelled_per_batch = unlabelled_per_batch(cfg)
         self.epoch_unlabelled = self.unlabelled_per_batch  # this epoch's: none once the teacher has faded out
         self.val_videos: int | None = None  # labelled validation videos: how far a head's top-1 is from chance
+        self.head_at_chance = False  # its validation top-1 within noise of chance (set with val_videos)
         self.said_weight_zero = False
 
     def close(self) -> None:
@@ -448,6 +449,9 @@ class Trainer:
             self.chance = 1.0 / max(1, len(set(labels[labels >= 0].tolist())))
             if teacher is not None:  # a head's validation top-1: the split it was measured on is sharded
                 self.val_videos = int((row_labels(self.cfg.paths.shards_dir, "validation") >= 0).sum()) or None
+                self.head_at_chance = bool(self.val_videos) and not beats_chance(
+                    teacher, chance=self.chance, videos=self.val_videos
+                )
         return fade_weight(self.cfg.loss, teacher_top1=teacher, student_best=best, chance=self.chance, val_videos=self.val_videos)
 
     def _unlabelled_for(self, weight: float, epoch: int) -> None:
@@ -458,13 +462,12 @@ class Trainer:
         if weight > 0 or self.said_weight_zero or not self.env.is_main:
             return
         self.said_weight_zero = True
-        top1 = self.teacher.val_top1 if self.teacher else None
-        noise = top1 is not None and self.val_videos and not beats_chance(top1, chance=self.chance, videos=self.val_videos)
-        if not noise and not before:
+        if not self.head_at_chance and not before:
             return  # labels alone once the student has passed its head: the fade's ordinary end
         why = (
-            f"its head's validation top-1 {top1:.3f} is within noise of chance, {self.chance:.3f}, over {self.val_videos} videos"
-            if noise
+            f"its head's validation top-1 {self.teacher.val_top1:.3f} is within noise of chance, {self.chance:.3f}, over "
+            f"{self.val_videos} videos"
+            if self.head_at_chance
             else "the student has come level with its head"
         )
         leave = f"the unlabelled clips ({', '.join(self.cfg.train.unlabelled_splits)}) leave the batches and " if before else ""
