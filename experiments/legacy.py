@@ -29,6 +29,7 @@ from pathlib import Path
 ADDED = [
     {("loss", "fade"): lambda older: "none", ("loss", "fade_margin"): lambda older: None},
     {("loss", "gamma_with_unlabelled"): lambda older: older["loss"]["gamma"]},
+    {("train", "unlabelled_norm"): lambda older: "shared"},
 ]
 # Since this commit each student frame meets its teacher frame by position (before: by index), with
 # no setting to show it: a per-frame result counts through an older layout only if recorded after it.
@@ -61,6 +62,7 @@ def unread(settings: dict) -> set[tuple[str, str]]:
         out.add(("loss", "fade_margin"))
     if not train.get("unlabelled_splits"):
         out |= {("loss", "unlabelled_weight"), ("train", "unlabelled_ratio"), ("loss", "gamma_with_unlabelled")}
+        out.add(("train", "unlabelled_norm"))
     elif "gamma_with_unlabelled" in loss:
         out.add(("loss", "gamma"))  # the task weight is gamma_with_unlabelled's
     return out

@@ -194,6 +194,9 @@ class TrainConfig:
     # unlabelled clips per labelled clip in each batch (batch_size x this, rounded, at least 1); auto: the
     # unlabelled videos per labelled one, so each is seen about once an epoch (at most 3; docs/training.md)
     unlabelled_ratio: float | Literal["auto"] = "auto"
+    # BatchNorm statistics of a batch with unlabelled clips: shared (one batch) or separate (the labelled
+    # clips normalised with their own, as with labels alone; pipeline/models/norm_groups.py)
+    unlabelled_norm: Literal["shared", "separate"] = "shared"
 
 
 @dataclass

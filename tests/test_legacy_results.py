@@ -20,6 +20,7 @@ def _older(settings: dict, *, unlabelled_weight: str) -> dict:
     """`settings` as the code before `loss.fade` (and `loss.gamma_with_unlabelled`) wrote them."""
     older = copy.deepcopy(settings)
     del older["loss"]["fade"], older["loss"]["fade_margin"], older["loss"]["gamma_with_unlabelled"]
+    del older["train"]["unlabelled_norm"]
     older["loss"]["unlabelled_weight"] = unlabelled_weight
     return older
 
@@ -108,7 +109,7 @@ def test_a_record_without_its_seed_or_epochs_is_kept_under_its_own_key(tmp_path)
 def _before_gamma_with_unlabelled(settings: dict, *, gamma: float) -> dict:
     """`settings` as the code before `loss.gamma_with_unlabelled` wrote them, with the task weight `gamma`."""
     older = copy.deepcopy(settings)
-    del older["loss"]["gamma_with_unlabelled"]
+    del older["loss"]["gamma_with_unlabelled"], older["train"]["unlabelled_norm"]
     older["loss"]["gamma"] = gamma
     return older
 
@@ -207,3 +208,23 @@ def test_a_result_at_the_old_ratio_counts_for_the_one_per_labelled_clip_row_and_
     older = copy.deepcopy(settings)
     older["train"]["unlabelled_ratio"] = 1.0
     assert legacy.recorded_key_matches(base, settings, str(tmp_path), legacy.settings_key(base, older, str(tmp_path)))
+
+
+def test_an_unlabelled_result_from_before_the_norm_setting_counts_for_shared_statistics_only(tmp_path):
+    """Before `train.unlabelled_norm` every batch shared its BatchNorm statistics: such a result is the
+    `shared` run, never the `separate` one; a labelled-only run never reads the setting."""
+    name = "10 labelled + 30 unlabelled, default"
+    base, settings = runner.run_settings(PROXY_STUDY, tmp_path, "unlabelled", name, 0, None)
+    assert settings["train"]["unlabelled_norm"] == "shared"
+    older = copy.deepcopy(settings)
+    del older["train"]["unlabelled_norm"]
+    key = legacy.settings_key(base, older, str(tmp_path))
+    assert legacy.recorded_key_matches(base, settings, str(tmp_path), key)
+    separate = copy.deepcopy(settings)
+    separate["train"]["unlabelled_norm"] = "separate"
+    assert not legacy.recorded_key_matches(base, separate, str(tmp_path), key)
+    base, vanilla = runner.run_settings(PROXY_STUDY, tmp_path, "unlabelled", "10 labelled, vanilla", 0, None)
+    older = copy.deepcopy(vanilla)
+    del older["train"]["unlabelled_norm"]
+    vanilla["train"]["unlabelled_norm"] = "separate"
+    assert legacy.recorded_key_matches(base, vanilla, str(tmp_path), legacy.settings_key(base, older, str(tmp_path)))

@@ -224,11 +224,13 @@ def test_auto_ratio_reads_the_splits_video_counts_from_the_shards(synth_root, ca
 
 
 def test_stopped_and_resumed_with_unlabelled_clips_ends_with_the_same_weights(synth_root, cached, tmp_path, caplog):
+    """Also with the labelled clips' BatchNorm statistics apart (`train.unlabelled_norm: separate`)."""
+    separate = "train.unlabelled_norm=separate"
     with caplog.at_level(logging.INFO, logger="pipeline.student.train"):
-        full = train.run(_cfg(synth_root, cached, tmp_path / "full"))
+        full = train.run(_cfg(synth_root, cached, tmp_path / "full", separate))
     assert "each epoch 32 labelled and up to 32 unlabelled clips (test; 64 in all over 2 epochs)" in caplog.text
     assert "the epoch trained 32 labelled and 32 unlabelled clips" in caplog.text
-    cfg = _cfg(synth_root, cached, tmp_path / "split")
+    cfg = _cfg(synth_root, cached, tmp_path / "split", separate)
     first = train.run(cfg, stop_after_steps=5)  # mid-epoch: the unlabelled stream is cut there too
     assert first.stopped_early and first.progress.step == 5
     second = train.run(cfg)
@@ -237,6 +239,16 @@ def test_stopped_and_resumed_with_unlabelled_clips_ends_with_the_same_weights(sy
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     records = [json.loads(x) for x in (cfg.paths.student_dir / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("loss_frame", 0) > 0 for r in records if r["kind"] == "train")
+
+
+def test_separate_batch_statistics_change_what_a_step_learns(synth_root, cached, tmp_path):
+    """The trainer applies `train.unlabelled_norm`: one step from the same start lands elsewhere."""
+    models = {
+        norm: train.run(_cfg(synth_root, cached, tmp_path / norm, f"train.unlabelled_norm={norm}", "train.max_steps=1")).model
+        for norm in ("shared", "separate")
+    }
+    weights = [m.state_dict() for m in models.values()]
+    assert any(not torch.equal(a, b) for a, b in zip(*(w.values() for w in weights)) if a.is_floating_point())
 
 
 def test_two_process_gloo_ddp_with_unlabelled_clips_agrees_on_weights(synth_root, cached, tmp_path):

@@ -22,6 +22,7 @@ from pipeline.cache.heads import HeadChoice, beats_chance, choose_head
 from pipeline.cache.store import head_records, open_checked
 from pipeline.config import Config, dump, to_dict
 from pipeline.models import build_student, checkpoint, input_normalizer
+from pipeline.models.norm_groups import NormGroups, separate_norms
 from pipeline.runtime import dist
 from pipeline.runtime.atomic import write_json, write_text
 from pipeline.runtime.device import autocast_dtype, pick_device
@@ -353,6 +354,7 @@ class Trainer:
         self.val_videos: int | None = None  # labelled validation videos: how far a head's top-1 is from chance
         self.head_at_chance = False  # its validation top-1 within noise of chance (set with val_videos)
         self.said_weight_zero = False
+        self.norm_groups: NormGroups | None = None  # with `train.unlabelled_norm: separate`: where a batch splits
 
     def close(self) -> None:
         """Flush the metrics and release the loader pool."""
@@ -364,6 +366,8 @@ class Trainer:
         """Run the remaining epochs; True if stopped early (after writing latest.pt)."""
         cfg, p = self.cfg, state.progress
         self.norm = input_normalizer(state.model, self.device)
+        if self.unlabelled_per_batch and cfg.train.unlabelled_norm == "separate":
+            self.norm_groups = separate_norms(state.model)
         max_steps = cfg.train.max_steps or self.total_steps
         while p.epoch < cfg.train.epochs and p.step < max_steps:
             for _ in self._epoch(state):
@@ -423,6 +427,8 @@ class Trainer:
         for batch in self._loader(p):
             n = len(batch.labels) - self.epoch_unlabelled  # a batch's labelled clips come first
             device_batch = to_device(batch, self.device)
+            if self.norm_groups is not None:
+                self.norm_groups.split = (n, len(batch.labels)) if self.epoch_unlabelled else None
             parts, stats = train_step(
                 state, device_batch, cfg=cfg, norm=self.norm, dtype=self.dtype, labelled=n, teacher_weight=weight
             )
