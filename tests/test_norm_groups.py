@@ -50,3 +50,18 @@ def test_evaluation_and_a_batch_without_groups_are_unchanged():
         groups.split = (2, 5)
         torch.testing.assert_close(model.eval()(clips).logits, plain.eval()(clips).logits)
     assert model.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_a_compiled_student_with_separate_statistics_compiles_once():
+    """The grouped norms trace into the student's one graph (no break, no recompile over steps)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_student(StudentConfig(arch="tsm_tiny", image_size=32, num_frames=4), 10, [2, 4])
+    separate_norms(model).split = (2, 6)
+    compiles = CompileCounter()
+    compiled = torch.compile(model, backend=compiles, dynamic=False)
+    for _ in range(3):
+        compiled(*(torch.randn(6, t, 3, 32, 32) for t in (4, 2)))[0].logits.sum().backward()
+    assert compiles.frame_count == 1
