@@ -1,6 +1,6 @@
 """What the distillation issue's additions cost a training step, side by side in one run.
 
-    python -m bench.loss_bench [--configs tsm_r50:16:16 mobilevit_xxs:16:64] [--compile]
+    python -m bench.loss_bench [--configs tsm_r50:16:16 mobilevit_xxs:16:32] [--compile]
 
 On synthetic input kept on the device, with the trainer's own set-up and step (`build_state`,
 `train_step`: bf16 autocast on CUDA, fused SGD, clipping), per student config, these rows:
@@ -82,7 +82,7 @@ def main() -> None:
     """Time every row for every config; print one Markdown table."""
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default = ["tsm_r50:16:16", "mobilevit_xxs:16:64"] if cuda else ["tsm_tiny:8:4"]
+    default = ["tsm_r50:16:16", "mobilevit_xxs:16:32"] if cuda else ["tsm_tiny:8:4"]
     parser.add_argument("--configs", nargs="+", default=default, help="arch:frames:labelled clips per batch")
     parser.add_argument("--image-size", type=int, default=224 if cuda else 64)
     parser.add_argument("--steps", type=int, default=40 if cuda else 4)
