@@ -26,7 +26,6 @@ import torch
 
 from pipeline.config import Config, load
 from pipeline.models import input_normalizer
-from pipeline.models.norm_groups import separate_norms
 from pipeline.runtime.device import autocast_dtype, pick_device
 from pipeline.ssv2.frames import channels_last_empty
 from pipeline.student.data import ClipBatch
@@ -58,10 +57,10 @@ def seconds_per_clip(cfg: Config, device: torch.device, row: str, *, warmup: int
     unlabelled = cfg.train.batch_size if "unlabelled" in row else 0
     cfg.loss.mode = "vanilla" if row == "vanilla" else "distill"
     cfg.loss.frame_alpha = 1.0 if row == "+ per-frame term" else 0.0
+    cfg.train.unlabelled_splits = ["test"] if unlabelled else []  # the step's task weight and norms as in training
+    cfg.train.unlabelled_norm = "separate" if "separate" in row else "shared"
+    torch._dynamo.reset()  # each student compiles afresh, as a run's would
     state = build_state(cfg, device, num_classes=174, total_steps=10_000)
-    groups = separate_norms(state.model) if "separate" in row else None
-    if groups is not None:
-        groups.split = (cfg.train.batch_size, cfg.train.batch_size + unlabelled)
     norm, dtype = input_normalizer(state.model, device), autocast_dtype(device, cfg.train.precision)
     batch = fake_batch(cfg, device, labelled=cfg.train.batch_size, unlabelled=unlabelled)
     for i in range(warmup + steps):

@@ -15,8 +15,13 @@ pytestmark = pytest.mark.unit
 
 
 def _logits(model, clips: list[torch.Tensor]) -> torch.Tensor:
+    """Every count's logits, side by side (FFN: the highest count's, then the lower ones')."""
     out = model(*clips)
-    return (out[0] if len(clips) > 1 else out).logits  # FFN: the highest count's
+    return torch.cat([o.logits for o in out], 1) if len(clips) > 1 else out.logits
+
+
+def _running(model) -> list[torch.Tensor]:
+    return [b for name, b in model.named_buffers() if "running" in name]
 
 
 @pytest.mark.parametrize(
@@ -25,17 +30,23 @@ def _logits(model, clips: list[torch.Tensor]) -> torch.Tensor:
 def test_each_group_is_normalised_with_its_own_statistics_while_training(arch, counts):
     torch.manual_seed(0)
     model = build_student(StudentConfig(arch=arch, image_size=32, num_frames=4, dropout=0.0), 6, counts).train()
-    alone = copy.deepcopy(model)
+    alone, mixed = copy.deepcopy(model), copy.deepcopy(model)
     clips = [torch.randn(5, t, 3, 32, 32) for t in (counts or [4])[::-1]]
     with torch.no_grad():
-        shared = _logits(model, clips)
         groups = separate_norms(model)
         groups.split = (2, 5)  # two labelled clips, then three unlabelled ones
         grouped = _logits(model, clips)
-        first, rest = _logits(alone, [c[:2] for c in clips]), _logits(alone, [c[2:] for c in clips])
+        first = _logits(alone, [c[:2] for c in clips])
+        running_after_first = [b.clone() for b in _running(alone)]
+        rest = _logits(alone, [c[2:] for c in clips])
+        shared = _logits(mixed, clips)
     torch.testing.assert_close(grouped[:2], first, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grouped[2:], rest, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(shared[:2], first, rtol=1e-4, atol=1e-5)  # one batch's statistics mix the groups
+    # the running statistics are the first group's alone, as evaluation after labels alone would use
+    for a, b in zip(_running(model), running_after_first):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert any(not torch.allclose(a, b) for a, b in zip(_running(model), _running(mixed)))
 
 
 def test_evaluation_and_a_batch_without_groups_are_unchanged():
@@ -65,3 +76,15 @@ def test_a_compiled_student_with_separate_statistics_compiles_once():
     for _ in range(3):
         compiled(*(torch.randn(6, t, 3, 32, 32) for t in (4, 2)))[0].logits.sum().backward()
     assert compiles.frame_count == 1
+
+
+def test_a_copy_of_a_grouped_student_normalises_with_its_own_weights_and_groups():
+    torch.manual_seed(0)
+    model = build_student(StudentConfig(arch="tsm_tiny", image_size=32, num_frames=4, dropout=0.0), 6).train()
+    separate_norms(model).split = (2, 5)
+    twin = copy.deepcopy(model)
+    norm = next(m for m in twin.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert norm.forward.args[0] is norm  # the copy's forward runs the copy, not the original
+    clips = torch.randn(5, 4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(clips).logits, model(clips).logits)

@@ -3,14 +3,15 @@
 A student that trains on labelled and unlabelled clips in one batch computes its BatchNorm statistics
 over both; with `train.unlabelled_norm: separate` the labelled clips are normalised with their own
 batch's statistics, as labels alone would, and the unlabelled clips with theirs (docs/proxy_benchmark.md
-says what that is worth). Every BatchNorm's input keeps the clips leading (a clip's frames are
-consecutive rows), so the first group is the first `first / total` of its rows. The modules keep
-their class and parameter names: checkpoints and imported weights are unchanged.
+says what that is worth). The running statistics follow the first group alone, so evaluation
+normalises as a run on the labelled clips would. Every BatchNorm's input keeps the clips leading (a
+clip's frames are consecutive rows), so the first group is the first `first / total` of its rows. The
+modules keep their class and parameter names: checkpoints and imported weights are unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 
 import torch
 from torch import nn
@@ -29,16 +30,29 @@ def separate_norms(model: nn.Module) -> NormGroups:
     groups = NormGroups()
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.forward = _grouped(module, module.forward, groups)
+            if isinstance(module.forward, functools.partial):
+                raise ValueError(f"{type(module).__name__} already normalises in groups")
+            # a partial of a module-level function: a deep copy or a pickle of the model keeps it
+            module.forward = functools.partial(_forward_in_groups, module, groups)
     return groups
 
 
-def _grouped(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], groups: NormGroups):
-    def forward_in_groups(x: torch.Tensor) -> torch.Tensor:
-        if groups.split is None or not module.training:
-            return forward(x)
-        first, total = groups.split
-        rows = x.shape[0] * first // total
-        return torch.cat([forward(x[:rows]), forward(x[rows:])])
-
-    return forward_in_groups
+def _forward_in_groups(module: nn.Module, groups: NormGroups, x: torch.Tensor) -> torch.Tensor:
+    forward = functools.partial(type(module).forward, module)
+    if groups.split is None or not module.training:
+        return forward(x)
+    first, total = groups.split
+    if x.shape[0] % total:
+        raise ValueError(f"a BatchNorm input of {x.shape[0]} rows does not hold {total} clips' rows in order")
+    rows = x.shape[0] // total * first
+    # the running statistics follow the first group alone: the rest updates copies, then the buffers
+    # are put back (not copied back in place: the first group's backward may hold them)
+    kept = dict(module.named_buffers(recurse=False))
+    for name, buffer in kept.items():
+        setattr(module, name, buffer.clone())
+    try:
+        rest = forward(x[rows:])
+    finally:
+        for name, buffer in kept.items():
+            setattr(module, name, buffer)
+    return torch.cat([forward(x[:rows]), rest])

@@ -7,6 +7,7 @@ checkpoints and metrics, and finish with an evaluation at several frame counts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -74,6 +75,7 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     progress: TrainProgress = field(default_factory=TrainProgress)
+    norm_groups: NormGroups | None = None  # `train.unlabelled_norm: separate`: labelled clips normalised apart
 
 
 @dataclass
@@ -245,7 +247,8 @@ def build_state(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and cfg.train.precision == "fp16")
     wrapped = torch.compile(model, dynamic=False) if cfg.train.compile and device.type == "cuda" else model
-    return TrainState(model, wrapped, optimizer, scheduler, scaler)
+    groups = separate_norms(model) if cfg.train.unlabelled_splits and cfg.train.unlabelled_norm == "separate" else None
+    return TrainState(model, wrapped, optimizer, scheduler, scaler, norm_groups=groups)
 
 
 def prepare_model(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.nn.Module:
@@ -286,7 +289,7 @@ def train_step(
     statistics (top-1 and top-5 over its first `labelled` clips, the labelled ones: default all;
     agreement with the teacher where there is one; the gradient norm before clipping), all device tensors."""
     # forward: the clip, and with FFN the same videos at the lower counts (one call)
-    with torch.autocast(batch.clips.device.type, dtype=dtype, enabled=dtype is not None):
+    with torch.autocast(batch.clips.device.type, dtype=dtype, enabled=dtype is not None), _groups(state, batch, labelled):
         outs = state.wrapped(norm(batch.clips), *(norm(c) for c in batch.lower))
     out, lower = (outs[0], outs[1:]) if batch.lower else (outs, ())
     parts = distill_loss(
@@ -315,6 +318,19 @@ def train_step(
     if batch.teacher_logits is not None:
         stats["agree"] = (out.logits.detach().argmax(1) == batch.teacher_logits.argmax(1)).float().mean()
     return [p.detach() for p in parts], stats
+
+
+@contextlib.contextmanager
+def _groups(state: TrainState, batch, labelled: int | None):
+    """With separate norms, a batch's first `labelled` clips normalised apart from its unlabelled ones."""
+    split = labelled is not None and labelled < len(batch.labels)
+    if state.norm_groups is not None and split:
+        state.norm_groups.split = (labelled, len(batch.labels))
+    try:
+        yield
+    finally:
+        if state.norm_groups is not None:
+            state.norm_groups.split = None
 
 
 PARTS = ("total", "feature", "response", "task", "frame")  # the loss parts train_step returns, in order
@@ -354,7 +370,6 @@ class Trainer:
         self.val_videos: int | None = None  # labelled validation videos: how far a head's top-1 is from chance
         self.head_at_chance = False  # its validation top-1 within noise of chance (set with val_videos)
         self.said_weight_zero = False
-        self.norm_groups: NormGroups | None = None  # with `train.unlabelled_norm: separate`: where a batch splits
 
     def close(self) -> None:
         """Flush the metrics and release the loader pool."""
@@ -366,8 +381,6 @@ class Trainer:
         """Run the remaining epochs; True if stopped early (after writing latest.pt)."""
         cfg, p = self.cfg, state.progress
         self.norm = input_normalizer(state.model, self.device)
-        if self.unlabelled_per_batch and cfg.train.unlabelled_norm == "separate":
-            self.norm_groups = separate_norms(state.model)
         max_steps = cfg.train.max_steps or self.total_steps
         while p.epoch < cfg.train.epochs and p.step < max_steps:
             for _ in self._epoch(state):
@@ -427,8 +440,6 @@ class Trainer:
         for batch in self._loader(p):
             n = len(batch.labels) - self.epoch_unlabelled  # a batch's labelled clips come first
             device_batch = to_device(batch, self.device)
-            if self.norm_groups is not None:
-                self.norm_groups.split = (n, len(batch.labels)) if self.epoch_unlabelled else None
             parts, stats = train_step(
                 state, device_batch, cfg=cfg, norm=self.norm, dtype=self.dtype, labelled=n, teacher_weight=weight
             )
