@@ -34,6 +34,10 @@ ADDED = [
 # Since this commit each student frame meets its teacher frame by position (before: by index), with
 # no setting to show it: a per-frame result counts through an older layout only if recorded after it.
 FRAME_TARGETS_FIXED = "1701761"
+# Since this commit `train.unlabelled_norm: separate` keeps the running statistics to the labelled
+# clips (before: both groups, twice a step), under the same setting: such a result counts only if
+# recorded after it.
+NORM_GROUPS_FIXED = "15413cc"
 REPO = Path(__file__).resolve().parents[1]
 # Settings whose default changed: the values earlier code could have written.
 DEFAULTS_CHANGED = {
@@ -107,16 +111,27 @@ def recorded_key_matches(
 def frame_targets_current(record: dict) -> bool:
     """Whether a result was recorded by code with today's per-frame targets: its provenance commit
     descends from FRAME_TARGETS_FIXED in this repository's history (unknown: no)."""
+    return _recorded_after(record, FRAME_TARGETS_FIXED)
+
+
+def superseded(record: dict, settings: dict) -> bool:
+    """Whether a result ran code that behaved otherwise under today's `settings` with no setting to
+    show it (NORM_GROUPS_FIXED), so it is not today's run whatever its key."""
+    train = settings["train"]
+    separate = bool(train.get("unlabelled_splits")) and train.get("unlabelled_norm") == "separate"
+    return separate and not _recorded_after(record, NORM_GROUPS_FIXED)
+
+
+def _recorded_after(record: dict, fix: str) -> bool:
+    """Whether the result's provenance commit descends from `fix` in this repository's history (unknown: no)."""
     commit = (record.get("provenance") or {}).get("commit")
-    return bool(commit) and _descends_from_frame_fix(commit)
+    return bool(commit) and _descends(fix, commit)
 
 
 @functools.cache
-def _descends_from_frame_fix(commit: str) -> bool:
+def _descends(fix: str, commit: str) -> bool:
     try:
-        done = subprocess.run(
-            ["git", "merge-base", "--is-ancestor", FRAME_TARGETS_FIXED, commit], cwd=REPO, capture_output=True, timeout=30
-        )
+        done = subprocess.run(["git", "merge-base", "--is-ancestor", fix, commit], cwd=REPO, capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0

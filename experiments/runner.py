@@ -322,7 +322,7 @@ def restore_results(study: Study, work: Path, path: Path) -> int:
     of the table's; one that matches no run of today's tables is kept under its own key."""
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     moved = unmatched = 0
-    todays: dict[tuple, tuple[str, frozenset[str]]] = {}
+    todays: dict[tuple, tuple[str, frozenset[str], dict]] = {}
     for r in lines:
         key = r["key"]
         match = _todays_run(study, work, r, todays)
@@ -366,8 +366,12 @@ def _todays_run(study: Study, work: Path, record: dict, todays: dict) -> tuple[s
         if run not in todays:
             base, settings = run_settings(study, work, table, candidate, seed, per_40)
             earlier = legacy.earlier_keys(base, settings, str(work), frame_targets_current=current)
-            todays[run] = (legacy.settings_key(base, settings, str(work)), earlier)
-        today, earlier = todays[run]
+            todays[run] = (legacy.settings_key(base, settings, str(work)), earlier, settings)
+        today, earlier, settings = todays[run]
+        if legacy.superseded(record, settings):  # today's key, another run's result: filed apart, never reused
+            if record["key"] == today:
+                return f"{today}-superseded", candidate
+            continue
         if record["key"] == today or record["key"] in earlier:
             return today, candidate
     return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -228,3 +229,19 @@ def test_an_unlabelled_result_from_before_the_norm_setting_counts_for_shared_sta
     del older["train"]["unlabelled_norm"]
     vanilla["train"]["unlabelled_norm"] = "separate"
     assert legacy.recorded_key_matches(base, vanilla, str(tmp_path), legacy.settings_key(base, older, str(tmp_path)))
+
+
+@pytest.mark.skipif(not (_known("6402f28") and _known("15413cc")), reason="needs the repository's history (a full clone)")
+def test_a_separate_statistics_result_from_before_their_running_statistics_changed_is_not_todays(tmp_path):
+    """6402f28 updated the running statistics from both groups under `separate`; from 15413cc on, the
+    labelled clips' alone: the same key, another run."""
+    name = "10 labelled + 30 unlabelled, random-weight teacher, default"
+    study = dataclasses.replace(PROXY_STUDY, extra=["train.unlabelled_norm=separate"])
+    today = runner.run_key(study, tmp_path, "unlabelled", name, 0, None)
+    epochs = runner.run_epochs(study, "unlabelled", name, None)
+    record = {"key": today, "table": "unlabelled", "name": name, "seed": 0, "epochs": epochs, "counts": {}}
+    first_form = {**record, "provenance": {"commit": "6402f28"}}
+    assert _restore(study, tmp_path, [first_form]) == {f"{today}-superseded"}  # filed apart: no run today is it
+    assert runner.result(study, tmp_path, "unlabelled", name, 0, None) is None
+    shutil.rmtree(tmp_path / "results")
+    assert _restore(study, tmp_path, [{**record, "provenance": {"commit": "15413cc"}}]) == {today}
