@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import logging
-import time
 from functools import partial
 from pathlib import Path
 
 import torch
 
+from bench.train_bench import clips_per_s, synthetic_batch
 from pipeline.config import Config, load
 from pipeline.models import input_normalizer
 from pipeline.runtime.device import autocast_dtype, pick_device
-from pipeline.ssv2.frames import channels_last_empty
 from pipeline.student.data import ClipBatch
 from pipeline.student.train import build_state, train_step
 
@@ -36,23 +36,15 @@ ROWS = ("vanilla", "distilled", "+ per-frame term", "+ unlabelled, shared statis
 
 
 def fake_batch(cfg: Config, device: torch.device, *, labelled: int, unlabelled: int) -> ClipBatch:
-    """A training batch on the device laid out as the loader's (channels last), its unlabelled clips last."""
-    b, t, size = labelled + unlabelled, cfg.student.num_frames, cfg.student.image_size
-    empty = channels_last_empty((b, t, 3, size, size), partial(torch.empty, dtype=torch.uint8, device=device))
-    labels = torch.randint(0, 174, (b,), device=device)
-    labels[labelled:] = -1
-    return ClipBatch(
-        empty.copy_(torch.randint(0, 256, empty.shape, dtype=torch.uint8, device=device)),
-        labels,
-        torch.randn(b, 512, device=device),
-        torch.randn(b, 174, device=device),
-        [],
-        teacher_frames=torch.randn(b, t, 512, device=device),
-    )
+    """The benchmark's synthetic training batch with its unlabelled clips (label -1) last and teacher frames."""
+    b, t = labelled + unlabelled, cfg.student.num_frames
+    batch = synthetic_batch(device, clips=b, frames=t, size=cfg.student.image_size)
+    batch.labels[labelled:] = -1
+    return dataclasses.replace(batch, teacher_frames=torch.randn(b, t, 512, device=device))
 
 
 def seconds_per_clip(cfg: Config, device: torch.device, row: str, *, warmup: int, steps: int) -> float:
-    """One row's training-step seconds per clip (synchronised at both ends of the timed steps)."""
+    """One row's training-step seconds per clip over the timed steps."""
     cfg = copy.deepcopy(cfg)
     unlabelled = cfg.train.batch_size if "unlabelled" in row else 0
     cfg.loss.mode = "vanilla" if row == "vanilla" else "distill"
@@ -63,18 +55,8 @@ def seconds_per_clip(cfg: Config, device: torch.device, row: str, *, warmup: int
     state = build_state(cfg, device, num_classes=174, total_steps=10_000)
     norm, dtype = input_normalizer(state.model, device), autocast_dtype(device, cfg.train.precision)
     batch = fake_batch(cfg, device, labelled=cfg.train.batch_size, unlabelled=unlabelled)
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(device)
-            start = time.perf_counter()
-        train_step(state, batch, cfg=cfg, norm=norm, dtype=dtype, labelled=cfg.train.batch_size)
-    _sync(device)
-    return (time.perf_counter() - start) / (steps * len(batch.labels))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    step = partial(train_step, state, cfg=cfg, norm=norm, dtype=dtype, labelled=cfg.train.batch_size)
+    return 1.0 / clips_per_s(step, [batch] * (warmup + steps), warmup, device)
 
 
 def main() -> None:

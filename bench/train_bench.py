@@ -53,7 +53,7 @@ from pipeline.teacher.clip import load_teacher
 log = logging.getLogger(__name__)
 
 
-def _timed(step, batches, warmup: int, device) -> float:
+def clips_per_s(step, batches, warmup: int, device) -> float:
     """Clips/s over the batches after `warmup` (synchronised at both ends)."""
     clips, start = 0, None
     for i, batch in enumerate(batches):
@@ -67,6 +67,24 @@ def _timed(step, batches, warmup: int, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return clips / (time.perf_counter() - start)
+
+
+def synthetic_batch(device, *, clips: int, frames: int, size: int, counts: tuple[int, ...] = ()) -> ClipBatch:
+    """A training batch of random pixels, labels and teacher outputs on the device, laid out like the
+    loader's (channels last) so synthetic and real input run the same compiled graph."""
+
+    def pixels(t: int) -> torch.Tensor:
+        empty = channels_last_empty((clips, t, 3, size, size), partial(torch.empty, dtype=torch.uint8, device=device))
+        return empty.copy_(torch.randint(0, 256, empty.shape, dtype=torch.uint8, device=device))
+
+    return ClipBatch(
+        pixels(frames),
+        torch.randint(0, 174, (clips,), device=device),
+        torch.randn(clips, 512, device=device),
+        torch.randn(clips, 174, device=device),
+        [],
+        lower=tuple(pixels(t) for t in counts),
+    )
 
 
 def online_teacher(cfg, device, frames: int, batch: int):
@@ -139,20 +157,8 @@ def measure(
     step = lambda b: train_step(state, add(b), cfg=cfg, norm=norm, dtype=dtype)  # noqa: E731
     size = cfg.student.image_size
 
-    # laid out like the loader's batches (channels last), so both sides run the same compiled graph
-    def pixels(t: int) -> torch.Tensor:
-        empty = channels_last_empty((batch, t, 3, size, size), partial(torch.empty, dtype=torch.uint8, device=device))
-        return empty.copy_(torch.randint(0, 256, empty.shape, dtype=torch.uint8, device=device))
-
-    fake = ClipBatch(
-        pixels(frames),
-        torch.randint(0, 174, (batch,), device=device),
-        torch.randn(batch, 512, device=device),
-        torch.randn(batch, 174, device=device),
-        [],
-        lower=tuple(pixels(t) for t in counts),
-    )
-    synthetic = _timed(step, [fake] * (warmup + steps), warmup, device)
+    fake = synthetic_batch(device, clips=batch, frames=frames, size=size, counts=counts)
+    synthetic = clips_per_s(step, [fake] * (warmup + steps), warmup, device)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     if not with_loader:
         return synthetic, float("nan"), peak
@@ -173,9 +179,9 @@ def measure(
             loader = make_loader(source, workers=n, device=device, keeper=keeper if pool else None)
             return (to_device(b, device) for b in loader)
 
-        real = _timed(step, batches(workers, cfg.experimental.batch_pool), warmup, device)
+        real = clips_per_s(step, batches(workers, cfg.experimental.batch_pool), warmup, device)
         for n, pool in variants:  # the same compiled step with other loaders
-            variants[(n, pool)] = _timed(step, batches(n, pool), warmup, device)
+            variants[(n, pool)] = clips_per_s(step, batches(n, pool), warmup, device)
     return synthetic, real, peak
 
 

@@ -38,9 +38,9 @@ def separate_norms(model: nn.Module) -> NormGroups:
 
 
 def _forward_in_groups(module: nn.Module, groups: NormGroups, x: torch.Tensor) -> torch.Tensor:
-    forward = functools.partial(type(module).forward, module)
+    forward = type(module).forward
     if groups.split is None or not module.training:
-        return forward(x)
+        return forward(module, x)
     first, total = groups.split
     if x.shape[0] % total:
         raise ValueError(f"a BatchNorm input of {x.shape[0]} rows does not hold {total} clips' rows in order")
@@ -51,8 +51,8 @@ def _forward_in_groups(module: nn.Module, groups: NormGroups, x: torch.Tensor) -
     for name, buffer in kept.items():
         setattr(module, name, buffer.clone())
     try:
-        rest = forward(x[rows:])
+        rest = forward(module, x[rows:])
     finally:
         for name, buffer in kept.items():
             setattr(module, name, buffer)
-    return torch.cat([forward(x[:rows]), rest])
+    return torch.cat([forward(module, x[:rows]), rest])

@@ -323,14 +323,15 @@ def train_step(
 @contextlib.contextmanager
 def _groups(state: TrainState, batch, labelled: int | None):
     """With separate norms, a batch's first `labelled` clips normalised apart from its unlabelled ones."""
-    split = labelled is not None and labelled < len(batch.labels)
-    if state.norm_groups is not None and split:
-        state.norm_groups.split = (labelled, len(batch.labels))
+    groups = state.norm_groups
+    if groups is None or labelled is None or labelled == len(batch.labels):
+        yield
+        return
+    groups.split = (labelled, len(batch.labels))
     try:
         yield
     finally:
-        if state.norm_groups is not None:
-            state.norm_groups.split = None
+        groups.split = None
 
 
 PARTS = ("total", "feature", "response", "task", "frame")  # the loss parts train_step returns, in order
