@@ -45,14 +45,17 @@ def _forward_in_groups(module: nn.Module, groups: NormGroups, x: torch.Tensor) -
     if x.shape[0] % total:
         raise ValueError(f"a BatchNorm input of {x.shape[0]} rows does not hold {total} clips' rows in order")
     rows = x.shape[0] // total * first
+    # split, not two slices: a slice's backward writes its gradient into a zeroed copy of the whole
+    # input, twice, where split's backward is one concatenation (docs/benchmarks.md, loss_bench)
+    head, tail = x.split([rows, x.shape[0] - rows])
     # the running statistics follow the first group alone: the rest updates copies, then the buffers
     # are put back (not copied back in place: the first group's backward may hold them)
     kept = dict(module.named_buffers(recurse=False))
     for name, buffer in kept.items():
         setattr(module, name, buffer.clone())
     try:
-        rest = forward(module, x[rows:])
+        rest = forward(module, tail)
     finally:
         for name, buffer in kept.items():
             setattr(module, name, buffer)
-    return torch.cat([forward(module, x[:rows]), rest])
+    return torch.cat([forward(module, head), rest])
