@@ -47,6 +47,7 @@ DEFAULTS_CHANGED = {
     # the proxy world's teacher head before it fitted pipeline.yaml's (experiments/proxy_world.py)
     ("teacher_head", "temporal_width"): (128, 256),
     ("teacher_head", "min_steps"): (300, 500),
+    ("train", "unlabelled_norm"): ("shared", "separate"),
 }
 
 

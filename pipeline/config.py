@@ -196,7 +196,7 @@ class TrainConfig:
     unlabelled_ratio: float | Literal["auto"] = "auto"
     # BatchNorm statistics of a batch with unlabelled clips: shared (one batch) or separate (the labelled
     # clips normalised with their own, as with labels alone; pipeline/models/norm_groups.py)
-    unlabelled_norm: Literal["shared", "separate"] = "shared"
+    unlabelled_norm: Literal["shared", "separate"] = "separate"
 
 
 @dataclass

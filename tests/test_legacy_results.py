@@ -26,6 +26,12 @@ def _older(settings: dict, *, unlabelled_weight: str) -> dict:
     return older
 
 
+def _shared(settings: dict) -> dict:
+    """`settings` with the BatchNorm statistics shared: the only run a result from before that setting can be."""
+    settings["train"]["unlabelled_norm"] = "shared"
+    return settings
+
+
 def _record(study, work, table: str, name: str, settings_for_key: dict, base: dict) -> dict:
     key = legacy.settings_key(base, settings_for_key, str(work))
     return {"key": key, "table": table, "name": name, "seed": 0, "epochs": settings_for_key["train"]["epochs"], "counts": {}}
@@ -75,6 +81,7 @@ def test_a_distilled_result_from_before_the_fade_counts_only_for_runs_without_it
 def test_an_unlabelled_run_needs_the_unlabelled_weight_it_was_recorded_with(tmp_path):
     name = "10 + 30 unlabelled, seeds' recipe"
     base, settings = runner.run_settings(PROXY_STUDY, tmp_path, "screen", name, 0, None)
+    settings = _shared(settings)
     assert settings["train"]["unlabelled_splits"] and settings["loss"]["unlabelled_weight"] == "uniform"
     other = _record(PROXY_STUDY, tmp_path, "screen", name, _older(settings, unlabelled_weight="confidence"), base)
     same = _record(PROXY_STUDY, tmp_path, "screen", name, _older(settings, unlabelled_weight="uniform"), base)
@@ -132,6 +139,7 @@ def test_an_unlabelled_run_counts_for_the_task_weight_it_trained_with(tmp_path):
     default, full = "10 labelled + 30 unlabelled, default", "10 labelled + 30 unlabelled, the task at full weight"
     base, settings = runner.run_settings(PROXY_STUDY, tmp_path, "unlabelled", default, 0, None)
     _, full_settings = runner.run_settings(PROXY_STUDY, tmp_path, "unlabelled", full, 0, None)
+    settings, full_settings = _shared(settings), _shared(full_settings)
     light = _record(PROXY_STUDY, tmp_path, "unlabelled", default, _before_gamma_with_unlabelled(settings, gamma=0.1), base)
     heavy = _record(PROXY_STUDY, tmp_path, "unlabelled", full, _before_gamma_with_unlabelled(settings, gamma=1.0), base)
     assert legacy.recorded_key_matches(base, settings, str(tmp_path), light["key"])
@@ -213,21 +221,25 @@ def test_a_result_at_the_old_ratio_counts_for_the_one_per_labelled_clip_row_and_
 
 def test_an_unlabelled_result_from_before_the_norm_setting_counts_for_shared_statistics_only(tmp_path):
     """Before `train.unlabelled_norm` every batch shared its BatchNorm statistics: such a result is the
-    `shared` run, never the `separate` one; a labelled-only run never reads the setting."""
+    `shared` run, never today's default (`separate`); a labelled-only run never reads the setting, so
+    its results count whether they were recorded before the setting or under the old default."""
     name = "10 labelled + 30 unlabelled, default"
     base, settings = runner.run_settings(PROXY_STUDY, tmp_path, "unlabelled", name, 0, None)
-    assert settings["train"]["unlabelled_norm"] == "shared"
+    assert settings["train"]["unlabelled_norm"] == "separate"
     older = copy.deepcopy(settings)
     del older["train"]["unlabelled_norm"]
     key = legacy.settings_key(base, older, str(tmp_path))
-    assert legacy.recorded_key_matches(base, settings, str(tmp_path), key)
-    separate = copy.deepcopy(settings)
-    separate["train"]["unlabelled_norm"] = "separate"
-    assert not legacy.recorded_key_matches(base, separate, str(tmp_path), key)
+    assert not legacy.recorded_key_matches(base, settings, str(tmp_path), key)
+    shared = copy.deepcopy(settings)
+    shared["train"]["unlabelled_norm"] = "shared"
+    assert legacy.recorded_key_matches(base, shared, str(tmp_path), key)
+    under_old_default = legacy.settings_key(base, shared, str(tmp_path))
+    assert not legacy.recorded_key_matches(base, settings, str(tmp_path), under_old_default)
     base, vanilla = runner.run_settings(PROXY_STUDY, tmp_path, "unlabelled", "10 labelled, vanilla", 0, None)
     older = copy.deepcopy(vanilla)
     del older["train"]["unlabelled_norm"]
-    vanilla["train"]["unlabelled_norm"] = "separate"
+    assert legacy.recorded_key_matches(base, vanilla, str(tmp_path), legacy.settings_key(base, older, str(tmp_path)))
+    older["train"]["unlabelled_norm"] = "shared"
     assert legacy.recorded_key_matches(base, vanilla, str(tmp_path), legacy.settings_key(base, older, str(tmp_path)))
 
 
