@@ -11,7 +11,6 @@ BatchNorms alone (`bench.loss_bench` has the whole step).
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import time
 
@@ -20,8 +19,6 @@ from torch import nn
 
 from pipeline.models.norm_groups import separate_norms
 from pipeline.runtime.device import pick_device
-
-log = logging.getLogger(__name__)
 
 
 def seconds(norm: nn.Module, x: torch.Tensor, *, repeats: int, device: torch.device) -> float:
@@ -47,7 +44,6 @@ def main() -> None:
     parser.add_argument("--labelled-share", type=float, default=0.5, help="the first group's share of the rows")
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     device = pick_device("auto")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     n, c, h, w = args.shape

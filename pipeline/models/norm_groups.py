@@ -48,14 +48,11 @@ def _forward_in_groups(module: nn.Module, groups: NormGroups, x: torch.Tensor) -
     # split, not two slices: a slice's backward writes its gradient into a zeroed copy of the whole
     # input, twice, where split's backward is one concatenation (docs/benchmarks.md, loss_bench)
     head, tail = x.split([rows, x.shape[0] - rows])
-    # the running statistics follow the first group alone: the rest updates copies, then the buffers
-    # are put back (not copied back in place: the first group's backward may hold them)
-    kept = dict(module.named_buffers(recurse=False))
-    for name, buffer in kept.items():
-        setattr(module, name, buffer.clone())
+    # the running statistics follow the first group alone: the rest is normalised as a BatchNorm that
+    # tracks none is (its batch's statistics, the buffers neither read nor updated)
+    tracks, module.track_running_stats = module.track_running_stats, False
     try:
         rest = forward(module, tail)
     finally:
-        for name, buffer in kept.items():
-            setattr(module, name, buffer)
+        module.track_running_stats = tracks
     return torch.cat([forward(module, head), rest])
