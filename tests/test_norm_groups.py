@@ -83,8 +83,9 @@ def test_a_copy_of_a_grouped_student_normalises_with_its_own_weights_and_groups(
     model = build_student(StudentConfig(arch="tsm_tiny", image_size=32, num_frames=4, dropout=0.0), 6).train()
     separate_norms(model).split = (2, 5)
     twin = copy.deepcopy(model)
-    norm = next(m for m in twin.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    assert norm.forward.args[0] is norm  # the copy's forward runs the copy, not the original
+    own = {id(m) for m in twin.modules()}
+    assert twin.norm_groups is not model.norm_groups and twin.norm_groups.split == (2, 5)
+    assert twin.norm_groups.norms and all(id(m) in own for m in twin.norm_groups.norms)  # the copy's, not the original's
     clips = torch.randn(5, 4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(twin(clips).logits, model(clips).logits)

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from pipeline.models.norm_groups import NormGroups
 from pipeline.runtime.errors import UserError
 from pipeline.runtime.paths import looks_like_path
 from pipeline.ssv2.frames import IMAGENET_MEAN, IMAGENET_STD
@@ -30,7 +31,8 @@ class VideoStudent(nn.Module):
     Modules that depend on the clip's frame count (temporal shifts, per-count norms) have a
     `set_frames(t)` method, called before every clip goes through. Given more clips (the same
     videos at other frame counts, FFN training), the forward returns one output per clip tensor:
-    one call, so DDP sees one forward per step.
+    one call, so DDP sees one forward per step. With `norm_groups` set (`separate_norms`), a training
+    batch's two groups of clips go through in a pass each.
     """
 
     channels_last = False  # set by the trainer on CUDA when train.channels_last is on
@@ -59,7 +61,21 @@ class VideoStudent(nn.Module):
             self.index_frame_aware()
         for module in self._frame_aware:
             module.set_frames(clips.shape[1])
-        return self.forward_clip(clips)
+        groups = getattr(self, "norm_groups", None)
+        if groups is None or groups.split is None or not self.training:
+            return self.forward_clip(clips)
+        return self._in_groups(clips, groups)
+
+    def _in_groups(self, clips: torch.Tensor, groups: NormGroups) -> StudentOutput:
+        """The first `groups.split[0]` clips through in a pass of their own, then the rest with the
+        running statistics left to the first (pipeline/models/norm_groups.py)."""
+        first, total = groups.split
+        if clips.shape[0] != total:
+            raise ValueError(f"a batch of {clips.shape[0]} clips is not the {total} that NormGroups.split expects")
+        head = self.forward_clip(clips[:first])
+        with groups.untracked():
+            rest = self.forward_clip(clips[first:])
+        return StudentOutput(*(None if a is None else torch.cat([a, b]) for a, b in zip(head, rest)))
 
     def forward_clip(self, clips: torch.Tensor) -> StudentOutput:  # pragma: no cover - interface
         """One clip tensor's output; the frame-aware modules are already set for its count."""
