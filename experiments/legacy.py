@@ -30,6 +30,7 @@ ADDED = [
     {("loss", "fade"): lambda older: "none", ("loss", "fade_margin"): lambda older: None},
     {("loss", "gamma_with_unlabelled"): lambda older: older["loss"]["gamma"]},
     {("train", "unlabelled_norm"): lambda older: "shared"},
+    {("loss", "fade_window"): lambda older: 1},
 ]
 # Since this commit each student frame meets its teacher frame by position (before: by index), with
 # no setting to show it: a per-frame result counts through an older layout only if recorded after it.
@@ -64,7 +65,7 @@ def unread(settings: dict) -> set[tuple[str, str]]:
     if loss["mode"] == "vanilla":
         out |= {("loss", k) for k in loss if k != "mode"} | {("teacher_head", k) for k in settings.get("teacher_head", {})}
     if loss.get("fade", "none") == "none":
-        out.add(("loss", "fade_margin"))
+        out |= {("loss", "fade_margin"), ("loss", "fade_window")}
     if not train.get("unlabelled_splits"):
         out |= {("loss", "unlabelled_weight"), ("train", "unlabelled_ratio"), ("loss", "gamma_with_unlabelled")}
         out.add(("train", "unlabelled_norm"))

@@ -157,6 +157,9 @@ class LossConfig:
     # fade_margin of the head's, and the label takes their place (docs/proxy_benchmark.md); none: always on
     fade: Literal["none", "crossover"] = "crossover"
     fade_margin: float = 0.05
+    # the student's level the fade reads: its best mean of this many consecutive validations (1: its best
+    # single validation, which a noisy curve carries above where the student is)
+    fade_window: int = 1
 
 
 @dataclass

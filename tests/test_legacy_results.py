@@ -18,9 +18,9 @@ pytestmark = pytest.mark.unit
 
 
 def _older(settings: dict, *, unlabelled_weight: str) -> dict:
-    """`settings` as the code before `loss.fade` (and `loss.gamma_with_unlabelled`) wrote them."""
+    """`settings` as the code before `loss.fade` (and every setting added after it) wrote them."""
     older = copy.deepcopy(settings)
-    del older["loss"]["fade"], older["loss"]["fade_margin"], older["loss"]["gamma_with_unlabelled"]
+    del older["loss"]["fade"], older["loss"]["fade_margin"], older["loss"]["gamma_with_unlabelled"], older["loss"]["fade_window"]
     del older["train"]["unlabelled_norm"]
     older["loss"]["unlabelled_weight"] = unlabelled_weight
     return older
@@ -117,7 +117,7 @@ def test_a_record_without_its_seed_or_epochs_is_kept_under_its_own_key(tmp_path)
 def _before_gamma_with_unlabelled(settings: dict, *, gamma: float) -> dict:
     """`settings` as the code before `loss.gamma_with_unlabelled` wrote them, with the task weight `gamma`."""
     older = copy.deepcopy(settings)
-    del older["loss"]["gamma_with_unlabelled"], older["train"]["unlabelled_norm"]
+    del older["loss"]["gamma_with_unlabelled"], older["train"]["unlabelled_norm"], older["loss"]["fade_window"]
     older["loss"]["gamma"] = gamma
     return older
 
@@ -227,7 +227,7 @@ def test_an_unlabelled_result_from_before_the_norm_setting_counts_for_shared_sta
     base, settings = runner.run_settings(PROXY_STUDY, tmp_path, "unlabelled", name, 0, None)
     assert settings["train"]["unlabelled_norm"] == "separate"
     older = copy.deepcopy(settings)
-    del older["train"]["unlabelled_norm"]
+    del older["train"]["unlabelled_norm"], older["loss"]["fade_window"]
     key = legacy.settings_key(base, older, str(tmp_path))
     assert not legacy.recorded_key_matches(base, settings, str(tmp_path), key)
     shared = copy.deepcopy(settings)
@@ -237,7 +237,7 @@ def test_an_unlabelled_result_from_before_the_norm_setting_counts_for_shared_sta
     assert not legacy.recorded_key_matches(base, settings, str(tmp_path), under_old_default)
     base, vanilla = runner.run_settings(PROXY_STUDY, tmp_path, "unlabelled", "10 labelled, vanilla", 0, None)
     older = copy.deepcopy(vanilla)
-    del older["train"]["unlabelled_norm"]
+    del older["train"]["unlabelled_norm"], older["loss"]["fade_window"]
     assert legacy.recorded_key_matches(base, vanilla, str(tmp_path), legacy.settings_key(base, older, str(tmp_path)))
     older["train"]["unlabelled_norm"] = "shared"
     assert legacy.recorded_key_matches(base, vanilla, str(tmp_path), legacy.settings_key(base, older, str(tmp_path)))
@@ -257,3 +257,16 @@ def test_a_separate_statistics_result_from_before_their_running_statistics_chang
     assert runner.result(study, tmp_path, "unlabelled", name, 0, None) is None
     shutil.rmtree(tmp_path / "results")
     assert _restore(study, tmp_path, [{**record, "provenance": {"commit": "15413cc"}}]) == {today}
+
+
+def test_a_result_from_before_the_fade_window_counts_for_the_default_and_not_the_candidate(tmp_path):
+    """Before `loss.fade_window` the fade read the best single validation (window 1): such a result is
+    the default's run today, never the smoothed-fade candidate's."""
+    base, settings = runner.run_settings(PROXY_STUDY, tmp_path, "unlabelled", "10 labelled + 30 unlabelled, default", 0, None)
+    older = copy.deepcopy(settings)
+    del older["loss"]["fade_window"]
+    key = legacy.settings_key(base, older, str(tmp_path))
+    assert settings["loss"]["fade_window"] == 1 and legacy.recorded_key_matches(base, settings, str(tmp_path), key)
+    name = "10 labelled + 30 unlabelled, default, fade over 5 validations"
+    base, candidate = runner.run_settings(PROXY_STUDY, tmp_path, "unlabelled", name, 0, None)
+    assert candidate["loss"]["fade_window"] == 5 and not legacy.recorded_key_matches(base, candidate, str(tmp_path), key)

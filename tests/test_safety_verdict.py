@@ -14,7 +14,8 @@ def _runs(*top1: float) -> list[dict]:
 
 
 def _rows(table: dict[str, list[dict]], labels: int) -> dict[str, list[str]]:
-    """teacher -> the row's cells after it: default gap, holds, previous default's gap, seeds' gap."""
+    """teacher -> the row's cells after it: default gap, holds, previous default's gap, seeds' gap, the
+    smoothed-fade candidate's gap and whether it holds."""
     out = {}
     for line in safety_verdict(lambda name: table.get(name, [])).splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -30,14 +31,16 @@ def test_a_default_below_vanilla_by_more_than_the_spread_fails_and_one_within_it
         "40 per class, random-weight teacher, default": _runs(0.40, 0.42),  # -0.100: outside a 0.010 spread
         "40 per class, random-weight teacher, seeds' recipe": _runs(0.14),
         "40 per class, random-weight teacher, previous default (task 0.1)": _runs(0.51, 0.52),
+        "40 per class, random-weight teacher, default, fade over 5 validations": _runs(0.50, 0.51),  # -0.005: within
     }
     rows = _rows(table, 40)
     assert set(rows) == {"temporal head", "random-weight teacher"}  # the linear head has no runs: no row
-    assert rows["temporal head"][1] == "yes" and rows["temporal head"][2:] == ["-", "-"]
-    default, holds, previous, seeds = rows["random-weight teacher"]
+    assert rows["temporal head"][1] == "yes" and rows["temporal head"][2:] == ["-", "-", "-", "-"]
+    default, holds, previous, seeds, candidate, candidate_holds = rows["random-weight teacher"]
     assert default.startswith("-0.100") and holds == "**no**"
     assert previous.startswith("+0.005")  # not barred: no verdict
     assert seeds.startswith("-0.370")
+    assert candidate.startswith("-0.005") and candidate_holds == "yes"  # barred too: its own verdict
 
 
 def test_the_bar_is_the_larger_of_the_two_spreads():

@@ -34,7 +34,7 @@ from pipeline.student.data import (
     unlabelled_ratio,
     unlabelled_source,
 )
-from pipeline.student.loss import distill_loss, fade_weight, run_loss
+from pipeline.student.loss import distill_loss, fade_weight, run_loss, student_level
 from pipeline.teacher import head_run
 from pipeline.teacher import run as teacher_run
 from tests.helpers import REPO, TINY_TRAINING, make_config
@@ -106,6 +106,25 @@ def test_the_teacher_fades_out_as_the_student_catches_up_and_the_label_takes_its
     full = distill_loss(seeds, logits, feature, labels, teacher, feature.flip(0))
     torch.testing.assert_close(half.response, 0.5 * full.response)
     torch.testing.assert_close(half.task, (0.5 * 0.1 + 0.5) * F.cross_entropy(logits, labels))
+
+
+@pytest.mark.unit
+def test_the_fade_reads_the_students_level_over_a_window_of_validations():
+    """The best single validation of a noisy curve runs ahead of the student: with a window the fade reads
+    the best mean of that many in a row, and the level never falls (a teacher faded out stays out)."""
+    curve = [0.10, 0.20, 0.36, 0.30, 0.30, 0.31, 0.29]  # one lucky epoch at 0.36
+    assert student_level([], window=5) is None
+    assert student_level(curve, window=1) == 0.36
+    assert student_level(curve[:2], window=5) == pytest.approx(0.15)  # fewer than the window at the start
+    assert student_level(curve, window=5) == pytest.approx((0.36 + 0.30 + 0.30 + 0.31 + 0.29) / 5)
+    levels = [student_level(curve[: i + 1], window=3) for i in range(len(curve))]
+    assert levels == sorted(levels)
+    cfg = LossConfig(fade="crossover", fade_margin=0.05)
+    head = 0.369  # the proxy's temporal head at 10 labelled per class: the lucky epoch alone fades the teacher by 80%
+    assert fade_weight(cfg, teacher_top1=head, student_best=student_level(curve, window=1), chance=0.04) == pytest.approx(0.18)
+    assert fade_weight(cfg, teacher_top1=head, student_best=student_level(curve, window=5), chance=0.04) == 1.0
+    with pytest.raises(ValueError, match="fade_window"):
+        student_level(curve, window=0)
 
 
 @pytest.mark.unit

@@ -17,6 +17,7 @@ labelled clips gamma * CE (`gamma_with_unlabelled` when the run trains on unlabe
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -91,8 +92,8 @@ def fade_weight(
     chance: float,
     val_videos: int | None = None,
 ) -> float:
-    """How much of the teacher a step uses (`loss.fade: crossover`): 1 while the student's best validation
-    top-1 (chance before its first validation) is `fade_margin` or more below the teacher head's, falling
+    """How much of the teacher a step uses (`loss.fade: crossover`): 1 while the student's level
+    (`student_level`; chance before its first validation) is `fade_margin` or more below the teacher head's, falling
     linearly to 0 as it comes level; a teacher the student has passed teaches nothing more, and nor does
     a head whose top-1 over `val_videos` validation clips is within its noise of chance. With no fade,
     or a head without a validation top-1, 1."""
@@ -104,6 +105,17 @@ def fade_weight(
         return 0.0
     behind = teacher_top1 - (chance if student_best is None else student_best)
     return min(1.0, max(0.0, behind / cfg.fade_margin)) if cfg.fade_margin > 0 else float(behind > 0)
+
+
+def student_level(top1s: Sequence[float], *, window: int) -> float | None:
+    """The student's level the fade reads, from its validation top-1s so far (None before the first):
+    the best mean of `window` consecutive ones (fewer at the start). The best single validation of a
+    noisy curve sits above the student's level, and a fade that reads it stops teaching too soon; the
+    running best keeps the level from falling, so a teacher faded out stays out."""
+    if window < 1:
+        raise ValueError(f"loss.fade_window must be 1 or more, got {window}")
+    means = [sum(top1s[max(0, i + 1 - window) : i + 1]) / min(window, i + 1) for i in range(len(top1s))]
+    return max(means, default=None)
 
 
 def _clip_weights(cfg: LossConfig, teacher_logits: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:

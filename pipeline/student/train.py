@@ -47,7 +47,7 @@ from pipeline.student.data import (
 )
 from pipeline.student.evaluate import EvalResult, evaluate, write_frame_count_eval, write_predictions
 from pipeline.student.ffn import consistency_loss, trained_counts
-from pipeline.student.loss import distill_loss, fade_weight, run_loss
+from pipeline.student.loss import distill_loss, fade_weight, run_loss, student_level
 from pipeline.student.metrics import AverageMeter, MetricsLog, topk_accuracy
 from pipeline.student.optim import base_lr, effective_lr, lr_factor, make_optimizer, optimiser_facts
 
@@ -456,11 +456,11 @@ class Trainer:
             yield p.step
 
     def teacher_weight(self, p: TrainProgress) -> float:
-        """This epoch's share of the teacher (`loss.fade`), from the best validation top-1 so far (in
-        the checkpoint, so a resumed run and every rank agree)."""
+        """This epoch's share of the teacher (`loss.fade`), from the student's level over the validations
+        so far (`student_level`; they are in the checkpoint, so a resumed run and every rank agree)."""
         if self.cfg.loss.mode != "distill":
             return 1.0
-        best = max((h["val"]["top1"] for h in p.history), default=None)
+        level = student_level([h["val"]["top1"] for h in p.history], window=self.cfg.loss.fade_window)
         teacher = self.teacher.val_top1 if self.teacher else None
         if self.chance is None:
             labels = row_labels(self.cfg.paths.shards_dir, "train")
@@ -470,12 +470,13 @@ class Trainer:
                 self.head_at_chance = bool(self.val_videos) and not beats_chance(
                     teacher, chance=self.chance, videos=self.val_videos
                 )
-        return fade_weight(self.cfg.loss, teacher_top1=teacher, student_best=best, chance=self.chance, val_videos=self.val_videos)
+        loss = self.cfg.loss
+        return fade_weight(loss, teacher_top1=teacher, student_best=level, chance=self.chance, val_videos=self.val_videos)
 
     def _unlabelled_for(self, weight: float, epoch: int) -> None:
         """Unlabelled clips carry only the teacher's terms: with its weight at 0 they would teach nothing
         and only change the batch statistics, so they leave the batches (for the rest of the run: the
-        weight follows the best validation top-1, which never falls). Says so once, with the reason."""
+        weight follows the student's level, which never falls). Says so once, with the reason."""
         before, self.epoch_unlabelled = self.epoch_unlabelled, self.unlabelled_per_batch if weight > 0 else 0
         if weight > 0 or self.said_weight_zero or not self.env.is_main:
             return
