@@ -42,7 +42,7 @@ def test_frame_flexibility_table_trains_evaluates_every_count_and_its_results_mo
 def test_unlabelled_table_distils_from_unlabelled_videos_through_the_real_stages(tmp_path):
     """10 labelled (here 2) and 30 unlabelled (here 1) per class: the proxy's test split cached and trained on."""
     work = tmp_path / "work"
-    args = ("unlabelled", "--work", str(work), "--seeds", "0", "--epochs", "1", "--match", "+ 30 unlabelled, default")
+    args = ("unlabelled", "--work", str(work), "--seeds", "0", "--epochs", "1", "--only", "10 labelled + 30 unlabelled, default")
     _experiment("experiments.proxy_benchmark", *args, "--set=synthetic.unlabelled_per_class=1")
     (result,) = [json.loads(p.read_text()) for p in (work / "results").glob("*.json")]
     assert result["name"] == "10 labelled + 30 unlabelled, default"
