@@ -153,7 +153,7 @@ class LossConfig:
     frame_alpha: float = 0.0  # per-frame term: 1 - cosine of each projected student frame to its cached teacher frame
     # an unlabelled clip's teacher terms weighted by the head's calibrated top probability, or 1
     unlabelled_weight: Literal["confidence", "uniform"] = "uniform"
-    # crossover: the teacher's terms fade out as the student's best validation top-1 comes within
+    # crossover: the teacher's terms fade out as the student's level (fade_window) comes within
     # fade_margin of the head's, and the label takes their place (docs/proxy_benchmark.md); none: always on
     fade: Literal["none", "crossover"] = "crossover"
     fade_margin: float = 0.05
@@ -344,7 +344,15 @@ def load(path: str | Path | list[str | Path] | None = None, overrides: list[str]
     for item in overrides or []:
         key, value = _parse_override(item)
         _set_dotted(raw, key, value)
-    return _build(Config, raw, prefix="")
+    cfg = _build(Config, raw, prefix="")
+    _check_ranges(cfg)
+    return cfg
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Values a type cannot rule out, refused when the config loads rather than epochs into a run."""
+    if cfg.loss.fade_window < 1:
+        raise ConfigError(f"config key loss.fade_window: expected 1 or more validations, got {cfg.loss.fade_window}")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -89,3 +89,20 @@ def test_a_copy_of_a_grouped_student_normalises_with_its_own_weights_and_groups(
     clips = torch.randn(5, 4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(twin(clips).logits, model(clips).logits)
+
+
+def test_a_batch_of_one_group_goes_through_in_one_pass():
+    """All clips labelled: trained as without groups; none labelled: their statistics leave the running ones alone."""
+    torch.manual_seed(0)
+    model = build_student(StudentConfig(arch="tsm_tiny", image_size=32, num_frames=4, dropout=0.0), 6).train()
+    plain = copy.deepcopy(model)
+    groups = separate_norms(model)
+    clips = torch.randn(3, 4, 3, 32, 32)
+    with torch.no_grad():
+        groups.split = (3, 3)
+        torch.testing.assert_close(model(clips).logits, plain(clips).logits)
+        before = [b.clone() for b in _running(model)]
+        groups.split = (0, 3)
+        torch.testing.assert_close(model(clips).logits, plain(clips).logits)  # batch statistics either way
+    for a, b in zip(_running(model), before):
+        torch.testing.assert_close(a, b)

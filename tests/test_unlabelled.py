@@ -83,18 +83,18 @@ def test_unlabelled_clips_get_the_teachers_terms_alone_weighted_by_its_confidenc
 @pytest.mark.unit
 def test_the_teacher_fades_out_as_the_student_catches_up_and_the_label_takes_its_place():
     cfg = LossConfig(fade="crossover", fade_margin=0.05)
-    fade = lambda best: fade_weight(cfg, teacher_top1=0.5, student_best=best, chance=0.04)  # noqa: E731
+    fade = lambda best: fade_weight(cfg, teacher_top1=0.5, student_level=best, chance=0.04)  # noqa: E731
     assert fade(None) == 1.0 and fade(0.3) == 1.0 and fade(0.44) == 1.0  # far behind (or not yet validated)
     assert fade(0.475) == pytest.approx(0.5) and fade(0.5) == 0.0 and fade(0.9) == 0.0  # catching up, level, past
     # a teacher no better than chance teaches nothing from the start; no fade, or no head accuracy: always on
-    assert fade_weight(cfg, teacher_top1=0.033, student_best=None, chance=1 / 28) == 0.0
-    assert fade_weight(LossConfig(fade="none"), teacher_top1=0.5, student_best=0.9, chance=0.04) == 1.0
-    assert fade_weight(cfg, teacher_top1=None, student_best=0.9, chance=0.04) == 1.0
+    assert fade_weight(cfg, teacher_top1=0.033, student_level=None, chance=1 / 28) == 0.0
+    assert fade_weight(LossConfig(fade="none"), teacher_top1=0.5, student_level=0.9, chance=0.04) == 1.0
+    assert fade_weight(cfg, teacher_top1=None, student_level=0.9, chance=0.04) == 1.0
     # a head's lead over chance counts beyond its noise: 0.048 over 420 videos at chance 1/28 is 1.3
     # standard errors (no weight); 0.148 is 12 (full weight while the student is far behind)
-    assert fade_weight(cfg, teacher_top1=0.048, student_best=None, chance=1 / 28, val_videos=420) == 0.0
-    assert fade_weight(cfg, teacher_top1=0.048, student_best=None, chance=1 / 28) == pytest.approx((0.048 - 1 / 28) / 0.05)
-    assert fade_weight(cfg, teacher_top1=0.148, student_best=None, chance=1 / 28, val_videos=420) == 1.0
+    assert fade_weight(cfg, teacher_top1=0.048, student_level=None, chance=1 / 28, val_videos=420) == 0.0
+    assert fade_weight(cfg, teacher_top1=0.048, student_level=None, chance=1 / 28) == pytest.approx((0.048 - 1 / 28) / 0.05)
+    assert fade_weight(cfg, teacher_top1=0.148, student_level=None, chance=1 / 28, val_videos=420) == 1.0
     assert beats_chance(0.01, chance=1 / 174, videos=24777) and not beats_chance(0.01, chance=1 / 174, videos=300)
     g = torch.Generator().manual_seed(2)
     logits, teacher = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
@@ -121,10 +121,12 @@ def test_the_fade_reads_the_students_level_over_a_window_of_validations():
     assert levels == sorted(levels)
     cfg = LossConfig(fade="crossover", fade_margin=0.05)
     head = 0.369  # the proxy's temporal head at 10 labelled per class: the lucky epoch alone fades the teacher by 80%
-    assert fade_weight(cfg, teacher_top1=head, student_best=student_level(curve, window=1), chance=0.04) == pytest.approx(0.18)
-    assert fade_weight(cfg, teacher_top1=head, student_best=student_level(curve, window=5), chance=0.04) == 1.0
+    assert fade_weight(cfg, teacher_top1=head, student_level=student_level(curve, window=1), chance=0.04) == pytest.approx(0.18)
+    assert fade_weight(cfg, teacher_top1=head, student_level=student_level(curve, window=5), chance=0.04) == 1.0
     with pytest.raises(ValueError, match="fade_window"):
         student_level(curve, window=0)
+    with pytest.raises(config.ConfigError, match="loss.fade_window"):
+        config.load(overrides=["loss.fade_window=0"])  # refused as the config loads, not epochs into a run
 
 
 @pytest.mark.unit

@@ -72,6 +72,11 @@ class VideoStudent(nn.Module):
         first, total = groups.split
         if clips.shape[0] != total:
             raise ValueError(f"a batch of {clips.shape[0]} clips is not the {total} that NormGroups.split expects")
+        if first == total:  # one group: the first
+            return self.forward_clip(clips)
+        if first == 0:  # one group: the rest
+            with groups.untracked():
+                return self.forward_clip(clips)
         head = self.forward_clip(clips[:first])
         with groups.untracked():
             rest = self.forward_clip(clips[first:])

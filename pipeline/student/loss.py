@@ -88,12 +88,12 @@ def fade_weight(
     cfg: LossConfig,
     *,
     teacher_top1: float | None,
-    student_best: float | None,
+    student_level: float | None,
     chance: float,
     val_videos: int | None = None,
 ) -> float:
     """How much of the teacher a step uses (`loss.fade: crossover`): 1 while the student's level
-    (`student_level`; chance before its first validation) is `fade_margin` or more below the teacher head's, falling
+    (`student_level()`; chance before its first validation) is `fade_margin` or more below the teacher head's, falling
     linearly to 0 as it comes level; a teacher the student has passed teaches nothing more, and nor does
     a head whose top-1 over `val_videos` validation clips is within its noise of chance. With no fade,
     or a head without a validation top-1, 1."""
@@ -103,7 +103,7 @@ def fade_weight(
         raise ValueError(f"loss.fade must be none or crossover, got {cfg.fade!r}")
     if val_videos and not beats_chance(teacher_top1, chance=chance, videos=val_videos):
         return 0.0
-    behind = teacher_top1 - (chance if student_best is None else student_best)
+    behind = teacher_top1 - (chance if student_level is None else student_level)
     return min(1.0, max(0.0, behind / cfg.fade_margin)) if cfg.fade_margin > 0 else float(behind > 0)
 
 

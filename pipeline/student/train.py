@@ -460,7 +460,8 @@ class Trainer:
         so far (`student_level`; they are in the checkpoint, so a resumed run and every rank agree)."""
         if self.cfg.loss.mode != "distill":
             return 1.0
-        level = student_level([h["val"]["top1"] for h in p.history], window=self.cfg.loss.fade_window)
+        loss = self.cfg.loss
+        level = student_level([h["val"]["top1"] for h in p.history], window=loss.fade_window)
         teacher = self.teacher.val_top1 if self.teacher else None
         if self.chance is None:
             labels = row_labels(self.cfg.paths.shards_dir, "train")
@@ -470,8 +471,7 @@ class Trainer:
                 self.head_at_chance = bool(self.val_videos) and not beats_chance(
                     teacher, chance=self.chance, videos=self.val_videos
                 )
-        loss = self.cfg.loss
-        return fade_weight(loss, teacher_top1=teacher, student_best=level, chance=self.chance, val_videos=self.val_videos)
+        return fade_weight(loss, teacher_top1=teacher, student_level=level, chance=self.chance, val_videos=self.val_videos)
 
     def _unlabelled_for(self, weight: float, epoch: int) -> None:
         """Unlabelled clips carry only the teacher's terms: with its weight at 0 they would teach nothing
