@@ -72,15 +72,13 @@ class VideoStudent(nn.Module):
         first, total = groups.split
         if clips.shape[0] != total:
             raise ValueError(f"a batch of {clips.shape[0]} clips is not the {total} that NormGroups.split expects")
-        if first == total:  # one group: the first
-            return self.forward_clip(clips)
-        if first == 0:  # one group: the rest
+        outs = [self.forward_clip(clips[:first])] if first else []
+        if first < total:
             with groups.untracked():
-                return self.forward_clip(clips)
-        head = self.forward_clip(clips[:first])
-        with groups.untracked():
-            rest = self.forward_clip(clips[first:])
-        return StudentOutput(*(None if a is None else torch.cat([a, b]) for a, b in zip(head, rest)))
+                outs.append(self.forward_clip(clips[first:]))
+        if len(outs) == 1:  # a batch of one group: one pass
+            return outs[0]
+        return StudentOutput(*(None if a is None else torch.cat([a, b]) for a, b in zip(*outs)))
 
     def forward_clip(self, clips: torch.Tensor) -> StudentOutput:  # pragma: no cover - interface
         """One clip tensor's output; the frame-aware modules are already set for its count."""

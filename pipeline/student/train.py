@@ -322,9 +322,10 @@ def train_step(
 
 @contextlib.contextmanager
 def _groups(state: TrainState, batch, labelled: int | None):
-    """With separate norms, a batch's first `labelled` clips normalised apart from its unlabelled ones."""
+    """With separate norms, a batch's first `labelled` clips normalised apart from its unlabelled ones
+    (a batch of labelled clips alone goes through in one pass: `VideoStudent._in_groups`)."""
     groups = state.norm_groups
-    if groups is None or labelled is None or labelled == len(batch.labels):
+    if groups is None or labelled is None:
         yield
         return
     groups.split = (labelled, len(batch.labels))
